@@ -1,0 +1,1 @@
+"""fdp_operator: the kopf operator for federated-dp-llm."""

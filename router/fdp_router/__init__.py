@@ -1,0 +1,1 @@
+"""fdp_router: the privacy-preserving LLM router of federated-dp-llm."""

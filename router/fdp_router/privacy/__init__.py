@@ -1,0 +1,1 @@
+"""Privacy core: events, accounting, admission filter, mechanisms, ledger, audit."""

@@ -1,0 +1,117 @@
+"""The privacy core's public interface: what the router (and tests) may rely on.
+
+Pure value objects and the abstract ledger live here so that the router's request path and
+the ledger backends can be built independently. Implementations live next to this file
+(``events.py``, ``accounting.py``, ``filter.py``, ``mechanisms.py``, ``ledger/*.py``).
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    """A privacy unit kind. A request must fit the budget of all three."""
+
+    USER = "user"
+    DEPARTMENT = "department"
+    HOSPITAL = "hospital"
+
+
+class PrivacyError(Exception):
+    """Base class of the privacy core's errors."""
+
+
+class InvalidPrivacyRequest(PrivacyError, ValueError):
+    """Bad input (epsilon, delta, mechanism...): names the field and why. Nothing is recorded."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"{field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+class BudgetExceeded(PrivacyError):
+    """The request does not fit one unit's budget. Nothing is recorded."""
+
+    def __init__(self, scope: Scope, key: str, requested: float, available: float) -> None:
+        super().__init__(
+            f"privacy budget exceeded for {scope.value} {key!r}: requested epsilon {requested:.6g}, "
+            f"available {available:.6g}"
+        )
+        self.scope = scope
+        self.key = key
+        self.requested = requested
+        self.available = available
+
+
+class UnknownReservation(PrivacyError, KeyError):
+    """commit/release of an id the ledger never issued (or already settled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one request asks to spend. `event` is a privacy event from ``events.py``
+    (a frozen value object like dp_accounting's DpEvent) describing the release."""
+
+    user_id: str
+    department: str
+    hospitals: tuple[str, ...]
+    event: object
+    query_hash: str = ""  # keyed hash (audit.query_hash); never the prompt text
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    charge: Charge
+    epsilon: float  # the event's epsilon at the policy delta, as reported to clients
+    delta: float
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """One unit's budget in the current window (the seed's budget document)."""
+
+    scope: Scope
+    key: str
+    total_epsilon: float
+    consumed_epsilon: float
+    remaining_epsilon: float
+    delta: float
+    window_start: datetime | None  # None for a lifetime budget
+    window_end: datetime | None
+    guarantee: str = ""  # e.g. "(10, 1e-05)-DP per user per 24h window"
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Ledger(abc.ABC):
+    """Reserve -> commit / release, atomically, across threads, processes and replicas.
+
+    reserve() checks every unit's budget and records the spend in ONE atomic step (one
+    transaction), durable before it returns. commit() marks it released to a client;
+    release() refunds it only when nothing reached a client. A crash between reserve and
+    commit leaves the reservation spent (the safe side).
+    """
+
+    @abc.abstractmethod
+    async def reserve(self, charge: Charge) -> Reservation:
+        """Raises BudgetExceeded or InvalidPrivacyRequest and records nothing in that case."""
+
+    @abc.abstractmethod
+    async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None: ...
+
+    @abc.abstractmethod
+    async def release(self, reservation_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def budget(self, scope: Scope, key: str) -> BudgetStatus: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -158,7 +158,7 @@ class AuthConfig(_Frozen):
     issuer: str = "fdp-dev"
     audience: str = "federated-dp-llm"
     hs256_secret_file: str | None = None
-    hs256_secret_env: str | None = "FDP_JWT_SECRET"
+    hs256_secret_env: str | None = "FDP_JWT_SECRET"  # noqa: S105 (an env var name)
     jwks_file: str | None = None
     jwks_url: str | None = None
     leeway_seconds: int = Field(30, ge=0, le=300)
@@ -237,5 +237,3 @@ def dump_config(cfg: RouterConfig) -> str:
 
 def config_schema() -> dict[str, object]:
     return RouterConfig.model_json_schema()
-
-

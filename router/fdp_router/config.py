@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CONFIG_VERSION = 1
+CONFIG_VERSION: Literal[1] = 1
 
 
 class _Frozen(BaseModel):

@@ -1,0 +1,438 @@
+"""Typed, frozen models of the three custom resources' specs.
+
+The kopf handlers parse a CR's raw ``spec`` exactly once, at the edge
+(`parse_router`, `parse_policy`, `parse_node`), and pass these models inward: render,
+reconcile and the rollout engine never read raw dicts. Field names follow the CRD
+(camelCase in YAML, snake_case here via aliases). The CRD schema (crds.py) already
+defaulted and validated the object at admission; these models re-check the same rules so
+that a CR written before a schema change still fails with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "fdp.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_ROUTER_IMAGE = "ghcr.io/federated-dp-llm/router:0.1.0"
+
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str) -> float:
+    """Go-style duration ("2160h", "1h30m", "90s") to seconds, as cert-manager reads them."""
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"{text!r} is not a duration like '2160h', '30m' or '90s'")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(text))
+
+
+def _check_duration(v: str | None) -> str | None:
+    if v is not None:
+        parse_duration(v)
+    return v
+
+
+Duration = Annotated[str, Field(pattern=_DURATION_RE.pattern)]
+
+
+class SpecModel(BaseModel):
+    """Base: frozen, camelCase aliases, unknown fields ignored (the CRD schema prunes them)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+
+class SecretKeyRef(SpecModel):
+    name: str = Field(..., min_length=1)
+    key: str = Field(..., min_length=1)
+
+
+class SecretRef(SpecModel):
+    name: str = Field(..., min_length=1)
+
+
+# ---------------------------------------------------------------- HospitalNode
+
+
+class Capacity(SpecModel):
+    gpus: int = Field(0, ge=0)
+    gpu_type: str = ""
+    max_concurrent_requests: int = Field(32, ge=1)
+
+
+class NodeTLSSpec(SpecModel):
+    """mTLS towards the node: a CA Secret (key ``ca.crt``) and a client cert Secret (tls.crt/tls.key)."""
+
+    ca_secret_ref: SecretRef | None = None
+    client_cert_secret_ref: SecretRef | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+
+class HealthCheckSpec(SpecModel):
+    path: str = "/health"
+    interval_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(2.0, gt=0)
+    failure_threshold: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _timeout_le_interval(self) -> HealthCheckSpec:
+        if self.timeout_seconds > self.interval_seconds:
+            raise ValueError("healthCheck.timeoutSeconds must be <= healthCheck.intervalSeconds")
+        return self
+
+
+class SecurityLevel(StrEnum):
+    STANDARD = "standard"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class HospitalNodeSpec(SpecModel):
+    endpoint: str
+    hospital: str = Field(..., min_length=1)
+    model: str = "default"
+    capacity: Capacity = Capacity()
+    specializations: tuple[str, ...] = ()
+    departments: tuple[str, ...] = ()
+    security_level: SecurityLevel = SecurityLevel.STANDARD
+    weight: float = Field(1.0, gt=0, le=1000)
+    tls: NodeTLSSpec = NodeTLSSpec()
+    health_check: HealthCheckSpec = HealthCheckSpec()
+
+    @model_validator(mode="after")
+    def _https(self) -> HospitalNodeSpec:
+        if not self.endpoint.startswith("https://"):
+            raise ValueError("endpoint must be an https:// URL")
+        return self
+
+
+# ---------------------------------------------------------------- PrivacyPolicy
+
+
+class BudgetsSpec(SpecModel):
+    per_user: float = Field(10.0, gt=0)
+    per_department: float = Field(100.0, gt=0)
+    per_hospital: float = Field(1000.0, gt=0)
+
+
+class WindowSpec(SpecModel):
+    kind: Literal["lifetime", "period"] = "lifetime"
+    period: str | None = None
+
+    @model_validator(mode="after")
+    def _period(self) -> WindowSpec:
+        if self.kind == "period":
+            if self.period is None:
+                raise ValueError("window.period is required when window.kind is 'period'")
+            if parse_duration(self.period) < 60:
+                raise ValueError("window.period must be at least 1m")
+        elif self.period is not None:
+            raise ValueError("window.period must be unset when window.kind is 'lifetime'")
+        return self
+
+    @property
+    def period_seconds(self) -> int | None:
+        return None if self.period is None else int(parse_duration(self.period))
+
+
+class ConsensusSpec(SpecModel):
+    nodes: int = Field(3, ge=2, le=32)
+    min_answers: int = Field(2, ge=1)
+    sigma: float = Field(2.0, gt=0)
+
+
+class PrivacyPolicySpec(SpecModel):
+    delta: float = Field(1e-5, gt=0, le=1e-3)
+    default_epsilon_per_query: float = Field(0.1, gt=0)
+    max_epsilon_per_query: float = Field(1.0, gt=0)
+    mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    budgets: BudgetsSpec = BudgetsSpec()
+    window: WindowSpec = WindowSpec()
+    consensus: ConsensusSpec = ConsensusSpec()
+
+
+# ---------------------------------------------------------------- FederatedRouter
+
+
+class LabelSelectorRequirement(SpecModel):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+
+class LabelSelector(SpecModel):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """metav1.LabelSelector semantics; an empty selector matches everything."""
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and not (present and labels[req.key] in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
+class PolicyRef(SpecModel):
+    name: str = Field(..., min_length=1)
+
+
+class RoutingSpec(SpecModel):
+    strategy: Literal[
+        "round_robin", "least_request", "latency_aware", "privacy_aware", "quantum_inspired"
+    ] = "least_request"
+    max_attempts: int = Field(2, ge=1, le=10)
+    connect_timeout_seconds: float = Field(2.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+
+
+class AuthSpec(SpecModel):
+    issuer: str = "fdp-dev"
+    audience: str = "federated-dp-llm"
+    algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("HS256",)
+    jwks_url: str | None = None
+    hs256_secret_ref: SecretKeyRef | None = None
+
+
+class LedgerSpec(SpecModel):
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn_secret_ref: SecretKeyRef | None = None
+    audit_key_secret_ref: SecretKeyRef | None = None
+
+    @model_validator(mode="after")
+    def _dsn(self) -> LedgerSpec:
+        if self.backend == "postgres" and self.dsn_secret_ref is None:
+            raise ValueError("ledger.dsnSecretRef is required when ledger.backend is 'postgres'")
+        return self
+
+
+class RolloutStrategy(StrEnum):
+    ROLLING_UPDATE = "RollingUpdate"
+    BLUE_GREEN = "BlueGreen"
+    CANARY = "Canary"
+
+
+class PauseSpec(SpecModel):
+    duration: str | None = Field(None, description="absent: pause until promoted")
+
+
+class CanaryStep(SpecModel):
+    set_weight: int | None = Field(None, ge=0, le=100)
+    pause: PauseSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CanaryStep:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("each rollout step sets exactly one of setWeight or pause")
+        return self
+
+
+class AnalysisSpec(SpecModel):
+    prometheus_url: str | None = None
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+
+
+class RolloutSpec(SpecModel):
+    """Progressive delivery settings; the rollout engine (rollout/) interprets them."""
+
+    strategy: RolloutStrategy = RolloutStrategy.ROLLING_UPDATE
+    preview_replicas: int | None = Field(None, ge=1)
+    auto_promotion_enabled: bool = True
+    auto_promotion_seconds: int | None = Field(None, ge=0)
+    scale_down_delay_seconds: int = Field(30, ge=0)
+    progress_deadline_seconds: int = Field(600, ge=1)
+    paused: bool = False
+    steps: tuple[CanaryStep, ...] = ()
+    analysis: AnalysisSpec | None = None
+
+    @model_validator(mode="after")
+    def _weights_increase(self) -> RolloutSpec:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        if weights != sorted(weights):
+            raise ValueError("rollout.steps setWeight values must not decrease")
+        return self
+
+
+class AutoscalingSpec(SpecModel):
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(3, ge=1)
+    target_cpu_utilization_percentage: int | None = Field(70, ge=1, le=100)
+    target_memory_utilization_percentage: int | None = Field(None, ge=1, le=100)
+    behavior: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.maxReplicas must be >= autoscaling.minReplicas")
+        return self
+
+
+class RouterTLSSpec(SpecModel):
+    """Operator-managed CA (default) or an existing Secret (e.g. from cert-manager)."""
+
+    secret_name: str | None = None
+    duration: str = "2160h"
+    renew_before: str = "360h"
+
+    @model_validator(mode="after")
+    def _durations(self) -> RouterTLSSpec:
+        if parse_duration(self.renew_before) >= parse_duration(self.duration):
+            raise ValueError("tls.renewBefore must be shorter than tls.duration")
+        return self
+
+    @property
+    def duration_seconds(self) -> float:
+        return parse_duration(self.duration)
+
+    @property
+    def renew_before_seconds(self) -> float:
+        return parse_duration(self.renew_before)
+
+
+class ServiceSpec(SpecModel):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(443, ge=1, le=65535)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class NetworkPolicySpec(SpecModel):
+    enabled: bool = True
+    ingress_from: tuple[dict[str, Any], ...] = Field(
+        (), description="NetworkPolicyPeer objects allowed to reach the router; empty: any pod"
+    )
+
+
+class FederatedRouterSpec(SpecModel):
+    image: str = DEFAULT_ROUTER_IMAGE
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    replicas: int = Field(1, ge=0)
+    resources: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    policy_ref: PolicyRef
+    node_selector: LabelSelector = LabelSelector()
+    routing: RoutingSpec = RoutingSpec()
+    auth: AuthSpec = AuthSpec()
+    ledger: LedgerSpec = LedgerSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+    tls: RouterTLSSpec = RouterTLSSpec()
+    service: ServiceSpec = ServiceSpec()
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
+
+    @model_validator(mode="after")
+    def _sqlite_single_replica(self) -> FederatedRouterSpec:
+        if self.ledger.backend == "sqlite" and (self.replicas > 1 or self.autoscaling.enabled):
+            raise ValueError(
+                "ledger.backend 'sqlite' allows one router replica (each pod would keep its own "
+                "budget ledger); use 'postgres' for replicas > 1 or autoscaling"
+            )
+        return self
+
+
+# ---------------------------------------------------------------- parsed CRs
+
+
+@dataclass(frozen=True)
+class Ref:
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class FederatedRouter:
+    ref: Ref
+    spec: FederatedRouterSpec
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    ref: Ref
+    spec: PrivacyPolicySpec
+
+
+@dataclass(frozen=True)
+class HospitalNode:
+    ref: Ref
+    spec: HospitalNodeSpec
+    labels: tuple[tuple[str, str], ...] = ()
+    healthy: bool = True
+
+
+class SpecError(ValueError):
+    """A spec the models reject; the message names the field(s) and why."""
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per error: ``spec.field.path: reason``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"spec.{loc}: {msg}" if loc else f"spec: {msg}")
+    return "; ".join(parts)
+
+
+def _ref(meta: dict[str, Any]) -> Ref:
+    return Ref(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta["name"]),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 0) or 0),
+    )
+
+
+def parse_router(body: dict[str, Any]) -> FederatedRouter:
+    try:
+        spec = FederatedRouterSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise SpecError(describe(exc)) from None
+    meta = body.get("metadata") or {}
+    ann = tuple(sorted((meta.get("annotations") or {}).items()))
+    return FederatedRouter(ref=_ref(meta), spec=spec, annotations=ann)
+
+
+def parse_policy(body: dict[str, Any]) -> PrivacyPolicy:
+    try:
+        spec = PrivacyPolicySpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise SpecError(describe(exc)) from None
+    return PrivacyPolicy(ref=_ref(body.get("metadata") or {}), spec=spec)
+
+
+def parse_node(body: dict[str, Any], *, healthy: bool = True) -> HospitalNode:
+    try:
+        spec = HospitalNodeSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise SpecError(describe(exc)) from None
+    meta = body.get("metadata") or {}
+    labels = tuple(sorted((meta.get("labels") or {}).items()))
+    return HospitalNode(ref=_ref(meta), spec=spec, labels=labels, healthy=healthy)

@@ -1,0 +1,490 @@
+"""The ledger engine shared by the SQLite and PostgreSQL backends: group commit over SQL.
+
+``reserve``/``commit``/``release`` enqueue an operation and await its future. One writer
+thread per ledger takes every pending operation (a batch), opens ONE transaction, takes the
+database's write lock first (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE``
+on the single head row), and for each operation reads the current unit state *inside* that
+transaction, checks the Rényi filter, and writes the spend, the reservation and its audit
+record. It commits once (durably: SQLite WAL with synchronous=FULL, PostgreSQL fsync +
+synchronous_commit) and only then resolves the futures. Check and record are therefore one
+atomic step, serialised across threads, processes and router replicas; a crash before the
+commit acknowledges nothing, a crash after it loses nothing.
+
+Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
+sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
+
+Callers: ``open_ledger`` (ledger/__init__.py) builds a backend; the router awaits the methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import math
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fdp_router.config import PrivacyConfig
+from fdp_router.privacy import audit as audit_mod
+from fdp_router.privacy import events as ev
+from fdp_router.privacy import filter as flt
+from fdp_router.privacy.accounting import epsilon_of
+from fdp_router.privacy.api import (
+    BudgetExceeded,
+    BudgetStatus,
+    Charge,
+    InvalidPrivacyRequest,
+    Ledger,
+    PrivacyError,
+    Reservation,
+    Scope,
+    UnknownReservation,
+)
+from fdp_router.privacy.policy import budget_of, check_policy, guarantee, window_of
+
+log = logging.getLogger(__name__)
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS fdp_units (
+        scope TEXT NOT NULL, unit_key TEXT NOT NULL, window_id BIGINT NOT NULL,
+        rdp TEXT NOT NULL, basic_eps DOUBLE PRECISION NOT NULL, n_queries BIGINT NOT NULL,
+        PRIMARY KEY (scope, unit_key, window_id))""",
+    """CREATE TABLE IF NOT EXISTS fdp_reservations (
+        id TEXT PRIMARY KEY, window_id BIGINT NOT NULL, units TEXT NOT NULL, event TEXT NOT NULL,
+        rdp TEXT NOT NULL, epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL, created_at TEXT NOT NULL, settled_at TEXT)""",
+    """CREATE TABLE IF NOT EXISTS fdp_audit (
+        seq BIGINT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, reservation_id TEXT NOT NULL,
+        epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL,
+        nonce TEXT NOT NULL, ciphertext TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS fdp_head (
+        id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)""",
+)
+AUDIT_COLUMNS = (
+    "seq",
+    "ts",
+    "kind",
+    "reservation_id",
+    "epsilon",
+    "delta",
+    "key_id",
+    "nonce",
+    "ciphertext",
+    "prev_hash",
+    "hash",
+)
+MAX_BATCH = 512
+
+
+@dataclass
+class _Op:
+    kind: str  # reserve | commit | release | stop
+    future: Future[Any]
+    charge: Charge | None = None
+    cost: tuple[float, ...] = ()
+    epsilon: float = 0.0
+    window_id: int = 0
+    now: datetime | None = None
+    reservation_id: str = ""
+    nodes: tuple[str, ...] = ()
+
+
+class SqlDriver(abc.ABC):
+    """What differs between SQLite and PostgreSQL (connections, locking, placeholders)."""
+
+    @abc.abstractmethod
+    def connect_writer(self) -> Any: ...
+
+    @abc.abstractmethod
+    def connect_reader(self) -> Any: ...
+
+    @abc.abstractmethod
+    def begin_locked(self, conn: Any) -> Any:
+        """Start a transaction holding the ledger-wide write lock; return a cursor."""
+
+    def sql(self, text: str) -> str:
+        return text
+
+    def init_schema(self, conn: Any) -> None:
+        cur = conn.cursor()
+        for stmt in SCHEMA:
+            cur.execute(stmt)
+        cur.execute(
+            self.sql("INSERT INTO fdp_head (id, seq, hash) VALUES (1, 0, ?) ON CONFLICT (id) DO NOTHING"),
+            (audit_mod.GENESIS,),
+        )
+        self.extra_schema(cur)
+        conn.commit()
+
+    @abc.abstractmethod
+    def extra_schema(self, cur: Any) -> None:
+        """Append-only guards (triggers) on the audit table."""
+
+
+def units_of(charge: Charge) -> list[tuple[Scope, str]]:
+    units = [(Scope.USER, charge.user_id), (Scope.DEPARTMENT, charge.department)]
+    units += [(Scope.HOSPITAL, h) for h in dict.fromkeys(charge.hospitals)]
+    return units
+
+
+def validate_charge(charge: Charge) -> None:
+    if not isinstance(charge, Charge):
+        raise InvalidPrivacyRequest("charge", f"must be a Charge, got {type(charge).__name__}")
+    for name in ("user_id", "department"):
+        v = getattr(charge, name)
+        if not isinstance(v, str) or not v.strip():
+            raise InvalidPrivacyRequest(name, "must be a non-empty string")
+    if not isinstance(charge.hospitals, tuple) or not all(isinstance(h, str) and h for h in charge.hospitals):
+        raise InvalidPrivacyRequest("hospitals", "must be a tuple of non-empty strings")
+    ev.flatten(charge.event)  # rejects unknown events
+
+
+class SqlLedger(Ledger):
+    """Ledger over a SqlDriver, with a group-commit writer thread."""
+
+    def __init__(
+        self,
+        driver: SqlDriver,
+        privacy_cfg: PrivacyConfig,
+        keyring: audit_mod.Keyring,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        check_policy(privacy_cfg)
+        self._driver = driver
+        self._cfg = privacy_cfg
+        self._keyring = keyring
+        self._now = now or (lambda: datetime.now(UTC))
+        self._guarantee = guarantee(privacy_cfg).text
+        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._closed = False
+        self._writer_conn = driver.connect_writer()
+        driver.init_schema(self._writer_conn)
+        self._reader_conn = driver.connect_reader()
+        self._reader_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._writer_loop, name="fdp-ledger-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def keyring(self) -> audit_mod.Keyring:
+        return self._keyring
+
+    def query_hash(self, text: str) -> str:
+        return audit_mod.query_hash(self._keyring.query_hash_key, text)
+
+    # --- public API -----------------------------------------------------------------------
+
+    async def reserve(self, charge: Charge) -> Reservation:
+        validate_charge(charge)
+        cost = flt.rdp_curve(charge.event)  # type: ignore[arg-type]
+        eps = epsilon_of(charge.event, self._cfg.delta)  # type: ignore[arg-type]
+        if not all(math.isfinite(c) for c in cost) or not math.isfinite(eps):
+            raise InvalidPrivacyRequest("event", "has infinite privacy cost")
+        now = self._now()
+        op = _Op(
+            "reserve",
+            Future(),
+            charge=charge,
+            cost=cost,
+            epsilon=eps,
+            now=now,
+            window_id=window_of(self._cfg, now).id,
+        )
+        result: Reservation = await self._submit(op)
+        return result
+
+    async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
+        await self._submit(
+            _Op("commit", Future(), reservation_id=reservation_id, nodes=tuple(nodes), now=self._now())
+        )
+
+    async def release(self, reservation_id: str) -> None:
+        await self._submit(_Op("release", Future(), reservation_id=reservation_id, now=self._now()))
+
+    async def budget(self, scope: Scope, key: str) -> BudgetStatus:
+        scope = Scope(scope)
+        win = window_of(self._cfg, self._now())
+        row = await asyncio.to_thread(self._read_unit, scope, key, win.id)
+        spent = tuple(json.loads(row[0])) if row else flt.zero()
+        total = budget_of(self._cfg, scope)
+        consumed = flt.filter_epsilon(spent, self._cfg.delta)
+        default_cost = flt.rdp_curve(ev.event_for_request(self._cfg, None))
+        return BudgetStatus(
+            scope=scope,
+            key=key,
+            total_epsilon=total,
+            consumed_epsilon=consumed,
+            remaining_epsilon=max(0.0, total - consumed),
+            delta=self._cfg.delta,
+            window_start=win.start,
+            window_end=win.end,
+            guarantee=self._guarantee,
+            extra={
+                "reported_epsilon_sum": float(row[1]) if row else 0.0,
+                "queries": float(row[2]) if row else 0.0,
+                "queries_remaining_at_default_epsilon": float(
+                    _remaining_count(spent, default_cost, total, self._cfg.delta)
+                ),
+            },
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        stop = _Op("stop", Future())
+        self._queue.put(stop)
+        await asyncio.wrap_future(stop.future)
+        await asyncio.to_thread(self._thread.join)
+        with self._reader_lock:
+            self._reader_conn.close()
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._closed:
+            raise PrivacyError("ledger is closed")
+        self._queue.put(op)
+        return await asyncio.wrap_future(op.future)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def _read_unit(self, scope: Scope, key: str, window_id: int) -> Any:
+        with self._reader_lock:
+            cur = self._reader_conn.cursor()
+            cur.execute(
+                self._driver.sql(
+                    "SELECT rdp, basic_eps, n_queries FROM fdp_units "
+                    "WHERE scope=? AND unit_key=? AND window_id=?"
+                ),
+                (scope.value, key, window_id),
+            )
+            row = cur.fetchone()
+            self._reader_conn.commit()
+            return row
+
+    # --- the writer -----------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        stop: _Op | None = None
+        while stop is None:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            work = [op for op in batch if op.kind != "stop"]
+            stop = next((op for op in batch if op.kind == "stop"), None)
+            if work:
+                self._run_batch(work)
+        try:
+            self._writer_conn.close()
+        finally:
+            stop.future.set_result(None)
+
+    def _run_batch(self, batch: Sequence[_Op]) -> None:
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        conn = self._writer_conn
+        try:
+            cur = self._driver.begin_locked(conn)
+            cur.execute(self._driver.sql("SELECT seq, hash FROM fdp_head WHERE id = 1"))
+            seq, head_hash = cur.fetchone()
+            head = [int(seq), str(head_hash)]
+            for op in batch:
+                try:
+                    outcomes.append((op, self._apply(cur, op, head), None))
+                except PrivacyError as exc:
+                    outcomes.append((op, None, exc))
+            cur.execute(
+                self._driver.sql("UPDATE fdp_head SET seq=?, hash=? WHERE id = 1"), (head[0], head[1])
+            )
+            conn.commit()
+        except BaseException as exc:  # nothing was committed: nothing is acknowledged
+            log.exception("ledger transaction failed; %d operations not recorded", len(batch))
+            try:
+                conn.rollback()
+            except Exception:  # noqa: S110 (connection may be gone; the error below is what matters)
+                pass
+            err = PrivacyError(f"ledger write failed: {exc}")
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(err)
+            return
+        for op, value, error in outcomes:
+            if op.future.done():
+                continue
+            if error is not None:
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(value)
+
+    def _audit(
+        self,
+        cur: Any,
+        head: list[Any],
+        *,
+        kind: str,
+        rid: str,
+        eps: float,
+        ts: datetime,
+        sensitive: dict[str, Any],
+    ) -> None:
+        rec = audit_mod.seal(
+            self._keyring,
+            seq=head[0] + 1,
+            prev_hash=head[1],
+            ts=ts.isoformat(),
+            kind=kind,
+            reservation_id=rid,
+            epsilon=eps,
+            delta=self._cfg.delta,
+            sensitive=sensitive,
+        )
+        cols = ", ".join(AUDIT_COLUMNS)
+        marks = ", ".join("?" for _ in AUDIT_COLUMNS)
+        cur.execute(
+            self._driver.sql(f"INSERT INTO fdp_audit ({cols}) VALUES ({marks})"),  # noqa: S608
+            tuple(rec[c] for c in AUDIT_COLUMNS),
+        )
+        head[0], head[1] = rec["seq"], rec["hash"]
+
+    def _apply(self, cur: Any, op: _Op, head: list[Any]) -> Any:
+        sql = self._driver.sql
+        if op.kind == "reserve":
+            assert op.charge is not None and op.now is not None
+            charge = op.charge
+            units = units_of(charge)
+            states: list[tuple[Scope, str, tuple[float, ...], float, int]] = []
+            for scope, key in units:
+                cur.execute(
+                    sql(
+                        "SELECT rdp, basic_eps, n_queries FROM fdp_units "
+                        "WHERE scope=? AND unit_key=? AND window_id=?"
+                    ),
+                    (scope.value, key, op.window_id),
+                )
+                row = cur.fetchone()
+                spent = tuple(json.loads(row[0])) if row else flt.zero()
+                total = budget_of(self._cfg, scope)
+                if not flt.admits(spent, op.cost, total, self._cfg.delta):
+                    available = max(0.0, total - flt.filter_epsilon(spent, self._cfg.delta))
+                    raise BudgetExceeded(scope, key, op.epsilon, available)
+                states.append((scope, key, spent, float(row[1]) if row else 0.0, int(row[2]) if row else 0))
+            for scope, key, spent, basic, n in states:
+                cur.execute(
+                    sql(
+                        "INSERT INTO fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
+                        "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries"
+                    ),
+                    (
+                        scope.value,
+                        key,
+                        op.window_id,
+                        json.dumps(flt.add(spent, op.cost)),
+                        basic + op.epsilon,
+                        n + 1,
+                    ),
+                )
+            rid = uuid.uuid4().hex
+            cur.execute(
+                sql(
+                    "INSERT INTO fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, "
+                    "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)"
+                ),
+                (
+                    rid,
+                    op.window_id,
+                    json.dumps([[s.value, k] for s, k in units]),
+                    json.dumps(ev.to_dict(charge.event)),
+                    json.dumps(op.cost),
+                    op.epsilon,
+                    self._cfg.delta,
+                    op.now.isoformat(),
+                ),
+            )
+            self._audit(
+                cur,
+                head,
+                kind="reserve",
+                rid=rid,
+                eps=op.epsilon,
+                ts=op.now,
+                sensitive={
+                    "user_id": charge.user_id,
+                    "department": charge.department,
+                    "hospitals": list(charge.hospitals),
+                    "query_hash": charge.query_hash,
+                    "request_id": charge.request_id,
+                    "window_id": op.window_id,
+                },
+            )
+            return Reservation(
+                id=rid, charge=charge, epsilon=op.epsilon, delta=self._cfg.delta, created_at=op.now
+            )
+        assert op.now is not None
+        cur.execute(
+            sql("SELECT window_id, units, rdp, epsilon, state FROM fdp_reservations WHERE id=?"),
+            (op.reservation_id,),
+        )
+        row = cur.fetchone()
+        if row is None or row[4] != "reserved":
+            state = "unknown" if row is None else f"already {row[4]}"
+            raise UnknownReservation(f"reservation {op.reservation_id!r} is {state}")
+        window_id, units_json, cost_json, eps, _ = row
+        new_state = "committed" if op.kind == "commit" else "released"
+        cur.execute(
+            sql("UPDATE fdp_reservations SET state=?, settled_at=? WHERE id=? AND state='reserved'"),
+            (new_state, op.now.isoformat(), op.reservation_id),
+        )
+        if op.kind == "release":
+            cost = json.loads(cost_json)
+            for scope_v, key in json.loads(units_json):
+                cur.execute(
+                    sql(
+                        "SELECT rdp, basic_eps, n_queries FROM fdp_units "
+                        "WHERE scope=? AND unit_key=? AND window_id=?"
+                    ),
+                    (scope_v, key, window_id),
+                )
+                urow = cur.fetchone()
+                if urow is None:
+                    continue
+                cur.execute(
+                    sql(
+                        "UPDATE fdp_units SET rdp=?, basic_eps=?, n_queries=? "
+                        "WHERE scope=? AND unit_key=? AND window_id=?"
+                    ),
+                    (
+                        json.dumps(flt.subtract(json.loads(urow[0]), cost)),
+                        max(0.0, urow[1] - eps),
+                        max(0, int(urow[2]) - 1),
+                        scope_v,
+                        key,
+                        window_id,
+                    ),
+                )
+        self._audit(
+            cur,
+            head,
+            kind=op.kind,
+            rid=op.reservation_id,
+            eps=float(eps),
+            ts=op.now,
+            sensitive={"nodes": list(op.nodes)},
+        )
+        return None
+
+
+def _remaining_count(spent: Sequence[float], cost: Sequence[float], total: float, delta: float) -> int:
+    best = 0
+    for s, c, b in zip(spent, cost, flt.budget_curve(total, delta), strict=True):
+        if c > 0 and b - s >= 0:
+            best = max(best, int((b - s) // c))
+    return best

@@ -1,0 +1,126 @@
+"""A privacy policy turned into what it guarantees, and into budget windows.
+
+``guarantee(cfg)`` states, in words and numbers, the DP guarantee a policy actually gives
+(the operator writes it on PrivacyPolicy status; the router shows it in budget documents).
+With a refreshing window the guarantee is per (unit, window), not per person forever, and
+per-user budgets assume users do not collude: both are said, not hidden.
+
+``window_of(cfg, t)`` maps a time to its window (window id = floor(t / period); one window
+for a lifetime budget). ``check_policy(cfg)`` refuses a policy whose budgets cannot admit
+even one query at ``max_epsilon_per_query``.
+
+Called by the ledger, the router and the operator. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from fdp_router.config import PrivacyConfig
+from fdp_router.privacy.api import InvalidPrivacyRequest, Scope
+from fdp_router.privacy.events import event_for_request
+from fdp_router.privacy.filter import admits, rdp_curve, zero
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def budget_of(cfg: PrivacyConfig, scope: Scope) -> float:
+    return {
+        Scope.USER: cfg.budgets.per_user,
+        Scope.DEPARTMENT: cfg.budgets.per_department,
+        Scope.HOSPITAL: cfg.budgets.per_hospital,
+    }[scope]
+
+
+def _budget_field(scope: Scope) -> str:
+    return {
+        Scope.USER: "budgets.per_user",
+        Scope.DEPARTMENT: "budgets.per_department",
+        Scope.HOSPITAL: "budgets.per_hospital",
+    }[scope]
+
+
+def format_period(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Guarantee:
+    epsilon: float  # per-user budget
+    delta: float
+    unit: str  # "user"
+    window: str  # "lifetime" or e.g. "24h"
+    window_seconds: int | None
+    text: str
+    budgets: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def guarantee(cfg: PrivacyConfig) -> Guarantee:
+    """The guarantee `cfg` gives, e.g. "(10, 1e-05)-DP per user per 24h window"."""
+    eps, delta = cfg.budgets.per_user, cfg.delta
+    if cfg.window.kind == "period":
+        assert cfg.window.period_seconds is not None
+        window = format_period(cfg.window.period_seconds)
+        where = f"per {window} window"
+        seconds: int | None = cfg.window.period_seconds
+    else:
+        window, where, seconds = "lifetime", "over the lifetime of the ledger", None
+    text = f"({eps:g}, {delta:g})-DP per user {where}"
+    notes = [
+        "admission by a Rényi-DP filter valid for adaptively chosen per-query epsilon",
+        f"also ({cfg.budgets.per_department:g}, {delta:g})-DP per department and "
+        f"({cfg.budgets.per_hospital:g}, {delta:g})-DP per hospital (data source) {where}",
+        "per-user budgets assume users do not collude",
+    ]
+    if seconds is not None:
+        notes.append(
+            "budgets refresh each window: the guarantee is per (person, window), not per person forever"
+        )
+    return Guarantee(
+        epsilon=eps,
+        delta=delta,
+        unit="user",
+        window=window,
+        window_seconds=seconds,
+        text=text,
+        budgets={s.value: budget_of(cfg, s) for s in Scope},
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    id: int
+    start: datetime | None
+    end: datetime | None
+
+
+def window_of(cfg: PrivacyConfig, now: datetime) -> Window:
+    if cfg.window.kind != "period":
+        return Window(0, None, None)
+    assert cfg.window.period_seconds is not None
+    period = cfg.window.period_seconds
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    t = int((now - _EPOCH).total_seconds())
+    wid = t // period
+    start = _EPOCH + timedelta(seconds=wid * period)
+    return Window(wid, start, start + timedelta(seconds=period))
+
+
+def check_policy(cfg: PrivacyConfig) -> None:
+    """Refuse a policy whose budgets cannot admit even one query at max_epsilon_per_query."""
+    cost = rdp_curve(event_for_request(cfg, cfg.max_epsilon_per_query))
+    for scope in Scope:
+        if not admits(zero(), cost, budget_of(cfg, scope), cfg.delta):
+            raise InvalidPrivacyRequest(
+                _budget_field(scope),
+                f"a budget of {budget_of(cfg, scope):g} cannot admit even one query at "
+                f"max_epsilon_per_query={cfg.max_epsilon_per_query:g} (delta {cfg.delta:g}) under the "
+                "Rényi filter; raise the budget or lower max_epsilon_per_query",
+            )

@@ -1,0 +1,103 @@
+"""Pieces shared by the blue/green and canary state machines: the progress clock, intent
+bookkeeping, and the conditions every decision ends with.
+
+Conditions follow kstatus and the Argo CD health checks (charts/.../argocd/): ``Ready`` is
+True while the stable revision serves (also during and after a failed rollout),
+``Reconciling`` is True while a change is rolling out (also while paused: the rollout is
+not done), ``Stalled`` is True with the failure reason after an abort, a missed progress
+deadline or a failed analysis (and then ``Reconciling`` is False, so kstatus says Failed),
+``Paused`` is True while waiting for a promotion, a pause step or ``spec.rollout.paused``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from fdp_operator.rollout.types import FAILURE_REASONS, Condition, Reason, RolloutStatus
+
+
+def progress_clock(prev: RolloutStatus, marker: str, now: datetime, *, paused: bool) -> tuple[datetime, str]:
+    """When did this rollout last make progress? Pauses do not count against the deadline.
+
+    ``marker`` summarises observable progress (revision, step, available pods); any change
+    of it restarts the clock. Derived from status + observation only, so it survives restarts.
+    """
+    if paused or prev.progress_marker != marker or prev.last_progress_time is None:
+        return now, marker
+    return prev.last_progress_time, marker
+
+
+def deadline(last_progress: datetime, seconds: int) -> datetime:
+    return last_progress + timedelta(seconds=seconds)
+
+
+def seconds_until(now: datetime, when: datetime) -> float:
+    return max((when - now).total_seconds(), 1.0)
+
+
+def unhandled(token: str | None, handled: str | None) -> str | None:
+    """The intent token if it has not been acted on yet."""
+    return token if token and token != handled else None
+
+
+def conditions(
+    *,
+    ready: bool,
+    ready_message: str,
+    reconciling: bool,
+    reason: Reason,
+    message: str,
+    stalled: Reason | None,
+    paused: Reason | None,
+) -> tuple[Condition, ...]:
+    def flag(b: bool) -> str:
+        return "True" if b else "False"
+
+    return (
+        Condition(
+            "Ready",
+            flag(ready),
+            Reason.HEALTHY if ready else Reason.STABLE_UNAVAILABLE,
+            ready_message,
+        ),
+        Condition("Reconciling", flag(reconciling and stalled is None), reason, message),
+        Condition(
+            "Stalled",
+            flag(stalled is not None),
+            stalled or Reason.HEALTHY,
+            message if stalled else "rollout is not stalled",
+        ),
+        Condition(
+            "Paused",
+            flag(paused is not None),
+            paused or Reason.HEALTHY,
+            message if paused else "rollout is not paused",
+        ),
+    )
+
+
+def failure_message(reason: Reason, revision: str, stable: str | None, detail: str) -> str:
+    """The message after a failed rollout: what happened and exactly what to do next."""
+    what = {
+        Reason.ABORTED: "was aborted",
+        Reason.PROGRESS_DEADLINE_EXCEEDED: (
+            "made no progress within progressDeadlineSeconds and was rolled back"
+        ),
+        Reason.ANALYSIS_FAILED: "failed analysis and was rolled back",
+    }.get(reason, f"failed ({reason})")
+    serving = f"stable revision {stable} keeps serving" if stable else "no stable revision serves"
+    detail = f" ({detail})" if detail else ""
+    return (
+        f"Rollout of revision {revision} {what}{detail}; {serving}. To retry, change the pod "
+        f"template (e.g. a new image tag or config); to clear this state, revert the spec to "
+        f"the stable revision."
+    )
+
+
+def reason_of(text: str | None) -> Reason:
+    """A recorded failure reason, defaulting to Aborted for anything unknown."""
+    try:
+        reason = Reason(text or Reason.ABORTED)
+    except ValueError:
+        return Reason.ABORTED
+    return reason if reason in FAILURE_REASONS else Reason.ABORTED

@@ -63,6 +63,9 @@ def test_a_canary_walks_every_step_with_the_expected_split_and_pauses() -> None:
     # every step done: stable takes the new template, the canary serves meanwhile
     assert sim.revision_of("stable") == "rev2" and sim.replicas_of("stable") == 10
     assert sim.replicas_of("canary") == 5 and d.ready
+    d = sim.reconcile()
+    assert sim.replicas_of("canary") == 5, "the canary drains only once stable is Available"
+    assert d.ready and d.progressing
     sim.kubelet()
     d = sim.reconcile()
     assert split(sim) == (0, 10) and d.ready and not d.progressing

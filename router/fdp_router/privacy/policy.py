@@ -42,8 +42,9 @@ def _budget_field(scope: Scope) -> str:
 
 
 def format_period(seconds: int) -> str:
+    """86400 -> "24h", 604800 -> "7d", 1800 -> "30m" (hours up to two days, as people say it)."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
+        if seconds % size == 0 and not (unit == "d" and seconds <= 2 * 86400):
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 

@@ -1,0 +1,245 @@
+"""The ledger contract, run against every backend (SQLite and a real PostgreSQL).
+
+reserve -> commit / release semantics, the three budgets, windows, no overspend under many
+concurrent tasks, nothing recorded on refusal, the audit chain (encrypted, verifiable, key
+rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from fdp_router.config import PrivacyConfig
+from fdp_router.privacy import filter as flt
+from fdp_router.privacy.api import BudgetExceeded, Charge, InvalidPrivacyRequest, Scope, UnknownReservation
+from fdp_router.privacy.audit import parse_keyring
+from fdp_router.privacy.events import event_for_request
+from fdp_router.privacy.ledger import verify_ledger
+from fdp_router.privacy.ledger.postgres import PostgresDriver
+from fdp_router.privacy.ledger.sqlite import SqliteDriver
+
+from .conftest import LedgerEnv, policy_admitting
+
+
+def _driver(env: LedgerEnv):
+    if env.backend == "sqlite":
+        return SqliteDriver(env.ledger_cfg.sqlite_path)
+    return PostgresDriver(env.dsn)
+
+
+def _rows(env: LedgerEnv, sql: str) -> list[tuple]:
+    if env.backend == "sqlite":
+        with sqlite3.connect(env.ledger_cfg.sqlite_path) as conn:
+            return conn.execute(sql).fetchall()
+    with psycopg.connect(env.dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _charge(cfg: PrivacyConfig, user: str = "alice", dept: str = "cardiology", hospitals=("h1",), eps=None):
+    return Charge(
+        user_id=user,
+        department=dept,
+        hospitals=hospitals,
+        event=event_for_request(cfg, eps),
+        query_hash="qh-" + user,
+        request_id="r1",
+    )
+
+
+async def test_reserve_commit_release_semantics(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        r1 = await ledger.reserve(_charge(cfg))
+        assert r1.epsilon == pytest.approx(0.5, rel=1e-3) and r1.delta == cfg.delta
+        after_one = await ledger.budget(Scope.USER, "alice")
+        assert after_one.consumed_epsilon > 0 and after_one.extra["queries"] == 1
+        await ledger.commit(r1.id, ("node-a",))
+        with pytest.raises(UnknownReservation):
+            await ledger.commit(r1.id)  # settled once only
+        with pytest.raises(UnknownReservation):
+            await ledger.release(r1.id)  # a committed spend is never refunded
+        r2 = await ledger.reserve(_charge(cfg))
+        mid = await ledger.budget(Scope.USER, "alice")
+        await ledger.release(r2.id)  # nothing reached the client: refunded
+        after = await ledger.budget(Scope.USER, "alice")
+        assert after.consumed_epsilon == pytest.approx(after_one.consumed_epsilon, rel=1e-9)
+        assert mid.consumed_epsilon > after.consumed_epsilon
+        with pytest.raises(UnknownReservation):
+            await ledger.release("no-such-id")
+        states = dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations"))
+        assert states == {r1.id: "committed", r2.id: "released"}
+    finally:
+        await ledger.close()
+
+
+async def test_budget_exhaustion_records_nothing(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(3)
+    ledger = await ledger_env.open(cfg)
+    try:
+        for _ in range(3):
+            await ledger.reserve(_charge(cfg))
+        audit_before = _rows(ledger_env, "SELECT count(*) FROM fdp_audit")[0][0]
+        with pytest.raises(BudgetExceeded) as info:
+            await ledger.reserve(_charge(cfg))
+        assert info.value.scope == Scope.USER and info.value.key == "alice"
+        assert info.value.requested == pytest.approx(0.5, rel=1e-3)
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_audit")[0][0] == audit_before
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_reservations")[0][0] == 3
+        status = await ledger.budget(Scope.USER, "alice")
+        assert status.extra["queries_remaining_at_default_epsilon"] == 0
+        assert 0 <= status.remaining_epsilon < status.total_epsilon
+        # another user is unaffected
+        await ledger.reserve(_charge(cfg, user="bob"))
+    finally:
+        await ledger.close()
+
+
+async def test_department_and_hospital_budgets_also_bind(ledger_env: LedgerEnv) -> None:
+    base = policy_admitting(50)
+    data = base.model_dump()
+    one = flt.rdp_curve(event_for_request(base, None))
+    dept_budget = (
+        flt.filter_epsilon([2 * c for c in one], base.delta)
+        + flt.filter_epsilon([3 * c for c in one], base.delta)
+    ) / 2
+    data["budgets"]["per_department"] = dept_budget
+    cfg = PrivacyConfig.model_validate(data)
+    ledger = await ledger_env.open(cfg)
+    try:
+        await ledger.reserve(_charge(cfg, user="u1"))
+        await ledger.reserve(_charge(cfg, user="u2"))
+        with pytest.raises(BudgetExceeded) as info:
+            await ledger.reserve(_charge(cfg, user="u3"))
+        assert info.value.scope == Scope.DEPARTMENT and info.value.key == "cardiology"
+        # user u3 was not charged by the refused request
+        assert (await ledger.budget(Scope.USER, "u3")).consumed_epsilon == 0
+        # hospital budget: same idea, through another department
+        data2 = base.model_dump()
+        data2["budgets"]["per_hospital"] = dept_budget
+        cfg2 = PrivacyConfig.model_validate(data2)
+    finally:
+        await ledger.close()
+    ledger = await ledger_env.open(cfg2)
+    try:
+        await ledger.reserve(_charge(cfg2, user="v1", dept="d1", hospitals=("hx",)))
+        await ledger.reserve(_charge(cfg2, user="v2", dept="d2", hospitals=("hx", "hy")))
+        with pytest.raises(BudgetExceeded) as info:
+            await ledger.reserve(_charge(cfg2, user="v3", dept="d3", hospitals=("hy", "hx")))
+        assert info.value.scope == Scope.HOSPITAL and info.value.key == "hx"
+    finally:
+        await ledger.close()
+
+
+async def test_period_window_refreshes_and_states_the_window(ledger_env: LedgerEnv) -> None:
+    clock = [datetime(2026, 1, 1, 10, 0, tzinfo=UTC)]
+    cfg = policy_admitting(2, window={"kind": "period", "period_seconds": 86400})
+    ledger = await ledger_env.open(cfg, now=lambda: clock[0])
+    try:
+        await ledger.reserve(_charge(cfg))
+        await ledger.reserve(_charge(cfg))
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve(_charge(cfg))
+        status = await ledger.budget(Scope.USER, "alice")
+        assert status.window_start == datetime(2026, 1, 1, tzinfo=UTC)
+        assert status.window_end == datetime(2026, 1, 2, tzinfo=UTC)
+        assert "per 24h window" in status.guarantee
+        clock[0] += timedelta(days=1)
+        r = await ledger.reserve(_charge(cfg))  # next window: fresh budget
+        assert (await ledger.budget(Scope.USER, "alice")).extra["queries"] == 1
+        clock[0] += timedelta(days=1)
+        await ledger.release(r.id)  # refund goes to the reservation's own window
+        clock[0] -= timedelta(days=1)
+        assert (await ledger.budget(Scope.USER, "alice")).extra["queries"] == 0
+    finally:
+        await ledger.close()
+
+
+async def test_concurrent_tasks_never_overspend(ledger_env: LedgerEnv) -> None:
+    m = 12
+    cfg = policy_admitting(m)
+    ledger = await ledger_env.open(cfg)
+    try:
+
+        async def attempt() -> bool:
+            try:
+                await ledger.reserve(_charge(cfg))
+                return True
+            except BudgetExceeded:
+                return False
+
+        results = await asyncio.gather(*(attempt() for _ in range(200)))
+        assert sum(results) == m
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_reservations")[0][0] == m
+    finally:
+        await ledger.close()
+
+
+async def test_bad_charges_are_rejected_and_record_nothing(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(3)
+    ledger = await ledger_env.open(cfg)
+    try:
+        good = _charge(cfg)
+        bad = [
+            Charge("", "d", ("h",), good.event),
+            Charge("u", " ", ("h",), good.event),
+            Charge("u", "d", ["h"], good.event),  # type: ignore[arg-type]
+            Charge("u", "d", ("h",), object()),
+            Charge("u", "d", ("h",), "gaussian"),
+        ]
+        for charge in bad:
+            with pytest.raises(InvalidPrivacyRequest):
+                await ledger.reserve(charge)
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_audit")[0][0] == 0
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_units")[0][0] == 0
+    finally:
+        await ledger.close()
+
+
+async def test_audit_is_encrypted_chained_and_verifiable(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        r = await ledger.reserve(_charge(cfg, user="dr-secret-name", dept="oncology-ward-7"))
+        await ledger.commit(r.id, ("node-zz",))
+        r2 = await ledger.reserve(_charge(cfg, user="dr-secret-name", dept="oncology-ward-7"))
+        await ledger.release(r2.id)
+    finally:
+        await ledger.close()
+    audit = _rows(ledger_env, "SELECT seq, kind, ciphertext FROM fdp_audit ORDER BY seq")
+    assert [a[1] for a in audit] == ["reserve", "commit", "reserve", "release"]
+    dump = json.dumps([list(map(str, a)) for a in audit])
+    assert "dr-secret-name" not in dump and "oncology" not in dump and "node-zz" not in dump
+    keyring = parse_keyring(ledger_env.key_file.read_text(), "test")
+    assert verify_ledger(_driver(ledger_env), keyring).ok
+    wrong = parse_keyring(f"k1 {secrets.token_hex(32)}", "test")
+    bad = verify_ledger(_driver(ledger_env), wrong)
+    assert not bad.ok and bad.first_bad_seq == 1
+
+
+async def test_audit_key_rotation(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        await ledger.reserve(_charge(cfg))
+    finally:
+        await ledger.close()
+    old = ledger_env.key_file.read_text()
+    ledger_env.key_file.write_text(old + f"k2 {secrets.token_hex(32)}\n")  # rotate: k2 active
+    ledger = await ledger_env.open(cfg)
+    try:
+        await ledger.reserve(_charge(cfg))
+    finally:
+        await ledger.close()
+    assert [r[0] for r in _rows(ledger_env, "SELECT key_id FROM fdp_audit ORDER BY seq")] == ["k1", "k2"]
+    both = parse_keyring(ledger_env.key_file.read_text(), "test")
+    assert verify_ledger(_driver(ledger_env), both).ok
+    only_new = parse_keyring(ledger_env.key_file.read_text().splitlines()[1], "test")
+    result = verify_ledger(_driver(ledger_env), only_new)
+    assert not result.ok and result.first_bad_seq == 1 and "unknown key id" in result.reason

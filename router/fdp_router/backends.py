@@ -1,0 +1,281 @@
+"""Hospital node backends: one pooled HTTP client, live node state, probes, ejection.
+
+Owned by the app (``app.py`` creates it in a cleanup context); ``service.py`` calls
+`BackendPool.chat` for each backend call and `views()` to feed the balancer.
+
+- one shared ``aiohttp.ClientSession`` with a per-host connection limit;
+- per node: an SSL context with the node's CA and client certificate (mTLS), optional
+  server-name override; connect and read timeouts from ``routing``;
+- passive outlier ejection: ``outlier_consecutive_failures`` failures in a row take a node
+  out for ``outlier_ejection_seconds``;
+- active health probes (``health_check``): ``failure_threshold`` failed probes mark a node
+  unhealthy until a probe succeeds.
+
+Node state is keyed by node id and survives config reloads, so counters are not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from fdp_router.balancers import NodeView
+from fdp_router.config import HospitalNodeConfig, NodeTLS, RoutingConfig
+from fdp_router.metrics import Metrics
+
+log = logging.getLogger("fdp_router.backends")
+EWMA_ALPHA = 0.2
+
+
+class BackendFailure(Exception):
+    """One backend call failed. `timeout` says which status the client gets (504 vs 502);
+    `retryable` says whether another node may be tried."""
+
+    def __init__(self, node_id: str, message: str, *, timeout: bool = False, retryable: bool = True) -> None:
+        super().__init__(f"node {node_id}: {message}")
+        self.node_id = node_id
+        self.timeout = timeout
+        self.retryable = retryable
+
+
+def ssl_context_for(tls: NodeTLS) -> ssl.SSLContext:
+    """Client-side TLS towards one node: verify with its CA, present our client cert."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    if tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.client_cert_file:
+        ctx.load_cert_chain(tls.client_cert_file, tls.client_key_file)
+    return ctx
+
+
+@dataclass
+class NodeState:
+    cfg: HospitalNodeConfig
+    ssl: ssl.SSLContext | None = None
+    in_flight: int = 0
+    ewma_latency_s: float = 0.0
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+    probe_failures: int = 0
+    probe_healthy: bool = True
+    last_probe_time: float | None = None
+    last_probe_latency_s: float | None = None
+    requests: int = 0
+    failures: int = 0
+    probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def healthy(self, now: float) -> bool:
+        return self.probe_healthy and now >= self.ejected_until
+
+    def view(self, now: float) -> NodeView:
+        c = self.cfg
+        return NodeView(
+            id=c.id,
+            hospital=c.hospital,
+            weight=c.weight,
+            departments=c.departments,
+            in_flight=self.in_flight,
+            ewma_latency_s=self.ewma_latency_s,
+            healthy=self.healthy(now),
+            max_concurrent=c.max_concurrent_requests,
+        )
+
+    def describe(self, now: float) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "id": c.id,
+            "hospital": c.hospital,
+            "endpoint": c.endpoint,
+            "model": c.model,
+            "departments": list(c.departments),
+            "weight": c.weight,
+            "healthy": self.healthy(now),
+            "probe_healthy": self.probe_healthy,
+            "ejected": now < self.ejected_until,
+            "in_flight": self.in_flight,
+            "ewma_latency_ms": round(self.ewma_latency_s * 1000, 3),
+            "consecutive_failures": self.consecutive_failures,
+            "requests": self.requests,
+            "failures": self.failures,
+            "last_probe_latency_ms": None
+            if self.last_probe_latency_s is None
+            else round(self.last_probe_latency_s * 1000, 3),
+        }
+
+
+class BackendPool:
+    def __init__(self, routing: RoutingConfig, metrics: Metrics) -> None:
+        self.routing = routing
+        self.metrics = metrics
+        self.nodes: dict[str, NodeState] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self._probing = False
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.routing.per_host_connections)
+        self.session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+
+    async def close(self) -> None:
+        self._probing = False
+        for st in self.nodes.values():
+            if st.probe_task is not None:
+                st.probe_task.cancel()
+        tasks = [st.probe_task for st in self.nodes.values() if st.probe_task is not None]
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.session is not None:
+            await self.session.close()
+
+    def configure(self, nodes: tuple[HospitalNodeConfig, ...], routing: RoutingConfig) -> None:
+        """Apply a (re)loaded node list: keep the state of nodes that stay, drop the others."""
+        self.routing = routing
+        wanted = {n.id: n for n in nodes}
+        for node_id in list(self.nodes):
+            if node_id not in wanted:
+                st = self.nodes.pop(node_id)
+                if st.probe_task is not None:
+                    st.probe_task.cancel()
+                for gauge in (self.metrics.node_healthy, self.metrics.node_in_flight):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(node_id)
+        for node_id, cfg in wanted.items():
+            ctx = ssl_context_for(cfg.tls) if cfg.endpoint.startswith("https://") else None
+            st = self.nodes.get(node_id)
+            if st is None:
+                st = NodeState(cfg=cfg, ssl=ctx)
+                self.nodes[node_id] = st
+            else:
+                st.cfg, st.ssl = cfg, ctx
+            self.metrics.node_healthy.labels(node_id).set(1 if st.healthy(time.monotonic()) else 0)
+            if self._probing and st.probe_task is None:
+                st.probe_task = asyncio.create_task(self._probe_loop(node_id), name=f"probe-{node_id}")
+
+    def start_probes(self) -> None:
+        self._probing = True
+        for node_id, st in self.nodes.items():
+            if st.probe_task is None:
+                st.probe_task = asyncio.create_task(self._probe_loop(node_id), name=f"probe-{node_id}")
+
+    def views(self) -> list[NodeView]:
+        now = time.monotonic()
+        return [st.view(now) for st in self.nodes.values()]
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [st.describe(now) for st in self.nodes.values()]
+
+    def _request_kwargs(self, st: NodeState) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if st.ssl is not None:
+            kw["ssl"] = st.ssl
+            if st.cfg.tls.server_name:
+                kw["server_hostname"] = st.cfg.tls.server_name
+        return kw
+
+    async def chat(self, node_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST the OpenAI chat payload to one node; the parsed completion or BackendFailure."""
+        st = self.nodes.get(node_id)
+        if st is None or self.session is None:
+            raise BackendFailure(node_id, "node is not configured")
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self.routing.connect_timeout_seconds,
+            sock_read=self.routing.read_timeout_seconds,
+        )
+        body = {**payload, "model": st.cfg.model}
+        st.in_flight += 1
+        st.requests += 1
+        self.metrics.node_in_flight.labels(node_id).inc()
+        start = time.monotonic()
+        try:
+            async with self.session.post(
+                f"{st.cfg.endpoint}/v1/chat/completions",
+                json=body,
+                timeout=timeout,
+                **self._request_kwargs(st),
+            ) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise BackendFailure(node_id, f"HTTP {resp.status}")
+                if resp.status >= 400:
+                    text = (await resp.text())[:200]
+                    raise BackendFailure(node_id, f"HTTP {resp.status}: {text}", retryable=False)
+                data: dict[str, Any] = await resp.json()
+                _ = data["choices"][0]["message"]["content"]
+        except BackendFailure:
+            self._failed(st)
+            raise
+        except TimeoutError:
+            self._failed(st)
+            raise BackendFailure(node_id, "timed out", timeout=True) from None
+        except (aiohttp.ClientError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            self._failed(st)
+            raise BackendFailure(node_id, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            st.in_flight -= 1
+            self.metrics.node_in_flight.labels(node_id).dec()
+        elapsed = time.monotonic() - start
+        st.ewma_latency_s = (
+            elapsed if st.ewma_latency_s == 0 else (1 - EWMA_ALPHA) * st.ewma_latency_s + EWMA_ALPHA * elapsed
+        )
+        st.consecutive_failures = 0
+        self.metrics.node_latency.labels(node_id).observe(elapsed)
+        return data
+
+    def _failed(self, st: NodeState) -> None:
+        st.failures += 1
+        st.consecutive_failures += 1
+        self.metrics.node_failures.labels(st.cfg.id).inc()
+        if st.consecutive_failures >= self.routing.outlier_consecutive_failures:
+            st.ejected_until = time.monotonic() + self.routing.outlier_ejection_seconds
+            st.consecutive_failures = 0
+            self.metrics.node_healthy.labels(st.cfg.id).set(0)
+            log.warning(
+                "node ejected", extra={"node": st.cfg.id, "seconds": self.routing.outlier_ejection_seconds}
+            )
+
+    async def probe_once(self, node_id: str) -> bool:
+        st = self.nodes[node_id]
+        hc = st.cfg.health_check
+        assert self.session is not None
+        start = time.monotonic()
+        ok = False
+        try:
+            async with self.session.get(
+                f"{st.cfg.endpoint}{hc.path}",
+                timeout=aiohttp.ClientTimeout(total=hc.timeout_seconds),
+                **self._request_kwargs(st),
+            ) as resp:
+                ok = resp.status < 400
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            ok = False
+        st.last_probe_time = time.time()
+        st.last_probe_latency_s = time.monotonic() - start
+        if ok:
+            st.probe_failures = 0
+            st.probe_healthy = True
+        else:
+            st.probe_failures += 1
+            if st.probe_failures >= hc.failure_threshold:
+                st.probe_healthy = False
+        self.metrics.node_healthy.labels(node_id).set(1 if st.healthy(time.monotonic()) else 0)
+        return ok
+
+    async def _probe_loop(self, node_id: str) -> None:
+        while self._probing and node_id in self.nodes:
+            try:
+                await self.probe_once(node_id)
+            except Exception:  # a probe bug must not kill the loop
+                log.exception("probe failed", extra={"node": node_id})
+            st = self.nodes.get(node_id)
+            if st is None:
+                return
+            await asyncio.sleep(st.cfg.health_check.interval_seconds)

@@ -1,0 +1,105 @@
+"""The balancer interface: pick hospital node(s) for one request, from a snapshot.
+
+Pure code: a balancer sees immutable `NodeView` snapshots (built by ``backends.py`` from
+live counters) and a `PickContext` (department, epsilon, known hospital budgets) and
+returns node ids. No I/O, no clocks except what the caller passes in, so the same classes
+run in the request path and in ``benchmarks/balancer_sim.py``.
+
+Eligibility is decided here, once, for every strategy: a node must be healthy (not
+ejected, probes passing) and allowed for the department. Strategies only rank eligible
+nodes; ``privacy_aware`` narrows further by hospital budget. Randomised strategies take a
+seeded ``random.Random``: balancer randomness is load spreading, not privacy noise.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node as a balancer sees it at decision time."""
+
+    id: str
+    hospital: str
+    weight: float = 1.0
+    departments: tuple[str, ...] = ()  # empty: every department
+    in_flight: int = 0
+    ewma_latency_s: float = 0.0  # 0: no sample yet
+    healthy: bool = True
+    max_concurrent: int = 32
+
+    def allows(self, department: str) -> bool:
+        return not self.departments or department in self.departments
+
+
+@dataclass(frozen=True, slots=True)
+class PickContext:
+    department: str
+    epsilon: float = 0.0
+    # Remaining epsilon per hospital as last seen (may be stale or missing: missing = unknown).
+    hospital_remaining: Mapping[str, float] = field(default_factory=dict)
+    exclude: frozenset[str] = frozenset()  # node ids already tried (failover)
+    exclude_hospitals: frozenset[str] = frozenset()  # hospitals whose budget refused
+
+
+class Balancer(abc.ABC):
+    """Strategy interface. Subclasses implement `_rank`; eligibility lives here."""
+
+    name: ClassVar[str]
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)  # noqa: S311 (load spreading, not privacy noise)
+
+    def eligible(self, nodes: Sequence[NodeView], ctx: PickContext) -> list[NodeView]:
+        return [
+            n
+            for n in nodes
+            if n.healthy
+            and n.allows(ctx.department)
+            and n.id not in ctx.exclude
+            and n.hospital not in ctx.exclude_hospitals
+        ]
+
+    def pick(self, nodes: Sequence[NodeView], ctx: PickContext) -> NodeView | None:
+        """The node for one request, or None if no node is eligible."""
+        candidates = self.eligible(nodes, ctx)
+        if not candidates:
+            return None
+        return self._choose(candidates, ctx)
+
+    def pick_many(self, nodes: Sequence[NodeView], ctx: PickContext, k: int) -> list[NodeView]:
+        """Up to k distinct nodes (consensus fan-out), preferring distinct hospitals."""
+        chosen: list[NodeView] = []
+        excluded = set(ctx.exclude)
+        hospitals: set[str] = set()
+        for prefer_new_hospital in (True, False):
+            while len(chosen) < k:
+                sub = PickContext(
+                    department=ctx.department,
+                    epsilon=ctx.epsilon,
+                    hospital_remaining=ctx.hospital_remaining,
+                    exclude=frozenset(excluded),
+                    exclude_hospitals=ctx.exclude_hospitals
+                    | (frozenset(hospitals) if prefer_new_hospital else frozenset()),
+                )
+                node = self.pick(nodes, sub)
+                if node is None:
+                    break
+                chosen.append(node)
+                excluded.add(node.id)
+                hospitals.add(node.hospital)
+        return chosen
+
+    @abc.abstractmethod
+    def _choose(self, candidates: list[NodeView], ctx: PickContext) -> NodeView:
+        """Rank non-empty eligible candidates and return one of them."""
+
+
+def load_of(n: NodeView) -> float:
+    """In-flight requests per unit of weight (Envoy's weighted least-request load)."""
+    return (n.in_flight + 1) / n.weight

@@ -1,0 +1,91 @@
+"""API errors: one exception type per error kind, rendered as DESIGN section 6 says.
+
+Handlers raise `ApiError` subclasses; the error middleware in ``app.py`` renders them as
+``{"error": {"type", "message", ...}}`` with the right status (and ``Retry-After`` for 429).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.type, "message": self.message, **self.extra}}
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}", field=field, reason=reason)
+
+
+class Unauthorized(ApiError):
+    status = 401
+    type = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="fdp-router"'})
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "forbidden"
+
+
+class PrivacyBudgetExceeded(ApiError):
+    status = 403
+    type = "privacy_budget_exceeded"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    type = "managed_by_operator"
+
+
+class Overloaded(ApiError):
+    status = 429
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        secs = max(1, round(retry_after))
+        super().__init__(message, headers={"Retry-After": str(secs)}, retry_after_seconds=secs)
+
+
+class BadGateway(ApiError):
+    status = 502
+    type = "backend_error"
+
+
+class ConsensusFailed(ApiError):
+    status = 502
+    type = "consensus_failed"
+
+
+class NoNodeAvailable(ApiError):
+    status = 503
+    type = "no_node_available"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+class GatewayTimeout(ApiError):
+    status = 504
+    type = "backend_timeout"

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one router app, in its own registry (so tests and reloads never
+collide). Labels are of bounded cardinality: route, status, error type, node, department
+(configured units), outcome — never a user.
+
+Created by ``app.py``; updated by the middleware, ``service.py`` and ``backends.py``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "fdp_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "fdp_request_duration_seconds",
+            "request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("fdp_errors", "errors by type", ["type"], registry=r)
+        self.epsilon_spent = Counter(
+            "fdp_epsilon_spent", "epsilon committed, by department", ["department"], registry=r
+        )
+        self.budget_rejections = Counter(
+            "fdp_budget_rejections", "requests refused by budget", ["scope"], registry=r
+        )
+        self.node_healthy = Gauge("fdp_node_healthy", "1 if the node is in rotation", ["node"], registry=r)
+        self.node_latency = Histogram(
+            "fdp_node_latency_seconds", "backend call latency", ["node"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.node_in_flight = Gauge("fdp_node_in_flight", "requests in flight per node", ["node"], registry=r)
+        self.node_failures = Counter("fdp_node_failures", "failed backend calls", ["node"], registry=r)
+        self.cache = Counter("fdp_cache_lookups", "answer cache lookups", ["result"], registry=r)
+        self.cache_hit_ratio = Gauge("fdp_cache_hit_ratio", "answer cache hit ratio since start", registry=r)
+        self.in_flight = Gauge("fdp_in_flight_requests", "requests being served", registry=r)
+        self.queue_depth = Gauge("fdp_queue_depth", "requests waiting for admission", registry=r)
+        self.consensus = Counter("fdp_consensus", "consensus outcomes", ["outcome"], registry=r)
+        self.reloads = Counter("fdp_config_reloads", "config reloads", ["result"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

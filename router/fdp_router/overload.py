@@ -1,0 +1,93 @@
+"""Admission control: bounded concurrency, a priority queue with aging, 429 beyond it.
+
+Used by ``service.py`` around the expensive part of a request (reservation + backend
+calls). At most ``max_concurrency`` requests run; up to ``max_queue`` wait, served by
+effective priority ``priority + waited_seconds / aging_seconds`` so that low priority
+still runs. Because every waiter ages at the same rate, ordering by
+``enqueued_at / aging - priority`` is the same order at every instant, so a plain heap
+suffices. A full queue or a wait longer than ``queue_timeout_seconds`` raises
+`Overloaded` (429 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fdp_router.config import OverloadConfig
+from fdp_router.errors import Overloaded
+
+
+@dataclass(order=True)
+class _Waiter:
+    key: float
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class AdmissionController:
+    def __init__(self, cfg: OverloadConfig) -> None:
+        self.cfg = cfg
+        self.running = 0
+        self._heap: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for w in self._heap if not w.future.done())
+
+    def _retry_after(self) -> float:
+        return max(1.0, self.cfg.queue_timeout_seconds / 2)
+
+    @asynccontextmanager
+    async def slot(self, priority: int = 5) -> AsyncIterator[None]:
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        while self._heap and self._heap[0].future.done():
+            heapq.heappop(self._heap)  # timed-out or cancelled waiters
+        if self.running < self.cfg.max_concurrency and not self._heap:
+            self.running += 1
+            return
+        if self.queue_depth >= self.cfg.max_queue:
+            raise Overloaded(
+                f"router overloaded: {self.running} running, {self.queue_depth} queued", self._retry_after()
+            )
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(
+            time.monotonic() / self.cfg.aging_seconds - priority, next(self._seq), loop.create_future()
+        )
+        heapq.heappush(self._heap, waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), self.cfg.queue_timeout_seconds)
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                # Granted at the last moment: we own a slot, give it back.
+                self._release()
+            waiter.future.cancel()
+            raise Overloaded(
+                f"router overloaded: waited {self.cfg.queue_timeout_seconds:g}s in the queue",
+                self._retry_after(),
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self._release()
+            waiter.future.cancel()
+            raise
+
+    def _release(self) -> None:
+        while self._heap:
+            waiter = heapq.heappop(self._heap)
+            if not waiter.future.done():
+                waiter.future.set_result(None)  # the slot passes to the waiter
+                return
+        self.running -= 1

@@ -1,0 +1,233 @@
+"""Conditions as a chain of pure checks, shaped like metav1.Condition.
+
+Each check looks at one observation and either passes (None) or returns a ``Verdict``:
+the first failing check decides Ready/Reconciling/Stalled, so the reason users see is the
+most fundamental one (an invalid spec before a missing policy before a rollout in
+progress). kstatus (Flux, Helm 4, Config Sync) reads Reconciling=True as in progress and
+Stalled=True as failed; Ready is what ``kubectl wait --for=condition=Ready`` waits on.
+``merge`` keeps ``lastTransitionTime`` when a condition's status did not change, so a
+status recomputed from scratch on every reconcile does not churn. Called by reconcile/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    READY = "Ready"
+    CREATED = "Created"
+    PROGRESSING = "Progressing"
+    INVALID_SPEC = "InvalidSpec"
+    POLICY_NOT_FOUND = "PolicyNotFound"
+    POLICY_INVALID = "PolicyInvalid"
+    TLS_SECRET_MISSING = "TLSSecretMissing"  # noqa: S105 - a reason, not a password
+    APPLY_FAILED = "ApplyFailed"
+    NO_READY_NODES = "NoReadyNodes"
+    ROLLOUT_STALLED = "RolloutStalled"
+    PROBE_SUCCEEDED = "ProbeSucceeded"
+    PROBE_FAILED = "ProbeFailed"
+    NOT_PROBED = "NotProbedYet"
+    ALL_NODES_READY = "AllNodesReady"
+    SOME_NODES_NOT_READY = "SomeNodesNotReady"
+    CERTIFICATE_ISSUED = "CertificateIssued"
+    EXTERNAL_SECRET = "ExternalSecret"  # noqa: S105 - a reason, not a password
+    GUARANTEE_COMPUTED = "GuaranteeComputed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of the first failing check. ``stalled``: needs a person; else still converging."""
+
+    reason: Reason
+    message: str
+    stalled: bool
+
+
+Condition = tuple[str, str, str, str]  # type, status, reason, message
+
+
+@dataclass(frozen=True)
+class RouterObservation:
+    spec_error: str | None = None
+    policy_name: str = ""
+    policy_found: bool = True
+    policy_error: str | None = None
+    tls_error: str | None = None
+    apply_error: str | None = None
+    nodes_selected: int = 0
+    nodes_ready: int = 0
+    not_ready_nodes: tuple[str, ...] = ()
+    workloads_available: bool = False
+    rollout_stalled: str | None = None
+    rollout_message: str = ""
+    extra: tuple[Condition, ...] = field(default_factory=tuple)
+
+
+Check = Callable[[RouterObservation], Verdict | None]
+
+
+def spec_is_valid(o: RouterObservation) -> Verdict | None:
+    return Verdict(Reason.INVALID_SPEC, o.spec_error, True) if o.spec_error else None
+
+
+def policy_exists(o: RouterObservation) -> Verdict | None:
+    if o.policy_found:
+        return None
+    return Verdict(
+        Reason.POLICY_NOT_FOUND,
+        f"PrivacyPolicy '{o.policy_name}' not found; running pods keep their last good config",
+        True,
+    )
+
+
+def policy_is_valid(o: RouterObservation) -> Verdict | None:
+    if o.policy_error is None:
+        return None
+    return Verdict(
+        Reason.POLICY_INVALID,
+        f"PrivacyPolicy '{o.policy_name}' is invalid ({o.policy_error}); "
+        "running pods keep their last good config",
+        True,
+    )
+
+
+def tls_is_available(o: RouterObservation) -> Verdict | None:
+    return Verdict(Reason.TLS_SECRET_MISSING, o.tls_error, True) if o.tls_error else None
+
+
+def children_applied(o: RouterObservation) -> Verdict | None:
+    return Verdict(Reason.APPLY_FAILED, o.apply_error, True) if o.apply_error else None
+
+
+def has_ready_nodes(o: RouterObservation) -> Verdict | None:
+    if o.nodes_ready > 0:
+        return None
+    if o.nodes_selected == 0:
+        msg = "no HospitalNode matches spec.nodeSelector"
+    else:
+        msg = f"none of the {o.nodes_selected} selected HospitalNodes is ready"
+    return Verdict(Reason.NO_READY_NODES, msg, True)
+
+
+def rollout_not_stalled(o: RouterObservation) -> Verdict | None:
+    if o.rollout_stalled is None:
+        return None
+    return Verdict(Reason.ROLLOUT_STALLED, f"{o.rollout_stalled}: {o.rollout_message}", True)
+
+
+def workloads_available(o: RouterObservation) -> Verdict | None:
+    if o.workloads_available:
+        return None
+    return Verdict(Reason.PROGRESSING, o.rollout_message or "waiting for the router pods", False)
+
+
+ROUTER_CHECKS: tuple[Check, ...] = (
+    spec_is_valid,
+    policy_exists,
+    policy_is_valid,
+    tls_is_available,
+    children_applied,
+    has_ready_nodes,
+    rollout_not_stalled,
+    workloads_available,
+)
+
+
+def first_failure(checks: Sequence[Check], o: RouterObservation) -> Verdict | None:
+    for check in checks:
+        verdict = check(o)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def summary(verdict: Verdict | None, ready_message: str) -> list[Condition]:
+    """Ready / Reconciling / Stalled from the first failing check (None: all passed)."""
+    if verdict is None:
+        return [
+            ("Ready", "True", Reason.READY.value, ready_message),
+            ("Reconciling", "False", Reason.READY.value, ""),
+            ("Stalled", "False", Reason.READY.value, ""),
+        ]
+    return [
+        ("Ready", "False", verdict.reason.value, verdict.message),
+        (
+            "Reconciling",
+            "False" if verdict.stalled else "True",
+            verdict.reason.value,
+            "" if verdict.stalled else verdict.message,
+        ),
+        (
+            "Stalled",
+            "True" if verdict.stalled else "False",
+            verdict.reason.value,
+            verdict.message if verdict.stalled else "",
+        ),
+    ]
+
+
+def router_conditions(o: RouterObservation, ready_message: str) -> list[Condition]:
+    out = summary(first_failure(ROUTER_CHECKS, o), ready_message)
+    if o.spec_error is None and o.policy_found and o.policy_error is None:
+        if o.not_ready_nodes:
+            out.append(
+                (
+                    "NodesReady",
+                    "False",
+                    Reason.SOME_NODES_NOT_READY.value,
+                    f"{o.nodes_ready}/{o.nodes_selected} ready; "
+                    f"left the config: {', '.join(o.not_ready_nodes)}",
+                )
+            )
+        elif o.nodes_selected:
+            out.append(
+                (
+                    "NodesReady",
+                    "True",
+                    Reason.ALL_NODES_READY.value,
+                    f"{o.nodes_ready}/{o.nodes_selected} ready",
+                )
+            )
+    out.extend(o.extra)
+    return out
+
+
+def initial_conditions(message: str) -> list[Condition]:
+    """Written at once on creation: kstatus treats a resource without status as current."""
+    return [
+        ("Ready", "False", Reason.CREATED.value, message),
+        ("Reconciling", "True", Reason.CREATED.value, message),
+        ("Stalled", "False", Reason.CREATED.value, ""),
+    ]
+
+
+def merge(
+    old: Sequence[Mapping[str, Any]] | None, new: Sequence[Condition], now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    """metav1.Condition list; lastTransitionTime moves only when a condition's status changes."""
+    previous = {c.get("type"): c for c in old or []}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = []
+    for ctype, status, reason, message in new:
+        prev = previous.get(ctype)
+        changed = prev is None or prev.get("status") != status
+        out.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": stamp if changed else prev.get("lastTransitionTime", stamp),  # type: ignore[union-attr]
+            }
+        )
+    return out
+
+
+def is_true(conditions: Sequence[Mapping[str, Any]] | None, ctype: str) -> bool:
+    return any(c.get("type") == ctype and c.get("status") == "True" for c in conditions or [])

@@ -1,0 +1,723 @@
+"""The three CustomResourceDefinitions, built from this one Python source of truth.
+
+``python -m fdp_operator.crds --write`` regenerates ``crds/*.yaml`` and the Helm chart's
+copy (``charts/federated-dp-llm/crds/``); a unit test fails when either drifts from
+``all_crds()``. Schemas are structural with defaults (so kubectl explain and server-side
+apply see every field), and CEL ``x-kubernetes-validations`` reject bad specs at apply time
+with a message a person understands. Pure: only builds dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fdp_operator.models import DEFAULT_ROUTER_IMAGE, GROUP, VERSION
+
+Schema = dict[str, Any]
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
+CATEGORIES = ["fdp"]
+
+
+def _s(desc: str, **kw: Any) -> Schema:
+    return {"type": "string", "description": desc, **kw}
+
+
+def _i(desc: str, **kw: Any) -> Schema:
+    return {"type": "integer", "description": desc, **kw}
+
+
+def _n(desc: str, **kw: Any) -> Schema:
+    return {"type": "number", "description": desc, **kw}
+
+
+def _b(desc: str, default: bool) -> Schema:
+    return {"type": "boolean", "description": desc, "default": default}
+
+
+def _filled_default(props: dict[str, Schema]) -> dict[str, Any]:
+    """The object default spelled out (CEL rules are checked against defaults, unfilled)."""
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def _obj(desc: str, props: dict[str, Schema], *, required: list[str] | None = None, **kw: Any) -> Schema:
+    if kw.get("default") == {}:
+        kw["default"] = _filled_default(props)
+    out: Schema = {"type": "object", "description": desc, "properties": props, **kw}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _rule(rule: str, message: str, **kw: Any) -> dict[str, str]:
+    return {"rule": rule, "message": message, **kw}
+
+
+def _strings(desc: str) -> Schema:
+    return {
+        "type": "array",
+        "description": desc,
+        "items": {"type": "string"},
+        "x-kubernetes-list-type": "set",
+    }
+
+
+def _secret_ref(desc: str, *, key: str | None = None) -> Schema:
+    props: dict[str, Schema] = {"name": _s("Secret name (same namespace)", minLength=1)}
+    required = ["name"]
+    if key is not None:
+        props["key"] = _s("key inside the Secret", default=key, minLength=1)
+    return _obj(desc, props, required=required)
+
+
+_CONDITIONS: Schema = {
+    "type": "array",
+    "description": "metav1.Condition list keyed by type (Ready, Reconciling, Stalled, ...)",
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+    "items": {
+        "type": "object",
+        "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+        },
+    },
+}
+
+
+def _status(props: dict[str, Schema]) -> Schema:
+    return _obj(
+        "observed state, written by the operator only",
+        {
+            "observedGeneration": _i("metadata.generation the status describes", format="int64"),
+            "conditions": _CONDITIONS,
+            **props,
+        },
+    )
+
+
+# ---------------------------------------------------------------- HospitalNode
+
+HOSPITAL_NODE_SPEC = _obj(
+    "one hospital's OpenAI-compatible LLM endpoint",
+    {
+        "endpoint": _s("base URL of the node's OpenAI-compatible API; must be https", maxLength=2048),
+        "hospital": _s(
+            "hospital (data source) the node belongs to; budgets per hospital use it", minLength=1
+        ),
+        "model": _s("model name sent to the node", default="default"),
+        "capacity": _obj(
+            "hardware and concurrency limits",
+            {
+                "gpus": _i("number of GPUs", minimum=0, default=0),
+                "gpuType": _s("GPU model, informational", default=""),
+                "maxConcurrentRequests": _i("requests the router sends at once", minimum=1, default=32),
+            },
+            default={},
+        ),
+        "specializations": _strings("clinical specializations served (e.g. cardiology)"),
+        "departments": _strings("departments allowed to use the node; empty: all"),
+        "securityLevel": _s(
+            "data classification the node is cleared for",
+            enum=["standard", "high", "critical"],
+            default="standard",
+        ),
+        "weight": _n("relative weight for balancing", default=1.0),
+        "tls": _obj(
+            "mTLS towards the node",
+            {
+                "caSecretRef": _secret_ref("Secret whose ca.crt verifies the node's certificate"),
+                "clientCertSecretRef": _secret_ref(
+                    "Secret (tls.crt, tls.key) presented as client certificate"
+                ),
+                "serverName": _s("TLS server name to verify instead of the endpoint's host"),
+                "insecureSkipVerify": _b("demo only: do not verify the node certificate", False),
+            },
+            default={},
+        ),
+        "healthCheck": _obj(
+            "how the operator probes the node",
+            {
+                "path": _s("health path, GET returns 2xx when healthy", default="/health", pattern="^/"),
+                "intervalSeconds": _n("seconds between probes", default=10, minimum=0.2),
+                "timeoutSeconds": _n("probe timeout in seconds", default=2, minimum=0.1),
+                "failureThreshold": _i(
+                    "consecutive failures before the node leaves every router's config", default=3, minimum=1
+                ),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.timeoutSeconds <= self.intervalSeconds",
+                        "healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds",
+                    )
+                ]
+            },
+        ),
+    },
+    required=["endpoint", "hospital"],
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "self.endpoint.startsWith('https://') && isURL(self.endpoint)",
+                "spec.endpoint must be an https:// URL (hospital traffic is always encrypted)",
+                fieldPath=".endpoint",
+            ),
+            _rule("self.weight > 0.0 && self.weight <= 1000.0", "spec.weight must be in (0, 1000]"),
+        ]
+    },
+)
+
+HOSPITAL_NODE_STATUS = _status(
+    {
+        "lastProbeTime": _s("when the operator last probed the node", format="date-time"),
+        "latencyMs": _n("latency of the last successful probe in milliseconds"),
+        "consecutiveFailures": _i("failed probes in a row", minimum=0),
+        "lastError": _s("error of the last failed probe"),
+        "usedBy": _strings("FederatedRouters whose config includes this node"),
+    }
+)
+
+# ---------------------------------------------------------------- PrivacyPolicy
+
+POSITIVE = "self > 0.0"
+
+PRIVACY_POLICY_SPEC = _obj(
+    "the differential-privacy contract a router enforces",
+    {
+        "delta": _n("δ of the (ε, δ)-DP guarantee, in (0, 1e-3]", default=1e-5),
+        "defaultEpsilonPerQuery": _n("ε charged when a request does not say", default=0.1),
+        "maxEpsilonPerQuery": _n("largest ε one request may spend", default=1.0),
+        "mechanism": _s(
+            "noise mechanism for released values", enum=["gaussian", "laplace"], default="gaussian"
+        ),
+        "budgets": _obj(
+            "total ε per privacy unit; a request must fit all three",
+            {
+                "perUser": _n("ε per user per window", default=10.0),
+                "perDepartment": _n("ε per department per window", default=100.0),
+                "perHospital": _n("ε per hospital (data source) per window", default=1000.0),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.perUser > 0.0 && self.perDepartment > 0.0 && self.perHospital > 0.0",
+                        "every budget (perUser, perDepartment, perHospital) must be > 0",
+                    )
+                ]
+            },
+        ),
+        "window": _obj(
+            "when spent budget refreshes: never (lifetime) or every period",
+            {
+                "kind": _s("lifetime or period", enum=["lifetime", "period"], default="lifetime"),
+                "period": _s("window length as a duration, e.g. 24h (kind=period)", pattern=DURATION_PATTERN),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.kind == 'period' ? has(self.period) && duration(self.period) >= duration('1m')"
+                        " : !has(self.period)",
+                        "window.period (at least 1m) is required when window.kind is 'period'"
+                        " and must be unset when it is 'lifetime'",
+                    )
+                ]
+            },
+        ),
+        "consensus": _obj(
+            "DP consensus over several hospitals' answers (GNMax)",
+            {
+                "nodes": _i("nodes to fan out to", minimum=2, maximum=32, default=3),
+                "minAnswers": _i("fewer answers: error, nothing charged", minimum=1, default=2),
+                "sigma": _n("std-dev of the Gaussian noise on each vote count", default=2.0),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule("self.minAnswers <= self.nodes", "consensus.minAnswers must be <= consensus.nodes"),
+                    _rule("self.sigma > 0.0", "consensus.sigma must be > 0"),
+                ]
+            },
+        ),
+    },
+    **{
+        "x-kubernetes-validations": [
+            _rule("self.delta > 0.0 && self.delta <= 0.001", "spec.delta must be in (0, 1e-3]"),
+            _rule(
+                "self.defaultEpsilonPerQuery > 0.0 && self.maxEpsilonPerQuery > 0.0",
+                "epsilon must be > 0 (defaultEpsilonPerQuery and maxEpsilonPerQuery)",
+            ),
+            _rule(
+                "self.defaultEpsilonPerQuery <= self.maxEpsilonPerQuery",
+                "spec.defaultEpsilonPerQuery must be <= spec.maxEpsilonPerQuery",
+            ),
+            _rule(
+                "self.maxEpsilonPerQuery <= self.budgets.perUser",
+                "spec.maxEpsilonPerQuery must be <= spec.budgets.perUser (one query could not fit otherwise)",
+            ),
+        ]
+    },
+)
+
+PRIVACY_POLICY_STATUS = _status(
+    {
+        "guarantee": _s("the guarantee this policy gives, in words"),
+        "epsilonPerUser": _n("ε per user per window"),
+        "delta": _n("δ"),
+        "usedBy": _strings("FederatedRouters that reference this policy"),
+    }
+)
+
+# ---------------------------------------------------------------- FederatedRouter
+
+_LABEL_SELECTOR = _obj(
+    "label selector over HospitalNodes in the namespace; empty selects all",
+    {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": _obj(
+                "a label requirement",
+                {
+                    "key": _s("label key"),
+                    "operator": _s(
+                        "In, NotIn, Exists, DoesNotExist", enum=["In", "NotIn", "Exists", "DoesNotExist"]
+                    ),
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+                required=["key", "operator"],
+            ),
+        },
+    },
+    default={},
+    **{"x-kubernetes-map-type": "atomic"},
+)
+
+_STEP = _obj(
+    "a canary step: exactly one of setWeight or pause",
+    {
+        "setWeight": _i("percentage of replicas on the canary", minimum=0, maximum=100),
+        "pause": _obj(
+            "wait before the next step",
+            {"duration": _s("how long; absent: until promoted", pattern=DURATION_PATTERN)},
+        ),
+    },
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "has(self.setWeight) != has(self.pause)",
+                "each rollout step sets exactly one of setWeight or pause",
+            )
+        ]
+    },
+)
+
+ROLLOUT = _obj(
+    "how a change to the pod template reaches traffic (interpreted by the rollout engine)",
+    {
+        "strategy": _s(
+            "RollingUpdate (one Deployment), BlueGreen or Canary",
+            enum=["RollingUpdate", "BlueGreen", "Canary"],
+            default="RollingUpdate",
+        ),
+        "previewReplicas": _i("BlueGreen: replicas of the preview color (default: spec.replicas)", minimum=1),
+        "autoPromotionEnabled": _b("BlueGreen: promote as soon as the preview is Available", True),
+        "autoPromotionSeconds": _i("BlueGreen: wait this long after Available before promoting", minimum=0),
+        "scaleDownDelaySeconds": _i("seconds before the old color scales down", minimum=0, default=30),
+        "progressDeadlineSeconds": _i(
+            "seconds a new revision may take to become Available before automatic rollback",
+            minimum=1,
+            default=600,
+        ),
+        "paused": _b("pause the rollout where it is (a user intent)", False),
+        "steps": {"type": "array", "description": "Canary steps, in order", "items": _STEP, "maxItems": 50},
+        "analysis": _obj(
+            "Canary: checks between steps",
+            {
+                "prometheusUrl": _s("Prometheus base URL; when set the router's error rate is checked"),
+                "maxErrorRate": _n("highest tolerated error rate of the canary, 0-1", default=0.05),
+            },
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.maxErrorRate >= 0.0 && self.maxErrorRate <= 1.0",
+                        "rollout.analysis.maxErrorRate must be in [0, 1]",
+                    ),
+                    _rule(
+                        "!has(self.prometheusUrl) || isURL(self.prometheusUrl)",
+                        "rollout.analysis.prometheusUrl must be a URL",
+                    ),
+                ]
+            },
+        ),
+    },
+    default={},
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "!has(self.steps) || self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                "canary setWeight values must be 0-100 and must not decrease from step to step",
+            ),
+            _rule(
+                "!has(self.steps) || size(self.steps) == 0 || self.strategy == 'Canary'",
+                "rollout.steps are only allowed with strategy Canary",
+            ),
+        ]
+    },
+)
+
+FEDERATED_ROUTER_SPEC = _obj(
+    "a privacy-preserving router deployment in front of HospitalNodes",
+    {
+        "image": _s("router container image", default=DEFAULT_ROUTER_IMAGE, minLength=1),
+        "imagePullPolicy": _s("", enum=["Always", "IfNotPresent", "Never"], default="IfNotPresent"),
+        "replicas": _i("router pods when autoscaling is off", minimum=0, default=1),
+        "resources": {
+            "type": "object",
+            "description": "container resources (core/v1 ResourceRequirements)",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "policyRef": _obj(
+            "the PrivacyPolicy (same namespace) the router enforces",
+            {"name": _s("PrivacyPolicy name", minLength=1)},
+            required=["name"],
+        ),
+        "nodeSelector": _LABEL_SELECTOR,
+        "routing": _obj(
+            "how requests are spread over nodes",
+            {
+                "strategy": _s(
+                    "balancer",
+                    enum=[
+                        "round_robin",
+                        "least_request",
+                        "latency_aware",
+                        "privacy_aware",
+                        "quantum_inspired",
+                    ],
+                    default="least_request",
+                ),
+                "maxAttempts": _i("failover attempts", minimum=1, maximum=10, default=2),
+                "connectTimeoutSeconds": _n("", default=2.0, minimum=0.01),
+                "readTimeoutSeconds": _n("", default=60.0, minimum=0.01),
+            },
+            default={},
+        ),
+        "auth": _obj(
+            "JWT verification of clinicians' tokens",
+            {
+                "issuer": _s("expected iss", default="fdp-dev"),
+                "audience": _s("expected aud", default="federated-dp-llm"),
+                "algorithms": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["HS256", "RS256", "ES256"]},
+                    "default": ["HS256"],
+                    "minItems": 1,
+                },
+                "jwksUrl": _s("JWKS URL for RS256/ES256"),
+                "hs256SecretRef": _secret_ref("Secret key holding the HS256 shared secret", key="secret"),
+            },
+            default={},
+        ),
+        "ledger": _obj(
+            "where privacy budgets are recorded",
+            {
+                "backend": _s(
+                    "sqlite (one replica) or postgres", enum=["sqlite", "postgres"], default="sqlite"
+                ),
+                "dsnSecretRef": _secret_ref("Secret key holding the PostgreSQL DSN", key="dsn"),
+                "auditKeySecretRef": _secret_ref("Secret key holding the audit encryption key", key="key"),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.backend != 'postgres' || has(self.dsnSecretRef)",
+                        "ledger.dsnSecretRef is required when ledger.backend is 'postgres'",
+                    )
+                ]
+            },
+        ),
+        "rollout": ROLLOUT,
+        "autoscaling": _obj(
+            "HorizontalPodAutoscaler (autoscaling/v2) for the serving pods",
+            {
+                "enabled": _b("create an HPA; the operator then never sets replicas itself", False),
+                "minReplicas": _i("", minimum=1, default=1),
+                "maxReplicas": _i("", minimum=1, default=3),
+                "targetCPUUtilizationPercentage": _i("", minimum=1, maximum=100, default=70),
+                "targetMemoryUtilizationPercentage": _i("", minimum=1, maximum=100),
+                "behavior": {
+                    "type": "object",
+                    "description": "HPA scaling behavior (autoscaling/v2 HorizontalPodAutoscalerBehavior)",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                },
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.maxReplicas >= self.minReplicas",
+                        "autoscaling.maxReplicas must be >= autoscaling.minReplicas",
+                    )
+                ]
+            },
+        ),
+        "tls": _obj(
+            "serving certificate: operator-managed CA, or an existing Secret (e.g. cert-manager)",
+            {
+                "secretName": _s(
+                    "existing Secret with tls.crt, tls.key, ca.crt; the operator then issues nothing"
+                ),
+                "duration": _s(
+                    "certificate lifetime (cert-manager semantics)", default="2160h", pattern=DURATION_PATTERN
+                ),
+                "renewBefore": _s("renew this long before expiry", default="360h", pattern=DURATION_PATTERN),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "duration(self.renewBefore) < duration(self.duration)",
+                        "tls.renewBefore must be shorter than tls.duration",
+                    ),
+                    _rule("duration(self.duration) >= duration('1m')", "tls.duration must be at least 1m"),
+                ]
+            },
+        ),
+        "service": _obj(
+            "the router Service",
+            {
+                "type": _s("", enum=["ClusterIP", "NodePort", "LoadBalancer"], default="ClusterIP"),
+                "port": _i("HTTPS port", minimum=1, maximum=65535, default=443),
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+            default={},
+        ),
+        "networkPolicy": _obj(
+            "restrict ingress to the router pods",
+            {
+                "enabled": _b("render a NetworkPolicy", True),
+                "ingressFrom": {
+                    "type": "array",
+                    "description": "NetworkPolicyPeer objects allowed in; empty: any source",
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+            default={},
+        ),
+    },
+    required=["policyRef"],
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "self.ledger.backend != 'sqlite' || (self.replicas <= 1 && !self.autoscaling.enabled)",
+                "ledger.backend 'sqlite' allows one router replica (each pod would keep its own budget "
+                "ledger): use 'postgres' for replicas > 1 or autoscaling",
+            )
+        ]
+    },
+)
+
+_ROLLOUT_STATUS = _obj(
+    "progressive delivery state (written by the rollout engine)",
+    {
+        "strategy": _s(""),
+        "activeColor": _s("BlueGreen: color behind the active Service"),
+        "previewColor": _s("BlueGreen: color behind the preview Service"),
+        "stableRevision": _s("pod template revision known good"),
+        "currentRevision": _s("pod template revision desired now"),
+        "currentStepIndex": _i("Canary: index of the current step", minimum=0),
+        "canaryWeight": _i("Canary: percentage of replicas on the canary", minimum=0, maximum=100),
+        "pauseReason": _s("why the rollout waits"),
+        "message": _s(""),
+    },
+    **{"x-kubernetes-preserve-unknown-fields": True},
+)
+
+FEDERATED_ROUTER_STATUS = _status(
+    {
+        "rollout": _ROLLOUT_STATUS,
+        "replicas": _i("desired serving replicas"),
+        "readyReplicas": _i("ready serving replicas"),
+        "availableReplicas": _i("available serving replicas"),
+        "endpoint": _s("in-cluster URL of the router"),
+        "configHash": _s("hash of the rendered router config"),
+        "configMapName": _s("ConfigMap holding the rendered config"),
+        "nodes": _obj(
+            "HospitalNodes selected by the router",
+            {
+                "selected": _i("nodes matching spec.nodeSelector"),
+                "ready": _i("selected nodes that pass their health checks (in the config)"),
+                "names": _strings("nodes in the rendered config"),
+            },
+        ),
+        "nodesSummary": _s("ready/selected, for the printer column"),
+        "activeOrWeight": _s("active color or canary weight, for the printer column"),
+        "tls": _obj(
+            "serving certificate",
+            {
+                "secretName": _s(""),
+                "notAfter": _s("certificate expiry", format="date-time"),
+                "renewalTime": _s("when the operator renews it", format="date-time"),
+                "serial": _s("serial number of the serving certificate"),
+            },
+        ),
+    }
+)
+
+
+def _crd(kind: str, plural: str, short: str, spec: Schema, status: Schema, columns: list[Schema]) -> Schema:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "federated-dp-llm"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": spec["description"],
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _col(name: str, path: str, typ: str = "string", priority: int = 0, desc: str = "") -> Schema:
+    col: Schema = {"name": name, "type": typ, "jsonPath": path}
+    if priority:
+        col["priority"] = priority
+    if desc:
+        col["description"] = desc
+    return col
+
+
+_READY = _col("Ready", '.status.conditions[?(@.type=="Ready")].status')
+_REASON = _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1)
+_AGE = _col("Age", ".metadata.creationTimestamp", "date")
+
+
+def all_crds() -> list[Schema]:
+    return [
+        _crd(
+            "HospitalNode",
+            "hospitalnodes",
+            "hn",
+            HOSPITAL_NODE_SPEC,
+            HOSPITAL_NODE_STATUS,
+            [
+                _READY,
+                _col("Hospital", ".spec.hospital"),
+                _col("Endpoint", ".spec.endpoint"),
+                _col("Latency-ms", ".status.latencyMs", "number"),
+                _col("Failures", ".status.consecutiveFailures", "integer"),
+                _REASON,
+                _AGE,
+            ],
+        ),
+        _crd(
+            "PrivacyPolicy",
+            "privacypolicies",
+            "pp",
+            PRIVACY_POLICY_SPEC,
+            PRIVACY_POLICY_STATUS,
+            [
+                _READY,
+                _col("Epsilon/User", ".spec.budgets.perUser", "number"),
+                _col("Delta", ".spec.delta", "number"),
+                _col("Window", ".spec.window.kind"),
+                _col("Guarantee", ".status.guarantee", priority=1),
+                _AGE,
+            ],
+        ),
+        _crd(
+            "FederatedRouter",
+            "federatedrouters",
+            "fr",
+            FEDERATED_ROUTER_SPEC,
+            FEDERATED_ROUTER_STATUS,
+            [
+                _READY,
+                _col("Strategy", ".spec.rollout.strategy"),
+                _col("Active/Weight", ".status.activeOrWeight"),
+                _col("Replicas", ".status.availableReplicas", "integer"),
+                _col("Nodes", ".status.nodesSummary"),
+                _REASON,
+                _col("Endpoint", ".status.endpoint", priority=1),
+                _AGE,
+            ],
+        ),
+    ]
+
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIRS = (REPO / "crds", REPO / "charts" / "federated-dp-llm" / "crds")
+
+
+def file_name(crd: Schema) -> str:
+    return f"{crd['metadata']['name']}.yaml"
+
+
+def to_yaml(crd: Schema) -> str:
+    header = "# Generated by `python -m fdp_operator.crds --write` from operator/fdp_operator/crds.py.\n"
+    return header + yaml.safe_dump(crd, sort_keys=False, width=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="print or write the fdp.io CRDs")
+    parser.add_argument("--write", action="store_true", help="write crds/ and the chart's crds/")
+    args = parser.parse_args()
+    for crd in all_crds():
+        if args.write:
+            for d in CRD_DIRS:
+                d.mkdir(parents=True, exist_ok=True)
+                (d / file_name(crd)).write_text(to_yaml(crd), encoding="utf-8")
+        else:
+            print("---\n" + to_yaml(crd), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

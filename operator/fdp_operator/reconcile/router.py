@@ -1,0 +1,222 @@
+"""Reconcile one FederatedRouter: ordered idempotent steps ending in one status write.
+
+Steps: parse the spec (edge) -> resolve the PrivacyPolicy -> resolve HospitalNodes (only
+healthy, selected ones reach the config) -> TLS -> observe owned children -> render (pure)
+-> apply and prune -> conditions (pure chain) -> write status if it changed.
+A step that cannot proceed (invalid spec, missing/invalid policy, missing TLS Secret)
+returns early *without touching the children*, so running pods keep their last good
+config; the status then says why. Called by handlers.py on create/update/resume and on
+the resync timer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from fdp_operator import conditions as cond
+from fdp_operator.apply import apply_all, delete_all, write_status
+from fdp_operator.kube import ApiError, Kube
+from fdp_operator.models import (
+    HospitalNode,
+    SpecError,
+    parse_node,
+    parse_policy,
+    parse_router,
+)
+from fdp_operator.reconcile.tls_step import TLSState, ensure_tls
+from fdp_operator.render import names
+from fdp_operator.render.config import selected_nodes
+from fdp_operator.render.router import Rendered, render
+from fdp_operator.render.workloads import ObservedState
+
+log = logging.getLogger(__name__)
+KIND = "FederatedRouter"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: dict[str, Any]
+    written: bool
+    requeue_after: float | None = None
+    rendered: Rendered | None = None
+
+
+def _stamp(t: datetime | None) -> str | None:
+    return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_is_healthy(body: Mapping[str, Any]) -> bool:
+    """A node serves until it has failed ``failureThreshold`` probes in a row."""
+    threshold = int(((body.get("spec") or {}).get("healthCheck") or {}).get("failureThreshold", 3))
+    failures = int((body.get("status") or {}).get("consecutiveFailures", 0) or 0)
+    return failures < threshold
+
+
+def parse_nodes(bodies: Sequence[Mapping[str, Any]]) -> list[HospitalNode]:
+    out = []
+    for b in bodies:
+        try:
+            out.append(parse_node(dict(b), healthy=node_is_healthy(b)))
+        except SpecError as exc:
+            log.warning("skipping invalid HospitalNode %s: %s", (b.get("metadata") or {}).get("name"), exc)
+    return out
+
+
+def _owned(items: list[dict[str, Any]], uid: str) -> dict[str, dict[str, Any]]:
+    return {
+        i["metadata"]["name"]: i
+        for i in items
+        if any(r.get("uid") == uid for r in i["metadata"].get("ownerReferences") or [])
+    }
+
+
+def _active_or_weight(rollout: Mapping[str, Any]) -> str:
+    if rollout.get("activeColor"):
+        return str(rollout["activeColor"])
+    if rollout.get("canaryWeight") is not None:
+        return f"{rollout['canaryWeight']}%"
+    return "-"
+
+
+def _failed(body: Mapping[str, Any], obs: cond.RouterObservation, now: datetime, gen: int) -> dict[str, Any]:
+    """Status when reconcile stopped early: the old fields stay, conditions say why."""
+    old = dict(body.get("status") or {})
+    old["observedGeneration"] = gen
+    old["conditions"] = cond.merge(old.get("conditions"), cond.router_conditions(obs, ""), now, gen)
+    return old
+
+
+async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -> Outcome:
+    meta = body["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation", 1))
+    old_status = dict(body.get("status") or {})
+
+    async def finish(status: dict[str, Any], **kw: Any) -> Outcome:
+        written = await write_status(kube, KIND, ns, name, old_status, status)
+        return Outcome(status=status, written=written, **kw)
+
+    # 1. the spec, parsed once
+    try:
+        router = parse_router(dict(body))
+    except SpecError as exc:
+        return await finish(_failed(body, cond.RouterObservation(spec_error=str(exc)), now, gen))
+    obs = cond.RouterObservation(policy_name=router.spec.policy_ref.name)
+
+    # 2. the policy: missing or invalid -> stop before touching children
+    policy_body = await kube.get("PrivacyPolicy", ns, router.spec.policy_ref.name)
+    if policy_body is None:
+        return await finish(_failed(body, replace(obs, policy_found=False), now, gen))
+    try:
+        policy = parse_policy(policy_body)
+    except SpecError as exc:
+        return await finish(_failed(body, replace(obs, policy_error=str(exc)), now, gen))
+
+    # 3. the nodes
+    nodes = parse_nodes(await kube.list("HospitalNode", ns))
+    selected = selected_nodes(router, nodes)
+    ready = [n for n in selected if n.healthy]
+    obs = replace(
+        obs,
+        nodes_selected=len(selected),
+        nodes_ready=len(ready),
+        not_ready_nodes=tuple(n.ref.name for n in selected if not n.healthy),
+    )
+
+    # 4. TLS
+    tls_state: TLSState = await ensure_tls(kube, router, now)
+    if tls_state.error:
+        return await finish(_failed(body, replace(obs, tls_error=tls_state.error), now, gen))
+
+    # 5. observe what we own
+    selector = f"{names.ROUTER_LABEL}={name}"
+    uid = router.ref.uid
+    deployments = _owned(await kube.list("Deployment", ns, selector), uid)
+    services = _owned(await kube.list("Service", ns, selector), uid)
+    config_maps = _owned(await kube.list("ConfigMap", ns, selector), uid)
+    hpas = _owned(await kube.list("HorizontalPodAutoscaler", ns, selector), uid)
+    netpols = _owned(await kube.list("NetworkPolicy", ns, selector), uid)
+    observed = ObservedState(
+        now=now,
+        deployments=deployments,
+        services=services,
+        previous_rollout_status=old_status.get("rollout") or {},
+        hpa=hpas.get(name),
+    )
+
+    # 6. render (pure)
+    rendered = render(
+        router,
+        policy,
+        nodes,
+        tls_secret=tls_state.secret_name,
+        tls_serial=tls_state.serial,
+        observed=observed,
+        owned_config_maps=[n for n in config_maps if n.startswith(f"{name}-config-")],
+        hpa_exists=name in hpas,
+        network_policy_exists=name in netpols,
+    )
+
+    # 7. apply and prune
+    try:
+        await apply_all(kube, rendered.objects, (KIND, name, uid))
+        await delete_all(kube, ns, rendered.prune)
+    except ApiError as exc:
+        return await finish(
+            _failed(body, replace(obs, apply_error=f"applying children failed: {exc}"), now, gen)
+        )
+
+    # 8. conditions and the one status write
+    plan = rendered.plan
+    obs = replace(
+        obs,
+        workloads_available=plan.available,
+        rollout_stalled=plan.stalled_reason,
+        rollout_message=plan.message,
+        extra=tuple(plan.conditions),
+    )
+    ready_msg = f"{plan.replicas.get('available', 0)} replica(s) serving {len(ready)} hospital node(s)"
+    conds = cond.router_conditions(obs, ready_msg)
+    conds.append(
+        (
+            "TLSReady",
+            "True",
+            (
+                cond.Reason.EXTERNAL_SECRET if router.spec.tls.secret_name else cond.Reason.CERTIFICATE_ISSUED
+            ).value,
+            f"serving certificate valid until {_stamp(tls_state.not_after)}",
+        )
+    )
+    svc = router.spec.service
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": cond.merge(old_status.get("conditions"), conds, now, gen),
+        "rollout": plan.rollout_status,
+        "replicas": plan.replicas.get("desired", 0),
+        "readyReplicas": plan.replicas.get("ready", 0),
+        "availableReplicas": plan.replicas.get("available", 0),
+        "endpoint": f"https://{names.service(name)}.{ns}.svc:{svc.port}",
+        "configHash": rendered.config_hash,
+        "configMapName": rendered.config_map_name,
+        "nodes": {"selected": len(selected), "ready": len(ready), "names": rendered.node_names},
+        "nodesSummary": f"{len(ready)}/{len(selected)}",
+        "activeOrWeight": _active_or_weight(plan.rollout_status),
+        "tls": {
+            k: v
+            for k, v in {
+                "secretName": tls_state.secret_name,
+                "notAfter": _stamp(tls_state.not_after),
+                "renewalTime": _stamp(tls_state.renewal_time),
+                "serial": tls_state.serial,
+            }.items()
+            if v is not None
+        },
+    }
+    requeue = plan.requeue_after
+    if tls_state.renewal_time is not None:
+        until = max(0.0, (tls_state.renewal_time - now).total_seconds())
+        requeue = until if requeue is None else min(requeue, until)
+    return await finish(status, requeue_after=requeue, rendered=rendered)

@@ -1,0 +1,176 @@
+"""Render the router's config file (``fdp_router.config.RouterConfig``) from the three CRs.
+
+Called by ``render.router.render`` (and by tests). The output is ``dump_config``'s canonical
+JSON, so its hash is stable: the same inputs always give the same ConfigMap name, and any
+change (a node leaving, a policy edit) gives a new name, which rolls the router pods.
+Only nodes that pass their health checks are rendered; mTLS files point at the Secret
+volumes the pod template mounts (``node_tls_mount``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from fdp_router.config import (
+    AuthConfig,
+    Budgets,
+    BudgetWindow,
+    ConsensusConfig,
+    HealthCheck,
+    HospitalNodeConfig,
+    LedgerConfig,
+    ManagedBy,
+    Mechanism,
+    NodeTLS,
+    PrivacyConfig,
+    RouterConfig,
+    RoutingConfig,
+    ServerConfig,
+    Strategy,
+    dump_config,
+)
+
+from fdp_operator.models import FederatedRouter, HospitalNode, PrivacyPolicy
+from fdp_operator.render import names
+
+AUTH_MOUNT = "/etc/fdp/auth"
+LEDGER_MOUNT = "/etc/fdp/ledger"
+DATA_MOUNT = "/var/lib/fdp"
+NODE_TLS_MOUNT = "/etc/fdp/nodes"
+
+
+def node_tls_mount(secret_name: str) -> str:
+    return f"{NODE_TLS_MOUNT}/{secret_name}"
+
+
+def privacy_config(policy: PrivacyPolicy) -> PrivacyConfig:
+    p = policy.spec
+    window = (
+        BudgetWindow(kind="period", period_seconds=p.window.period_seconds)
+        if p.window.kind == "period"
+        else BudgetWindow()
+    )
+    return PrivacyConfig(
+        policy_name=policy.ref.name,
+        delta=p.delta,
+        default_epsilon_per_query=p.default_epsilon_per_query,
+        max_epsilon_per_query=p.max_epsilon_per_query,
+        mechanism=Mechanism(p.mechanism),
+        budgets=Budgets(
+            per_user=p.budgets.per_user,
+            per_department=p.budgets.per_department,
+            per_hospital=p.budgets.per_hospital,
+        ),
+        window=window,
+        consensus=ConsensusConfig(
+            nodes=p.consensus.nodes, min_answers=p.consensus.min_answers, sigma=p.consensus.sigma
+        ),
+    )
+
+
+def node_config(node: HospitalNode) -> HospitalNodeConfig:
+    s = node.spec
+    tls = NodeTLS(
+        ca_file=f"{node_tls_mount(s.tls.ca_secret_ref.name)}/ca.crt" if s.tls.ca_secret_ref else None,
+        client_cert_file=(
+            f"{node_tls_mount(s.tls.client_cert_secret_ref.name)}/tls.crt"
+            if s.tls.client_cert_secret_ref
+            else None
+        ),
+        client_key_file=(
+            f"{node_tls_mount(s.tls.client_cert_secret_ref.name)}/tls.key"
+            if s.tls.client_cert_secret_ref
+            else None
+        ),
+        server_name=s.tls.server_name,
+        insecure_skip_verify=s.tls.insecure_skip_verify,
+    )
+    return HospitalNodeConfig(
+        id=node.ref.name,
+        hospital=s.hospital,
+        endpoint=s.endpoint,
+        model=s.model,
+        departments=tuple(s.departments),
+        specializations=tuple(s.specializations),
+        weight=s.weight,
+        max_concurrent_requests=s.capacity.max_concurrent_requests,
+        security_level=s.security_level.value,
+        tls=tls,
+        health_check=HealthCheck(
+            path=s.health_check.path,
+            interval_seconds=s.health_check.interval_seconds,
+            timeout_seconds=s.health_check.timeout_seconds,
+            failure_threshold=s.health_check.failure_threshold,
+        ),
+    )
+
+
+def selected_nodes(router: FederatedRouter, nodes: Sequence[HospitalNode]) -> list[HospitalNode]:
+    """Nodes in the router's namespace matching its nodeSelector, sorted by name."""
+    return sorted(
+        (
+            n
+            for n in nodes
+            if n.ref.namespace == router.ref.namespace and router.spec.node_selector.matches(dict(n.labels))
+        ),
+        key=lambda n: n.ref.name,
+    )
+
+
+def router_config(
+    router: FederatedRouter, policy: PrivacyPolicy, nodes: Sequence[HospitalNode]
+) -> RouterConfig:
+    """The config the router pods run: healthy selected nodes, the policy, auth, ledger."""
+    s = router.spec
+    auth = AuthConfig(
+        algorithms=tuple(s.auth.algorithms),
+        issuer=s.auth.issuer,
+        audience=s.auth.audience,
+        jwks_url=s.auth.jwks_url,
+        hs256_secret_file=f"{AUTH_MOUNT}/{s.auth.hs256_secret_ref.key}" if s.auth.hs256_secret_ref else None,
+        hs256_secret_env=None if s.auth.hs256_secret_ref else "FDP_JWT_SECRET",
+    )
+    ledger = LedgerConfig(
+        backend=s.ledger.backend,
+        sqlite_path=f"{DATA_MOUNT}/ledger.sqlite",
+        postgres_dsn_file=(
+            f"{LEDGER_MOUNT}/dsn/{s.ledger.dsn_secret_ref.key}" if s.ledger.dsn_secret_ref else None
+        ),
+        audit_key_file=(
+            f"{LEDGER_MOUNT}/audit/{s.ledger.audit_key_secret_ref.key}"
+            if s.ledger.audit_key_secret_ref
+            else None
+        ),
+    )
+    return RouterConfig(
+        server=ServerConfig(
+            host="0.0.0.0",
+            port=names.CONTAINER_PORT,
+            tls_cert_file=f"{names.TLS_MOUNT}/tls.crt",
+            tls_key_file=f"{names.TLS_MOUNT}/tls.key",
+        ),
+        nodes=tuple(node_config(n) for n in selected_nodes(router, nodes) if n.healthy),
+        privacy=privacy_config(policy),
+        routing=RoutingConfig(
+            strategy=Strategy(s.routing.strategy),
+            max_attempts=s.routing.max_attempts,
+            connect_timeout_seconds=s.routing.connect_timeout_seconds,
+            read_timeout_seconds=s.routing.read_timeout_seconds,
+        ),
+        auth=auth,
+        ledger=ledger,
+        managed_by=ManagedBy(namespace=router.ref.namespace, name=router.ref.name),
+    )
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def rendered_config(
+    router: FederatedRouter, policy: PrivacyPolicy, nodes: Sequence[HospitalNode]
+) -> tuple[str, str]:
+    """(canonical JSON text, sha256 hex) of the router config."""
+    text = dump_config(router_config(router, policy, nodes))
+    return text, config_hash(text)

@@ -86,3 +86,20 @@ def policy_admitting(
     data["budgets"]["per_user"] = budget
     data.update(kw)
     return PrivacyConfig.model_validate(data)
+
+
+@pytest.fixture
+def ledger_env_sqlite(tmp_path: Path) -> LedgerEnv:
+    key = _key_file(tmp_path)
+    cfg = LedgerConfig(backend="sqlite", sqlite_path=str(tmp_path / "ledger.sqlite"), audit_key_file=str(key))
+    return LedgerEnv("sqlite", cfg, key)
+
+
+@pytest.fixture
+def ledger_env_pg(pg_server: PgServer, tmp_path: Path) -> LedgerEnv:
+    key = _key_file(tmp_path)
+    dsn = pg_server.new_database()
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn)
+    cfg = LedgerConfig(backend="postgres", postgres_dsn_file=str(dsn_file), audit_key_file=str(key))
+    return LedgerEnv("postgres", cfg, key, dsn)

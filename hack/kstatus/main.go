@@ -32,7 +32,13 @@ func main() {
 	if err := json.Unmarshal(raw, &obj); err != nil {
 		fail("stdin is not a JSON object: %v", err)
 	}
-	res, err := status.Compute(&unstructured.Unstructured{Object: obj})
+	// Decode again with the apimachinery decoder: integers must stay int64, as they are
+	// when kstatus reads objects from the API server (encoding/json would give float64).
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(raw); err != nil {
+		fail("stdin is not a Kubernetes object: %v", err)
+	}
+	res, err := status.Compute(u)
 	if err != nil {
 		fail("kstatus could not compute a status: %v", err)
 	}

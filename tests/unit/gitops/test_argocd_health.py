@@ -33,15 +33,20 @@ def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
     return str(hs["status"]), str(hs["message"])
 
 
-CASES = [
-    pytest.param("FederatedRouter", o, h, id=f"FederatedRouter {name} is {h}")
-    for name, o, h, _ in recorded.FEDERATED_ROUTER
-] + [
-    pytest.param("HospitalNode", o, h, id=f"HospitalNode {name} is {h}") for name, o, h, _ in recorded.HOSPITAL_NODE
-] + [
-    pytest.param("PrivacyPolicy", o, h, id=f"PrivacyPolicy {name} is {h}")
-    for name, o, h, _ in recorded.PRIVACY_POLICY
-]
+CASES = (
+    [
+        pytest.param("FederatedRouter", o, h, id=f"FederatedRouter {name} is {h}")
+        for name, o, h, _ in recorded.FEDERATED_ROUTER
+    ]
+    + [
+        pytest.param("HospitalNode", o, h, id=f"HospitalNode {name} is {h}")
+        for name, o, h, _ in recorded.HOSPITAL_NODE
+    ]
+    + [
+        pytest.param("PrivacyPolicy", o, h, id=f"PrivacyPolicy {name} is {h}")
+        for name, o, h, _ in recorded.PRIVACY_POLICY
+    ]
+)
 
 
 @pytest.mark.parametrize(("kind", "obj", "expected"), CASES)

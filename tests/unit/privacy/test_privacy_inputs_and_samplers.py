@@ -1,0 +1,239 @@
+"""Bad input gets a clear error naming the field; samplers have the right scale; the CLI works.
+
+The sampler checks are statistical sanity checks of the noise *scale* only: they cannot prove
+differential privacy (that rests on OpenDP's exact samplers and their proofs), and they
+cannot detect a floating-point side channel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from fdp_router.cli import main as cli_main
+from fdp_router.config import PrivacyConfig
+from fdp_router.privacy import mechanisms
+from fdp_router.privacy.accounting import tightest
+from fdp_router.privacy.api import InvalidPrivacyRequest
+from fdp_router.privacy.audit import query_hash
+from fdp_router.privacy.events import (
+    GaussianEvent,
+    LaplaceEvent,
+    SelfComposedEvent,
+    event_for_request,
+    gnmax_event,
+    to_dp_accounting,
+)
+from fdp_router.privacy.policy import check_policy, guarantee
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "reason"),
+    [
+        (0, "> 0"),
+        (-1.0, "> 0"),
+        (math.nan, "NaN"),
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        (5.0, "max_epsilon_per_query"),
+        ("0.1", "number"),
+        (True, "number"),
+    ],
+)
+def test_bad_epsilon_is_rejected_naming_the_field(epsilon: object, reason: str) -> None:
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        event_for_request(PrivacyConfig(), epsilon)  # type: ignore[arg-type]
+    assert info.value.field == "privacy_budget"
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("delta", [0.0, 1.0, -0.1, 1.5, math.nan, math.inf])
+def test_delta_outside_zero_one_is_rejected(delta: float) -> None:
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        tightest(GaussianEvent(1.0), delta)
+    assert info.value.field == "delta"
+    with pytest.raises(InvalidPrivacyRequest):
+        mechanisms.sigma_for(1.0, delta)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_bad_noise_parameters_are_rejected(bad: float) -> None:
+    for make in (GaussianEvent, LaplaceEvent, gnmax_event):
+        with pytest.raises(InvalidPrivacyRequest):
+            make(bad)
+    with pytest.raises(InvalidPrivacyRequest):
+        mechanisms.gaussian_noise(bad)
+    with pytest.raises(InvalidPrivacyRequest):
+        mechanisms.laplace_noise(bad)
+    with pytest.raises(InvalidPrivacyRequest):
+        SelfComposedEvent(GaussianEvent(1.0), -1)
+
+
+def test_unknown_events_and_mechanisms_are_rejected() -> None:
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        to_dp_accounting(object())
+    assert info.value.field == "event"
+    cfg = PrivacyConfig.model_construct(**{**PrivacyConfig().__dict__, "mechanism": "exponential"})
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        event_for_request(cfg, 0.1)
+    assert info.value.field == "mechanism"
+
+
+def test_a_budget_that_cannot_admit_one_request_is_refused() -> None:
+    cfg = PrivacyConfig(default_epsilon_per_query=1.0, max_epsilon_per_query=1.0, budgets={"per_user": 1.0})
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        check_policy(cfg)
+    assert info.value.field == "budgets.per_user"
+    assert "cannot admit even one query" in info.value.reason
+
+
+async def test_a_ledger_with_such_a_policy_refuses_to_open(tmp_path: Path) -> None:
+    from fdp_router.config import LedgerConfig
+    from fdp_router.privacy.ledger import open_ledger
+
+    cfg = PrivacyConfig(default_epsilon_per_query=1.0, max_epsilon_per_query=1.0, budgets={"per_user": 1.0})
+    with pytest.raises(InvalidPrivacyRequest):
+        await open_ledger(LedgerConfig(sqlite_path=str(tmp_path / "l.sqlite")), cfg)
+    assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_report_noisy_max_rejects_bad_counts() -> None:
+    for counts in ([], [1, -1], [1.5, 2], [True, 1]):
+        with pytest.raises(InvalidPrivacyRequest):
+            mechanisms.report_noisy_max(counts, 1.0)  # type: ignore[arg-type]
+
+
+# --- samplers --------------------------------------------------------------------------------
+
+N = 4000
+
+
+def test_gaussian_sampler_scale() -> None:
+    draws = [mechanisms.gaussian_noise(2.0) for _ in range(N)]
+    assert abs(statistics.fmean(draws)) < 4 * 2.0 / math.sqrt(N)
+    assert statistics.pstdev(draws) == pytest.approx(2.0, rel=0.06)
+    assert len(set(draws)) > N * 0.9  # not a constant or coarse grid
+
+
+def test_laplace_sampler_scale() -> None:
+    b = 1.5
+    draws = [mechanisms.laplace_noise(b) for _ in range(N)]
+    assert abs(statistics.fmean(draws)) < 4 * b * math.sqrt(2) / math.sqrt(N)
+    assert statistics.fmean(abs(x) for x in draws) == pytest.approx(b, rel=0.06)  # E|X| = b
+
+
+def test_report_noisy_max_prefers_clear_winners_and_is_noisy_for_ties() -> None:
+    assert all(mechanisms.report_noisy_max([0, 40, 1], 2.0) == 1 for _ in range(50))
+    picks = [mechanisms.report_noisy_max([5, 5, 5], 3.0) for _ in range(600)]
+    shares = [picks.count(i) / len(picks) for i in range(3)]
+    assert all(0.2 < s < 0.47 for s in shares), shares
+
+
+def test_no_float_prngs_in_the_mechanisms_module() -> None:
+    import ast
+
+    tree = ast.parse(Path(mechanisms.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert not {m for m in imported if m.split(".")[0] in ("random", "numpy", "secrets")}, imported
+    assert "opendp.prelude" in imported
+
+
+# --- policy guarantee, audit hash, CLI ---------------------------------------------------------
+
+
+def test_guarantee_states_unit_and_window_honestly() -> None:
+    g = guarantee(PrivacyConfig(window={"kind": "period", "period_seconds": 86400}))
+    assert g.text == "(10, 1e-05)-DP per user per 24h window"
+    assert (g.epsilon, g.delta, g.unit, g.window_seconds) == (10.0, 1e-5, "user", 86400)
+    assert any("per (person, window)" in n for n in g.notes)
+    assert any("do not collude" in n for n in g.notes)
+    assert "lifetime" in guarantee(PrivacyConfig()).text
+
+
+def test_query_hash_is_keyed_and_hides_the_text() -> None:
+    h1 = query_hash(b"k" * 32, "patient has diabetes?")
+    assert h1 == query_hash(b"k" * 32, "patient has diabetes?")
+    assert h1 != query_hash(b"x" * 32, "patient has diabetes?")
+    assert "diabetes" not in h1 and len(h1) == 64
+
+
+def test_cli_epsilon_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(
+        [
+            "privacy",
+            "epsilon",
+            "--mechanism",
+            "gaussian",
+            "--noise-multiplier",
+            "2",
+            "--count",
+            "10",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    exact = mechanisms.epsilon_for_sigma(2 / math.sqrt(10), 1e-5)
+    assert out["method"] == "pld" and out["delta"] == 1e-5
+    assert out["epsilon"] == pytest.approx(exact, rel=0.01)
+
+
+def test_cli_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(
+        [
+            "privacy",
+            "plan",
+            "--epsilon",
+            "10",
+            "--delta",
+            "1e-5",
+            "--mechanism",
+            "gaussian",
+            "--noise-multiplier",
+            "5",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["admitted"] >= 4 * out["basic_composition"] > 0
+    assert out["pld_fixed_sequence"] >= out["admitted"]
+
+
+def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(
+        ["privacy", "epsilon", "--mechanism", "gaussian", "--noise-multiplier", "2", "--delta", "1.5"]
+    )
+    assert rc == 2
+    assert "delta" in capsys.readouterr().err
+    rc = cli_main(
+        [
+            "privacy",
+            "plan",
+            "--epsilon",
+            "-1",
+            "--delta",
+            "1e-5",
+            "--mechanism",
+            "laplace",
+            "--noise-multiplier",
+            "1",
+        ]
+    )
+    assert rc == 2
+    with pytest.raises(SystemExit):
+        cli_main(
+            ["privacy", "epsilon", "--mechanism", "cauchy", "--noise-multiplier", "2", "--delta", "1e-5"]
+        )

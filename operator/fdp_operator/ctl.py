@@ -72,7 +72,7 @@ def _connect(context: str | None) -> tuple[RouterAPI, str]:
     from kubernetes.config import ConfigException
 
     try:
-        config.load_kube_config(context=context)
+        config.load_kube_config(context=context)  # type: ignore[no-untyped-call]
         _, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
         namespace = (active or {}).get("context", {}).get("namespace") or "default"
     except (ConfigException, FileNotFoundError) as exc:

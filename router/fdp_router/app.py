@@ -262,7 +262,13 @@ async def observe(
             etype = "not_found" if exc.status == 404 else "http_error"
             metrics.errors.labels(etype).inc()
             resp = web.json_response(
-                {"error": {"type": etype, "message": exc.reason}}, status=exc.status, headers=exc.headers
+                {"error": {"type": etype, "message": exc.reason}},
+                status=exc.status,
+                headers={
+                    k: v
+                    for k, v in exc.headers.items()
+                    if k.lower() not in ("content-type", "content-length")
+                },
             )
         except Exception:
             log.exception("unhandled error")

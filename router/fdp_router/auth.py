@@ -67,7 +67,9 @@ class Authenticator:
 
     def __init__(self, cfg: AuthConfig, *, hs256_secret: bytes | None = None) -> None:
         self.cfg = cfg
-        self._secret = hs256_secret if hs256_secret is not None else load_hs256_secret(cfg)
+        self._secret: bytes | None = None
+        if "HS256" in cfg.algorithms:
+            self._secret = hs256_secret if hs256_secret is not None else load_hs256_secret(cfg)
         if "HS256" in cfg.algorithms and self._secret is None:
             raise AuthSetupError(
                 "auth.hs256_secret_file: HS256 is allowed but no secret is configured "

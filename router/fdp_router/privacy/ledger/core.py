@@ -279,7 +279,9 @@ class SqlLedger(Ledger):
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            work = [op for op in batch if op.kind != "stop"]
+            # A caller that gave up (cancelled) before its turn records nothing; once running,
+            # a future can no longer be cancelled, so every applied op is reported.
+            work = [op for op in batch if op.kind != "stop" and op.future.set_running_or_notify_cancel()]
             stop = next((op for op in batch if op.kind == "stop"), None)
             if work:
                 self._run_batch(work)
@@ -313,12 +315,9 @@ class SqlLedger(Ledger):
                 pass
             err = PrivacyError(f"ledger write failed: {exc}")
             for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(err)
+                op.future.set_exception(err)
             return
         for op, value, error in outcomes:
-            if op.future.done():
-                continue
             if error is not None:
                 op.future.set_exception(error)
             else:

@@ -1,0 +1,144 @@
+"""Unit tests of the pure pieces: cache policies and scoping, admission with aging, consensus."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fdp_router.cache import AnswerCache, cache_key
+from fdp_router.config import CacheConfig, OverloadConfig
+from fdp_router.consensus import aggregate, normalize_answer
+from fdp_router.errors import Overloaded
+from fdp_router.overload import AdmissionController
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_cache_keys_are_scoped_by_department_and_normalised() -> None:
+    a = cache_key("cardiology", "What  is   SEPSIS?", {"t": 1})
+    assert a == cache_key("cardiology", "what is sepsis?", {"t": 1})
+    assert a != cache_key("oncology", "what is sepsis?", {"t": 1})
+    assert a != cache_key("cardiology", "what is sepsis?", {"t": 2})
+    assert "sepsis" not in a[1]  # hashed, never stored in clear
+
+
+@pytest.mark.parametrize(
+    ("policy", "survivor", "victim"),
+    [("lru", "a", "b"), ("lfu", "a", "b"), ("adaptive", "a", "b"), ("ttl", "a", "b")],
+)
+def test_cache_eviction_policies(policy: str, survivor: str, victim: str) -> None:
+    clock = Clock()
+    c = AnswerCache(CacheConfig(policy=policy, max_entries=2, ttl_seconds=100), clock=clock)  # type: ignore[arg-type]
+    c.put(("d", "a"), {"v": "a"})
+    clock.t = 1
+    c.put(("d", "b"), {"v": "b"})
+    clock.t = 2
+    for _ in range(3):
+        assert c.get(("d", "a")) == {"v": "a"}
+    clock.t = 3
+    c.put(("d", "c"), {"v": "c"})
+    assert c.get(("d", survivor)) is not None
+    assert c.get(("d", victim)) is None
+    assert c.stats.evictions == 1
+
+
+def test_cache_ttl_expires_and_disabled_cache_never_hits() -> None:
+    clock = Clock()
+    c = AnswerCache(CacheConfig(ttl_seconds=10), clock=clock)
+    c.put(("d", "k"), {"v": 1})
+    clock.t = 9
+    assert c.get(("d", "k")) is not None
+    clock.t = 11
+    assert c.get(("d", "k")) is None
+    off = AnswerCache(CacheConfig(enabled=False))
+    off.put(("d", "k"), {"v": 1})
+    assert off.get(("d", "k")) is None
+
+
+async def test_admission_runs_higher_priority_first_and_ages_low_priority() -> None:
+    ctl = AdmissionController(
+        OverloadConfig(max_concurrency=1, max_queue=10, queue_timeout_seconds=5, aging_seconds=0.05)
+    )
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def job(name: str, prio: int, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        async with ctl.slot(prio):
+            order.append(name)
+            if name == "first":
+                await gate.wait()
+
+    first = asyncio.create_task(job("first", 5))
+    await asyncio.sleep(0.01)
+    low = asyncio.create_task(job("low-old", 0))
+    await asyncio.sleep(0.6)  # low has aged by 12 priority levels
+    high = asyncio.create_task(job("high-new", 9))
+    mid = asyncio.create_task(job("mid-new", 5))
+    await asyncio.sleep(0.01)
+    assert ctl.queue_depth == 3
+    gate.set()
+    await asyncio.gather(first, low, high, mid)
+    assert order == ["first", "low-old", "high-new", "mid-new"]
+    assert ctl.running == 0
+
+
+async def test_admission_rejects_beyond_the_queue_and_after_the_timeout() -> None:
+    ctl = AdmissionController(OverloadConfig(max_concurrency=1, max_queue=1, queue_timeout_seconds=0.2))
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with ctl.slot():
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as full:
+        async with ctl.slot():
+            pass
+    assert full.value.headers["Retry-After"]
+    with pytest.raises(Overloaded, match="waited"):
+        await waiter
+    gate.set()
+    await holder
+    assert ctl.running == 0
+    async with ctl.slot():  # capacity is back
+        assert ctl.running == 1
+
+
+def test_consensus_maps_normalised_answers_and_releases_the_noisy_winner() -> None:
+    assert normalize_answer("  Metformin  is First-line. ") == "metformin is first-line"
+    answers = [("a", "Metformin."), ("b", "metformin"), ("c", "Insulin"), ("d", "METFORMIN ")]
+    wins = collections_counter(
+        aggregate(answers, sigma=0.5).answer.casefold().rstrip(".").strip() for _ in range(50)
+    )
+    assert wins["metformin"] >= 45  # 3 votes vs 1 with small noise
+    r = aggregate(answers, sigma=0.5)
+    assert r.candidates == 2 and r.answers == 4
+    assert 0.0 <= r.confidence <= 1.0
+
+
+def test_consensus_uses_noisy_counts_only() -> None:
+    # With a noise function that flips the ranking, the minority answer is released:
+    # proof that the release is the argmax of the noisy, not the raw, histogram.
+    answers = [("a", "x"), ("b", "x"), ("c", "y")]
+    r = aggregate(answers, sigma=1.0, noise=lambda v, s: -v)
+    assert r.answer == "y"
+    assert r.consensus_reached is False
+    assert r.confidence == 0.0
+    with pytest.raises(ValueError):
+        aggregate([], sigma=1.0)
+
+
+def collections_counter(it: object) -> dict[str, int]:
+    import collections
+
+    return collections.Counter(it)  # type: ignore[arg-type]

@@ -63,6 +63,8 @@ class RouterObservation:
     nodes_ready: int = 0
     not_ready_nodes: tuple[str, ...] = ()
     workloads_available: bool = False
+    #: a change is rolling out while ``workloads_available`` (the stable revision serves)
+    rollout_progressing: bool = False
     rollout_stalled: str | None = None
     rollout_message: str = ""
     extra: tuple[Condition, ...] = field(default_factory=tuple)
@@ -172,7 +174,14 @@ def summary(verdict: Verdict | None, ready_message: str) -> list[Condition]:
 
 
 def router_conditions(o: RouterObservation, ready_message: str) -> list[Condition]:
-    out = summary(first_failure(ROUTER_CHECKS, o), ready_message)
+    verdict = first_failure(ROUTER_CHECKS, o)
+    out = summary(verdict, ready_message)
+    # Blue/green and canary: while the stable revision serves, Ready stays True during a
+    # rollout (Reconciling=True says it is not done) and after a rollback (Stalled=True).
+    if o.workloads_available and verdict is None and o.rollout_progressing:
+        out[1] = ("Reconciling", "True", Reason.PROGRESSING.value, o.rollout_message)
+    elif o.workloads_available and verdict is not None and verdict.reason == Reason.ROLLOUT_STALLED:
+        out[0] = ("Ready", "True", Reason.READY.value, ready_message)
     if o.spec_error is None and o.policy_found and o.policy_error is None:
         if o.not_ready_nodes:
             out.append(

@@ -174,6 +174,7 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
     obs = replace(
         obs,
         workloads_available=plan.available,
+        rollout_progressing=plan.progressing,
         rollout_stalled=plan.stalled_reason,
         rollout_message=plan.message,
         extra=tuple(plan.conditions),

@@ -31,26 +31,37 @@ Output (WorkloadPlan)
   stalled_reason / message   set when the rollout failed (deadline, analysis, abort).
   requeue_after   seconds until the engine wants to look again (timers, delays), or None.
 
-This first version implements only the plain single-Deployment case (RollingUpdate). The
-rollout engine (issue 6) replaces the body with blue/green and canary; the signature and
-``WorkloadPlan`` fields are the contract.
+Strategies: ``RollingUpdate`` is the plain single-Deployment case below. ``BlueGreen`` and
+``Canary`` are decided by the rollout engine (``fdp_operator.rollout``): this module only
+translates between cluster objects and the engine's typed input/decision. Deployments are
+``<name>-blue``/``<name>-green`` or ``<name>-stable``/``<name>-canary``; the active Service
+is ``<name>``, the blue/green preview Service ``<name>-preview``. A role's pods carry
+``fdp.io/color`` or ``fdp.io/track`` so Services and Deployments select exactly them. For
+progressive strategies ``available`` means "the stable revision serves" (so Ready stays True
+during a rollout and after a rollback) and ``progressing`` that a change is rolling out.
+Switching strategy keeps the old Deployments until the new ones serve, then prunes them.
 
 Pure: no I/O, no clock, no Kubernetes client.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fdp_operator.models import FederatedRouter
+from fdp_operator import rollout
+from fdp_operator.models import FederatedRouter, RolloutStrategy
 from fdp_operator.render import names
+from fdp_operator.rollout import intents
+from fdp_operator.rollout.bluegreen import BLUE, GREEN
+from fdp_operator.rollout.canary import CANARY, STABLE
+from fdp_operator.rollout.revision import REVISION_ANNOTATION, revision_of
+from fdp_operator.rollout.types import DeploymentView, RolloutInput, RolloutStatus
 
-REVISION_ANNOTATION = "fdp.io/revision"
+__all__ = ["REVISION_ANNOTATION", "ObservedState", "WorkloadPlan", "render_workloads", "revision_of"]
 
 
 @dataclass(frozen=True)
@@ -75,12 +86,6 @@ class WorkloadPlan:
     stalled_reason: str | None = None
     message: str = ""
     requeue_after: float | None = None
-
-
-def revision_of(pod_template: Mapping[str, Any]) -> str:
-    """Stable short hash of a pod template: the rollout's notion of a revision."""
-    raw = json.dumps(pod_template, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(raw).hexdigest()[:10]
 
 
 def deployment_available(dep: Mapping[str, Any] | None, desired: int) -> bool:
@@ -157,6 +162,13 @@ def _replica_counts(dep: Mapping[str, Any] | None, desired: int) -> dict[str, in
 def render_workloads(
     router: FederatedRouter, pod_template: Mapping[str, Any], observed: ObservedState
 ) -> WorkloadPlan:
+    """Deployments and Services for the router's rollout strategy (see the module docstring)."""
+    if router.spec.rollout.strategy in (RolloutStrategy.BLUE_GREEN, RolloutStrategy.CANARY):
+        return _progressive(router, pod_template, observed)
+    return _plain(router, pod_template, observed)
+
+
+def _plain(router: FederatedRouter, pod_template: Mapping[str, Any], observed: ObservedState) -> WorkloadPlan:
     """Plain case: one Deployment ``<name>`` (RollingUpdate) behind one Service ``<name>``."""
     spec = router.spec
     name = names.deployment(router.ref.name)
@@ -184,7 +196,7 @@ def render_workloads(
             stalled = "ProgressDeadlineExceeded"
     return WorkloadPlan(
         objects=[dep, svc],
-        prune=[],
+        prune=_stale_progressive(router, observed, keep=()) if available else [],
         hpa_target=name,
         rollout_status={
             "strategy": spec.rollout.strategy.value,
@@ -200,4 +212,168 @@ def render_workloads(
             if available
             else f"waiting for deployment {name} to roll out revision {revision}"
         ),
+    )
+
+
+# ---------------------------------------------------------------- progressive strategies
+
+COLOR_LABEL = "fdp.io/color"
+TRACK_LABEL = "fdp.io/track"
+ROLES = {BLUE: COLOR_LABEL, GREEN: COLOR_LABEL, STABLE: TRACK_LABEL, CANARY: TRACK_LABEL}
+
+
+def role_deployment(router: str, role: str) -> str:
+    return f"{router}-{role}"
+
+
+def preview_service(router: str) -> str:
+    return f"{router}-preview"
+
+
+def deployment_view(name: str, dep: Mapping[str, Any]) -> DeploymentView:
+    """The engine's view of an observed Deployment."""
+    meta, spec, status = dep.get("metadata") or {}, dep.get("spec") or {}, dep.get("status") or {}
+    return DeploymentView(
+        name=name,
+        revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
+        spec_replicas=int(spec.get("replicas", 1)),
+        replicas=int(status.get("replicas", 0)),
+        updated_replicas=int(status.get("updatedReplicas", 0)),
+        ready_replicas=int(status.get("readyReplicas", 0)),
+        available_replicas=int(status.get("availableReplicas", 0)),
+        generation_observed=int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0)),
+    )
+
+
+def _hpa_total(router: FederatedRouter, observed: ObservedState, fallback: int | None) -> int:
+    """With an HPA: the count it wants now (status), else what its target runs, else minReplicas."""
+    status = (observed.hpa or {}).get("status") or {}
+    for key in ("desiredReplicas", "currentReplicas"):
+        if int(status.get(key, 0) or 0) > 0:
+            return int(status[key])
+    return fallback if fallback is not None else router.spec.autoscaling.min_replicas
+
+
+def _stale_progressive(
+    router: FederatedRouter, observed: ObservedState, keep: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """Owned workload objects of another strategy, to delete once the current one serves."""
+    name = router.ref.name
+    wanted = set(keep) | {names.deployment(name)} if not keep else set(keep)
+    out = [
+        ("Deployment", n)
+        for n in sorted(observed.deployments)
+        if n not in wanted and n in {role_deployment(name, r) for r in ROLES} | {names.deployment(name)}
+    ]
+    if (
+        router.spec.rollout.strategy != RolloutStrategy.BLUE_GREEN
+        and preview_service(name) in observed.services
+    ):
+        out.append(("Service", preview_service(name)))
+    return out
+
+
+def _role_template(template: Mapping[str, Any], role: str) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(template))
+    out.setdefault("metadata", {}).setdefault("labels", {})[ROLES[role]] = role
+    return out
+
+
+def _progressive(
+    router: FederatedRouter, pod_template: Mapping[str, Any], observed: ObservedState
+) -> WorkloadPlan:
+    """Blue/green or canary: build the engine's input, run it, render its decision."""
+    spec = router.spec
+    name = router.ref.name
+    autoscaled = spec.autoscaling.enabled
+    desired = revision_of(pod_template)
+    roles = (BLUE, GREEN) if spec.rollout.strategy == RolloutStrategy.BLUE_GREEN else (STABLE, CANARY)
+    views = {
+        role: deployment_view(role_deployment(name, role), observed.deployments[role_deployment(name, role)])
+        for role in roles
+        if role_deployment(name, role) in observed.deployments
+    }
+    active_svc = observed.services.get(names.service(name)) or {}
+    active_color = ((active_svc.get("spec") or {}).get("selector") or {}).get(COLOR_LABEL)
+    serving = active_color if active_color in views else (STABLE if STABLE in views else None)
+    total = (
+        _hpa_total(router, observed, views[serving].spec_replicas if serving else None)
+        if autoscaled
+        else spec.replicas
+    )
+    decision = rollout.decide(
+        spec.rollout.strategy,
+        RolloutInput(
+            now=observed.now,
+            spec=spec.rollout,
+            desired_revision=desired,
+            total_replicas=total,
+            autoscaled=autoscaled,
+            deployments=views,
+            status=RolloutStatus.from_dict(observed.previous_rollout_status),
+            intents=intents.parse(dict(router.annotations)),
+            observed_active_color=active_color if active_color in (BLUE, GREEN) else None,
+        ),
+    )
+
+    objects: list[dict[str, Any]] = []
+    counts = {"desired": 0, "ready": 0, "available": 0, "updated": 0}
+    serving_roles = {decision.active_role} if decision.active_role else {STABLE, CANARY}
+    for intent in decision.deployments:
+        dep_name = role_deployment(name, intent.role)
+        current = observed.deployments.get(dep_name)
+        if intent.template_revision == desired or current is None:
+            template = _role_template(pod_template, intent.role)
+            revision = desired
+        else:  # keep what it runs: its own template, exactly as observed
+            template = json.loads(json.dumps((current.get("spec") or {}).get("template") or {}))
+            revision = intent.template_revision
+        replicas = intent.replicas
+        if replicas is None:
+            # The HPA owns the count: echo what it set (never reset it), so this field
+            # manager keeps co-owning spec.replicas and an apply never drops it to 1.
+            replicas = int(((current or {}).get("spec") or {}).get("replicas", total))
+        dep = render_deployment(router, dep_name, template, replicas)
+        role_label = {ROLES[intent.role]: intent.role}
+        dep["spec"]["selector"]["matchLabels"].update(role_label)
+        dep["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(
+            {**names.selector_labels(name), **role_label}
+        )
+        dep["metadata"]["labels"].update(role_label)
+        dep["metadata"]["annotations"] = {REVISION_ANNOTATION: revision}
+        objects.append(dep)
+        if intent.role in serving_roles:
+            c = _replica_counts(current, replicas)
+            for k in counts:
+                counts[k] += c[k]
+
+    plain_still_serves = names.deployment(name) in observed.deployments and not decision.ready
+    selector = names.selector_labels(name)
+    if decision.active_role and not plain_still_serves:
+        objects.append(
+            render_service(router, names.service(name), {**selector, COLOR_LABEL: decision.active_role})
+        )
+    else:
+        objects.append(render_service(router, names.service(name), selector))
+    if decision.preview_role:
+        objects.append(
+            render_service(router, preview_service(name), {**selector, COLOR_LABEL: decision.preview_role})
+        )
+    keep = tuple(role_deployment(name, i.role) for i in decision.deployments)
+    prune = [] if plain_still_serves else _stale_progressive(router, observed, keep)
+
+    return WorkloadPlan(
+        objects=objects,
+        prune=prune,
+        hpa_target=role_deployment(name, decision.hpa_role),
+        rollout_status=decision.status.to_dict(),
+        conditions=[
+            (c.type, c.status, str(c.reason), c.message) for c in decision.conditions if c.type == "Paused"
+        ],
+        replicas=counts,
+        available=decision.ready,
+        progressing=decision.progressing,
+        stalled_reason=decision.stalled_reason,
+        message=decision.message,
+        requeue_after=decision.requeue_after,
     )

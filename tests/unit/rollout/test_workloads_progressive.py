@@ -1,0 +1,211 @@
+"""The workloads seam for BlueGreen and Canary: engine decisions rendered as cluster objects."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fdp_operator import conditions as cond
+from fdp_operator.models import parse_router
+from fdp_operator.render.workloads import (
+    REVISION_ANNOTATION,
+    ObservedState,
+    WorkloadPlan,
+    render_workloads,
+    revision_of,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def template(image: str) -> dict[str, Any]:
+    return {"metadata": {"labels": {"x": "y"}}, "spec": {"containers": [{"name": "router", "image": image}]}}
+
+
+def router(annotations: dict[str, str] | None = None, **rollout: Any):
+    spec = {
+        "policyRef": {"name": "pol"},
+        "replicas": 4,
+        "rollout": rollout,
+        "ledger": {"backend": "postgres", "dsnSecretRef": {"name": "dsn", "key": "dsn"}},
+    }
+    if rollout.pop("autoscaled", False):
+        spec.update(replicas=1, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 9})
+    meta = {"name": "fr1", "namespace": "ns", "uid": "u", "generation": 1, "annotations": annotations or {}}
+    return parse_router({"metadata": meta, "spec": spec})
+
+
+def objects(plan: WorkloadPlan) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in plan.objects}
+
+
+def settle(plan: WorkloadPlan, generation: int = 1) -> dict[str, dict[str, Any]]:
+    """What the cluster would report once every applied Deployment is fully available."""
+    out = {}
+    for o in plan.objects:
+        if o["kind"] != "Deployment":
+            continue
+        n = o["spec"]["replicas"]
+        d = copy.deepcopy(o)
+        d["metadata"]["generation"] = generation
+        d["status"] = {
+            "observedGeneration": generation,
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": n,
+            "availableReplicas": n,
+        }
+        out[o["metadata"]["name"]] = d
+    return out
+
+
+def services(plan: WorkloadPlan) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in plan.objects if o["kind"] == "Service"}
+
+
+def test_blue_green_renders_a_colored_deployment_an_active_and_a_preview_service() -> None:
+    r = router(strategy="BlueGreen")
+    plan = render_workloads(r, template("img:1"), ObservedState(now=NOW))
+    objs = objects(plan)
+    blue = objs[("Deployment", "fr1-blue")]
+    assert blue["spec"]["selector"]["matchLabels"]["fdp.io/color"] == "blue"
+    assert blue["spec"]["template"]["metadata"]["labels"]["fdp.io/color"] == "blue"
+    assert blue["spec"]["template"]["metadata"]["labels"]["x"] == "y"
+    assert blue["metadata"]["annotations"][REVISION_ANNOTATION] == revision_of(template("img:1"))
+    assert blue["spec"]["replicas"] == 4
+    assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
+    assert objs[("Service", "fr1-preview")]["spec"]["selector"]["fdp.io/color"] == "green"
+    assert plan.hpa_target == "fr1-blue" and not plan.available and plan.progressing
+    assert plan.rollout_status["strategy"] == "BlueGreen"
+
+
+def test_a_blue_green_update_previews_green_and_keeps_blues_observed_template_untouched() -> None:
+    r = router(strategy="BlueGreen", autoPromotionEnabled=False)
+    first = render_workloads(r, template("img:1"), ObservedState(now=NOW))
+    cluster = settle(first)
+    observed = ObservedState(
+        now=NOW, deployments=cluster, services=services(first), previous_rollout_status=first.rollout_status
+    )
+    healthy = render_workloads(r, template("img:1"), observed)
+    assert healthy.available and not healthy.progressing
+    cluster["fr1-blue"]["spec"]["template"]["metadata"]["annotations"] = {"set-by": "cluster defaulting"}
+    observed = ObservedState(
+        now=NOW,
+        deployments=cluster,
+        services=services(healthy),
+        previous_rollout_status=healthy.rollout_status,
+    )
+    plan = render_workloads(r, template("img:2"), observed)
+    objs = objects(plan)
+    assert objs[("Deployment", "fr1-blue")]["spec"]["template"] == cluster["fr1-blue"]["spec"]["template"]
+    green = objs[("Deployment", "fr1-green")]
+    assert green["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
+    assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
+    # the stable revision serves: Ready stays True while Reconciling says a change rolls out
+    assert plan.available and plan.progressing
+    got = {
+        t: s
+        for t, s, _, _ in cond.router_conditions(
+            cond.RouterObservation(
+                policy_name="pol",
+                nodes_selected=1,
+                nodes_ready=1,
+                workloads_available=plan.available,
+                rollout_progressing=plan.progressing,
+                rollout_stalled=plan.stalled_reason,
+                rollout_message=plan.message,
+                extra=tuple(plan.conditions),
+            ),
+            "serving",
+        )
+    }
+    assert got["Ready"] == "True" and got["Reconciling"] == "True" and got["Stalled"] == "False"
+
+
+def test_an_aborted_rollout_keeps_ready_true_with_stalled_true() -> None:
+    r = router(strategy="BlueGreen", autoPromotionEnabled=False)
+    first = render_workloads(r, template("img:1"), ObservedState(now=NOW))
+    cluster = settle(first)
+    obs = ObservedState(now=NOW, deployments=cluster, services=services(first), previous_rollout_status={})
+    steady = render_workloads(r, template("img:1"), obs)
+    obs = ObservedState(
+        now=NOW, deployments=cluster, services=services(steady), previous_rollout_status=steady.rollout_status
+    )
+    rolling = render_workloads(r, template("img:2"), obs)
+    aborted_router = router({"fdp.io/abort": "t1"}, strategy="BlueGreen", autoPromotionEnabled=False)
+    obs = ObservedState(
+        now=NOW + timedelta(seconds=5),
+        deployments=settle(rolling),
+        services=services(rolling),
+        previous_rollout_status=rolling.rollout_status,
+    )
+    plan = render_workloads(aborted_router, template("img:2"), obs)
+    assert plan.stalled_reason == "Aborted" and plan.available
+    assert objects(plan)[("Deployment", "fr1-green")]["spec"]["replicas"] == 0
+    got = {
+        t: (s, reason)
+        for t, s, reason, _ in cond.router_conditions(
+            cond.RouterObservation(
+                policy_name="pol",
+                nodes_selected=1,
+                nodes_ready=1,
+                workloads_available=plan.available,
+                rollout_progressing=plan.progressing,
+                rollout_stalled=plan.stalled_reason,
+                rollout_message=plan.message,
+            ),
+            "serving",
+        )
+    }
+    assert got["Ready"][0] == "True" and got["Stalled"] == ("True", "RolloutStalled")
+    assert got["Reconciling"][0] == "False"
+
+
+def test_canary_pods_are_tracked_and_one_service_selects_both_tracks() -> None:
+    r = router(strategy="Canary", steps=[{"setWeight": 25}, {"pause": {}}])
+    first = render_workloads(r, template("img:1"), ObservedState(now=NOW))
+    cluster = settle(first)
+    steady = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
+    obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=steady.rollout_status)
+    plan = render_workloads(r, template("img:2"), obs)
+    objs = objects(plan)
+    stable, canary = objs[("Deployment", "fr1-stable")], objs[("Deployment", "fr1-canary")]
+    assert (stable["spec"]["replicas"], canary["spec"]["replicas"]) == (3, 1)
+    assert canary["spec"]["selector"]["matchLabels"]["fdp.io/track"] == "canary"
+    svc = objs[("Service", "fr1")]["spec"]["selector"]
+    assert "fdp.io/track" not in svc and "fdp.io/color" not in svc
+    assert ("Service", "fr1-preview") not in objs and plan.hpa_target == "fr1-stable"
+
+
+def test_switching_from_rolling_update_keeps_the_plain_deployment_until_the_new_one_serves() -> None:
+    plain = render_workloads(router(strategy="RollingUpdate"), template("img:1"), ObservedState(now=NOW))
+    cluster = settle(plain)
+    r = router(strategy="BlueGreen")
+    plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
+    assert plan.prune == [], "the plain Deployment serves until blue is available"
+    assert "fdp.io/color" not in objects(plan)[("Service", "fr1")]["spec"]["selector"]
+    cluster.update(settle(plan))
+    plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
+    assert ("Deployment", "fr1") in plan.prune
+    assert objects(plan)[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
+
+
+def test_with_an_hpa_the_operator_echoes_the_count_it_set_instead_of_resetting_it() -> None:
+    r = router(strategy="BlueGreen", autoscaled=True)
+    first = render_workloads(r, template("img:1"), ObservedState(now=NOW))
+    assert objects(first)[("Deployment", "fr1-blue")]["spec"]["replicas"] == 2  # minReplicas
+    cluster = settle(first)
+    cluster["fr1-blue"]["spec"]["replicas"] = 6  # the HPA scaled up
+    hpa = {"status": {"currentReplicas": 6, "desiredReplicas": 6}}
+    plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster, hpa=hpa))
+    assert objects(plan)[("Deployment", "fr1-blue")]["spec"]["replicas"] == 6
+    obs = ObservedState(
+        now=NOW,
+        deployments=cluster,
+        hpa=hpa,
+        services=services(plan),
+        previous_rollout_status=plan.rollout_status,
+    )
+    update = render_workloads(r, template("img:2"), obs)
+    assert objects(update)[("Deployment", "fr1-green")]["spec"]["replicas"] == 6

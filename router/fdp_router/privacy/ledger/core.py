@@ -183,8 +183,8 @@ class SqlLedger(Ledger):
 
     async def reserve(self, charge: Charge) -> Reservation:
         validate_charge(charge)
-        cost = flt.rdp_curve(charge.event)  # type: ignore[arg-type]
-        eps = epsilon_of(charge.event, self._cfg.delta)  # type: ignore[arg-type]
+        cost = flt.rdp_curve(charge.event)
+        eps = epsilon_of(charge.event, self._cfg.delta)
         if not all(math.isfinite(c) for c in cost) or not math.isfinite(eps):
             raise InvalidPrivacyRequest("event", "has infinite privacy cost")
         now = self._now()

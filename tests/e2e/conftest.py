@@ -1,0 +1,364 @@
+"""Fixtures for operator e2e tests: CRDs installed, the operator as a local process, demo nodes.
+
+The simulated (kwok) nodes run no containers, so the operator runs here as a process
+(``fdp-operator run``) against the test cluster's kubeconfig, and the HospitalNodes it
+probes are ``fdp-router demo-node`` processes on 127.0.0.1 serving HTTPS (optionally mTLS)
+with certificates from a throw-away CA. Reusable by the rollout tests:
+
+- ``fdp_crds``: the CRDs from crds/ applied and Established (session).
+- ``operator_runner``: an operator watching the test namespace; ``.restart()``, ``.stop()``,
+  ``.logs()``; ``make_operator(namespace, kubeconfig=..., extra_args=...)`` for variants.
+- ``demo_nodes``: ``demo_nodes.start(name, mtls=False) -> DemoNode`` (``.endpoint``, ``.stop()``,
+  ``.ca_pem`` ...); ``demo_nodes.tls_secrets(namespace, node)`` creates the Secrets a
+  HospitalNode's ``spec.tls`` references.
+- ``kube``: helpers (``apply``, ``get``, ``wait_condition``, ``eventually``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fdp_operator import tls
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+RESYNC = "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.3, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+@dataclass
+class KubeHelper:
+    cluster: Any
+
+    def apply(self, namespace: str, docs: str | list[dict[str, Any]] | dict[str, Any]) -> None:
+        text = (
+            docs if isinstance(docs, str) else yaml.safe_dump_all(docs if isinstance(docs, list) else [docs])
+        )
+        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+    def get(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        proc = self.cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def items(self, namespace: str, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        return list(json.loads(self.cluster.kubectl(*args).stdout)["items"])
+
+    def condition(self, namespace: str, kind: str, name: str, ctype: str) -> dict[str, Any] | None:
+        obj = self.get(namespace, kind, name) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+
+    def wait_condition(
+        self,
+        namespace: str,
+        kind: str,
+        name: str,
+        ctype: str = "Ready",
+        status: str = "True",
+        timeout: float = 60,
+    ) -> dict[str, Any]:
+        return eventually(
+            lambda: (
+                (c := self.condition(namespace, kind, name, ctype)) is not None
+                and c["status"] == status
+                and c
+            ),
+            timeout=timeout,
+            what=f"{kind}/{name} {ctype}={status}",
+        )
+
+
+@pytest.fixture(scope="session")
+def kube(cluster) -> KubeHelper:
+    return KubeHelper(cluster)
+
+
+@pytest.fixture(scope="session")
+def fdp_crds(cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    for name in ("hospitalnodes", "privacypolicies", "federatedrouters"):
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{name}.fdp.io", "--timeout=60s", timeout=90
+        )
+    # Discovery of just-established CRDs can lag a moment.
+    eventually(
+        lambda: cluster.kubectl("get", "fr", "-A", check=False).returncode == 0,
+        timeout=30,
+        what="fr discovery",
+    )
+
+
+@dataclass
+class OperatorProcess:
+    cluster: Any
+    namespace: str
+    log_path: Path
+    kubeconfig: str | None = None
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    liveness_port: int = field(default_factory=free_port)
+
+    def start(self) -> OperatorProcess:
+        env = dict(self.cluster.env)
+        if self.kubeconfig:
+            env["KUBECONFIG"] = self.kubeconfig
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "fdp-operator"),
+                "run",
+                "-n",
+                self.namespace,
+                "--resync-seconds",
+                RESYNC,
+                "--probe-tick-seconds",
+                "0.5",
+                "--liveness-host",
+                "127.0.0.1",
+                "--liveness-port",
+                str(self.liveness_port),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def restart(self) -> OperatorProcess:
+        self.stop()
+        return self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def make_operator(cluster, fdp_crds, tmp_path) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
+
+    def make(
+        namespace: str, *, kubeconfig: str | None = None, extra_args: tuple[str, ...] = (), start: bool = True
+    ) -> OperatorProcess:
+        op = OperatorProcess(
+            cluster, namespace, tmp_path / f"operator-{len(started)}.log", kubeconfig, extra_args
+        )
+        started.append(op)
+        return op.start() if start else op
+
+    yield make
+    for op in started:
+        op.stop()
+
+
+@pytest.fixture
+def operator_runner(make_operator, namespace) -> OperatorProcess:
+    return make_operator(namespace)
+
+
+# ---------------------------------------------------------------- demo hospital nodes
+
+
+@dataclass
+class DemoNode:
+    name: str
+    port: int
+    ca_pem: str
+    client_cert_pem: str = ""
+    client_key_pem: str = ""
+    mtls: bool = False
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def start(self) -> DemoNode:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        eventually(self._listening, timeout=20, what=f"demo node {self.name} listening")
+        return self
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@dataclass
+class DemoNodes:
+    workdir: Path
+    kube: KubeHelper
+    nodes: list[DemoNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        now = datetime.now(UTC)
+        self.ca = tls.issue_ca("fdp e2e hospital CA", now)
+        self.server = tls.issue_serving(self.ca, ["localhost"], now, timedelta(days=1))
+        self.client = tls.issue_serving(self.ca, ["fdp-router-client"], now, timedelta(days=1))
+        for name, text in (
+            ("ca.crt", self.ca.cert_pem),
+            ("tls.crt", self.server.cert_pem),
+            ("tls.key", self.server.key_pem),
+        ):
+            (self.workdir / name).write_text(text)
+
+    def start(self, name: str, *, mtls: bool = False, port: int | None = None) -> DemoNode:
+        port = port or free_port()
+        args = [
+            str(BIN / "fdp-router"),
+            "demo-node",
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--cert",
+            str(self.workdir / "tls.crt"),
+            "--key",
+            str(self.workdir / "tls.key"),
+        ]
+        if mtls:
+            args += ["--client-ca", str(self.workdir / "ca.crt")]
+        node = DemoNode(name, port, self.ca.cert_pem, self.client.cert_pem, self.client.key_pem, mtls, args)
+        self.nodes.append(node)
+        return node.start()
+
+    def tls_secrets(self, namespace: str, prefix: str = "hospital") -> dict[str, Any]:
+        """Create the CA and client-cert Secrets; returns the matching HospitalNode ``spec.tls``."""
+        self.kube.apply(
+            namespace,
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": f"{prefix}-ca"},
+                    "stringData": {"ca.crt": self.ca.cert_pem},
+                },
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": f"{prefix}-client"},
+                    "type": "kubernetes.io/tls",
+                    "stringData": {"tls.crt": self.client.cert_pem, "tls.key": self.client.key_pem},
+                },
+            ],
+        )
+        return {"caSecretRef": {"name": f"{prefix}-ca"}, "clientCertSecretRef": {"name": f"{prefix}-client"}}
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def demo_nodes(tmp_path, kube) -> Iterator[DemoNodes]:
+    nodes = DemoNodes(tmp_path, kube)
+    yield nodes
+    nodes.stop_all()
+
+
+# ---------------------------------------------------------------- object builders
+
+
+def hospital_node(
+    name: str,
+    endpoint: str,
+    *,
+    labels: dict[str, str] | None = None,
+    tls_spec: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "fdp.io/v1alpha1",
+        "kind": "HospitalNode",
+        "metadata": {"name": name, "labels": labels or {"fdp.io/network": "e2e"}},
+        "spec": {
+            "hospital": f"{name}-hospital",
+            "endpoint": endpoint,
+            "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+            **spec,
+        },
+    }
+    if tls_spec:
+        body["spec"]["tls"] = tls_spec
+    return body
+
+
+def privacy_policy(name: str = "pol", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "fdp.io/v1alpha1",
+        "kind": "PrivacyPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def federated_router(name: str = "fr", policy: str = "pol", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "fdp.io/v1alpha1",
+        "kind": "FederatedRouter",
+        "metadata": {"name": name},
+        "spec": {
+            "policyRef": {"name": policy},
+            "nodeSelector": {"matchLabels": {"fdp.io/network": "e2e"}},
+            **spec,
+        },
+    }

@@ -169,7 +169,8 @@ HOSPITAL_NODE_SPEC = _obj(
     **{
         "x-kubernetes-validations": [
             _rule(
-                "self.endpoint.startsWith('https://') && isURL(self.endpoint)",
+                "self.endpoint.startsWith('https://') && isURL(self.endpoint)"
+                " && url(self.endpoint).getHostname() != ''",
                 "spec.endpoint must be an https:// URL (hospital traffic is always encrypted)",
                 fieldPath=".endpoint",
             ),

@@ -1,0 +1,101 @@
+"""Bad specs are rejected by the API server at apply time, with a message a person understands."""
+
+from __future__ import annotations
+
+import yaml
+
+from .conftest import federated_router, hospital_node, privacy_policy
+
+NODE = hospital_node("hn1", "https://node.example:8443")
+POLICY = privacy_policy("p")
+ROUTER = federated_router("r", "p")
+
+
+def _with(base: dict, **spec) -> dict:
+    out = yaml.safe_load(yaml.safe_dump(base))
+    out["spec"].update(spec)
+    return out
+
+
+CASES = [
+    ("http endpoint", _with(NODE, endpoint="http://node.example"), "spec.endpoint must be an https:// URL"),
+    ("not a url", _with(NODE, endpoint="https://"), "spec.endpoint must be an https:// URL"),
+    (
+        "probe timeout > interval",
+        _with(NODE, healthCheck={"intervalSeconds": 1, "timeoutSeconds": 5}),
+        "healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds",
+    ),
+    ("zero weight", _with(NODE, weight=0), "spec.weight must be in (0, 1000]"),
+    ("delta too large", _with(POLICY, delta=0.01), "spec.delta must be in (0, 1e-3]"),
+    ("delta zero", _with(POLICY, delta=0), "spec.delta must be in (0, 1e-3]"),
+    ("epsilon zero", _with(POLICY, defaultEpsilonPerQuery=0), "epsilon must be > 0"),
+    (
+        "default > max",
+        _with(POLICY, defaultEpsilonPerQuery=2, maxEpsilonPerQuery=1),
+        "spec.defaultEpsilonPerQuery must be <= spec.maxEpsilonPerQuery",
+    ),
+    ("negative budget", _with(POLICY, budgets={"perUser": -1}), "every budget"),
+    ("period window without period", _with(POLICY, window={"kind": "period"}), "window.period (at least 1m)"),
+    (
+        "consensus minAnswers > nodes",
+        _with(POLICY, consensus={"nodes": 2, "minAnswers": 3}),
+        "consensus.minAnswers must be <= consensus.nodes",
+    ),
+    (
+        "max < min replicas",
+        _with(
+            ROUTER,
+            ledger={"backend": "postgres", "dsnSecretRef": {"name": "d"}},
+            autoscaling={"enabled": True, "minReplicas": 4, "maxReplicas": 2},
+        ),
+        "autoscaling.maxReplicas must be >= autoscaling.minReplicas",
+    ),
+    (
+        "canary weight > 100",
+        _with(ROUTER, rollout={"strategy": "Canary", "steps": [{"setWeight": 120}]}),
+        "should be less than or equal to 100",
+    ),
+    (
+        "canary weights decrease",
+        _with(ROUTER, rollout={"strategy": "Canary", "steps": [{"setWeight": 50}, {"setWeight": 20}]}),
+        "canary setWeight values must be 0-100 and must not decrease",
+    ),
+    (
+        "step with both",
+        _with(ROUTER, rollout={"strategy": "Canary", "steps": [{"setWeight": 5, "pause": {}}]}),
+        "each rollout step sets exactly one of setWeight or pause",
+    ),
+    (
+        "steps without canary",
+        _with(ROUTER, rollout={"strategy": "BlueGreen", "steps": [{"setWeight": 5}]}),
+        "rollout.steps are only allowed with strategy Canary",
+    ),
+    ("sqlite with replicas", _with(ROUTER, replicas=3), "ledger.backend 'sqlite' allows one router replica"),
+    (
+        "postgres without dsn",
+        _with(ROUTER, ledger={"backend": "postgres"}),
+        "ledger.dsnSecretRef is required when ledger.backend is 'postgres'",
+    ),
+    (
+        "renewBefore >= duration",
+        _with(ROUTER, tls={"duration": "1h", "renewBefore": "2h"}),
+        "tls.renewBefore must be shorter than tls.duration",
+    ),
+    ("missing policyRef", {**ROUTER, "spec": {"replicas": 1}}, "spec.policyRef: Required value"),
+]
+
+
+def test_invalid_custom_resources_are_rejected_with_their_message(cluster, namespace, fdp_crds) -> None:
+    failures = []
+    for label, body, message in CASES:
+        proc = cluster.kubectl(
+            "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
+        )
+        if proc.returncode == 0 or message not in proc.stderr:
+            failures.append(f"{label}: rc={proc.returncode} stderr={proc.stderr.strip()[:400]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_the_valid_bases_are_accepted(cluster, namespace, fdp_crds) -> None:
+    for body in (NODE, POLICY, ROUTER):
+        cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))

@@ -222,6 +222,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     elif result.ok:
         print(f"ok: {result.checked} audit records, chain intact")
+    elif result.first_bad_seq is None:
+        print(f"BROKEN: {result.reason} (the {result.checked} audit records themselves are intact)")
     else:
         print(
             f"BROKEN at record {result.first_bad_seq}: {result.reason} "

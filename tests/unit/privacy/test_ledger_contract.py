@@ -243,3 +243,28 @@ async def test_audit_key_rotation(ledger_env: LedgerEnv) -> None:
     only_new = parse_keyring(ledger_env.key_file.read_text().splitlines()[1], "test")
     result = verify_ledger(_driver(ledger_env), only_new)
     assert not result.ok and result.first_bad_seq == 1 and "unknown key id" in result.reason
+
+
+async def test_winning_budget_back_by_editing_unit_rows_is_detected(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        for _ in range(3):
+            await ledger.reserve(_charge(cfg))
+        r = await ledger.reserve(_charge(cfg))
+        await ledger.release(r.id)
+    finally:
+        await ledger.close()
+    keyring = parse_keyring(ledger_env.key_file.read_text(), "test")
+    assert verify_ledger(_driver(ledger_env), keyring).ok  # releases replay correctly
+    zero = json.dumps(list(flt.zero()))
+    sql = f"UPDATE fdp_units SET rdp = '{zero}', n_queries = 0 WHERE scope = 'user'"
+    if ledger_env.backend == "sqlite":
+        with sqlite3.connect(ledger_env.ledger_cfg.sqlite_path) as conn:
+            conn.execute(sql)
+    else:
+        with psycopg.connect(ledger_env.dsn, autocommit=True) as conn:
+            conn.execute(sql)
+    result = verify_ledger(_driver(ledger_env), keyring)
+    assert not result.ok
+    assert "unit user 'alice'" in result.reason and "replays to 3" in result.reason

@@ -9,14 +9,19 @@ and by the CLI.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fdp_router.config import LedgerConfig, PrivacyConfig
+from fdp_router.privacy import events as ev
+from fdp_router.privacy import filter as flt
 from fdp_router.privacy.api import InvalidPrivacyRequest
-from fdp_router.privacy.audit import Keyring, VerifyResult, load_keyring, verify_chain
+from fdp_router.privacy.audit import Keyring, VerifyResult, load_keyring, unseal, verify_chain
 from fdp_router.privacy.ledger.core import AUDIT_COLUMNS, SqlDriver, SqlLedger
 
 __all__ = ["SqlLedger", "open_ledger", "open_ledger_sync", "postgres_dsn", "verify_ledger"]
@@ -57,15 +62,64 @@ async def open_ledger(
 
 
 def verify_ledger(driver: SqlDriver, keyring: Keyring | None) -> VerifyResult:
-    """Walk the audit table in sequence order and check the chain, hashes and tags."""
+    """Walk the audit table in sequence order and check the chain, hashes and tags; with the
+    keyring, also replay the trail and check that every unit's recorded spend matches it (so
+    editing or deleting budget rows to win budget back is detected too)."""
     conn = driver.connect_reader()
     try:
         cur = conn.cursor()
         cur.execute("SELECT seq, hash FROM fdp_head WHERE id = 1")
         head_row = cur.fetchone()
         cur.execute(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM fdp_audit ORDER BY seq")  # noqa: S608
-        rows = (dict(zip(AUDIT_COLUMNS, r, strict=True)) for r in cur)
+        rows = [dict(zip(AUDIT_COLUMNS, r, strict=True)) for r in cur.fetchall()]
         head = (int(head_row[0]), str(head_row[1])) if head_row else None
-        return verify_chain(rows, keyring, head)
+        result = verify_chain(rows, keyring, head)
+        if not result.ok or keyring is None:
+            return result
+        cur.execute("SELECT scope, unit_key, window_id, rdp, n_queries FROM fdp_units")
+        stored = {(r[0], r[1], int(r[2])): (json.loads(r[3]), int(r[4])) for r in cur.fetchall()}
+        return _replay_units(rows, keyring, stored, result)
     finally:
         conn.close()
+
+
+def _replay_units(
+    rows: list[dict[str, Any]],
+    keyring: Keyring,
+    stored: dict[tuple[str, str, int], tuple[list[float], int]],
+    chain: VerifyResult,
+) -> VerifyResult:
+    expected: dict[tuple[str, str, int], tuple[tuple[float, ...], int]] = {}
+    reservations: dict[str, tuple[list[tuple[str, str, int]], tuple[float, ...]]] = {}
+    for rec in rows:
+        data = unseal(keyring, rec)
+        if rec["kind"] == "reserve":
+            win = int(data["window_id"])
+            units = [("user", data["user_id"], win), ("department", data["department"], win)]
+            units += [("hospital", h, win) for h in dict.fromkeys(data["hospitals"])]
+            cost = flt.rdp_curve(ev.from_dict(data["event"]))
+            reservations[rec["reservation_id"]] = (units, cost)
+            sign = 1
+        elif rec["kind"] == "release" and rec["reservation_id"] in reservations:
+            units, cost = reservations[rec["reservation_id"]]
+            sign = -1
+        else:
+            continue
+        for u in units:
+            spent, n = expected.get(u, (flt.zero(), 0))
+            expected[u] = (flt.add(spent, cost) if sign > 0 else flt.subtract(spent, cost), n + sign)
+    for unit in sorted(set(expected) | set(stored)):
+        exp_spent, exp_n = expected.get(unit, (flt.zero(), 0))
+        got_spent, got_n = stored.get(unit, (list(flt.zero()), 0))
+        close = all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(exp_spent, got_spent, strict=True)
+        )
+        if exp_n != got_n or not close:
+            return VerifyResult(
+                False,
+                chain.checked,
+                None,
+                f"unit {unit[0]} {unit[1]!r} (window {unit[2]}) records {got_n} queries but the audit trail "
+                f"replays to {exp_n}" + ("" if close else " (RDP sums differ)"),
+            )
+    return chain

@@ -311,8 +311,8 @@ class SqlLedger(Ledger):
             log.exception("ledger transaction failed; %d operations not recorded", len(batch))
             try:
                 conn.rollback()
-            except Exception:  # noqa: S110 (connection may be gone; the error below is what matters)
-                pass
+            except Exception:  # the connection is gone: open a new one for the next batch
+                self._reconnect_writer()
             err = PrivacyError(f"ledger write failed: {exc}")
             for op in batch:
                 op.future.set_exception(err)
@@ -322,6 +322,16 @@ class SqlLedger(Ledger):
                 op.future.set_exception(error)
             else:
                 op.future.set_result(value)
+
+    def _reconnect_writer(self) -> None:
+        try:
+            self._writer_conn.close()
+        except Exception:  # noqa: S110 (already broken)
+            pass
+        try:
+            self._writer_conn = self._driver.connect_writer()
+        except Exception:
+            log.exception("ledger: reconnect failed; will retry on the next operation")
 
     def _audit(
         self,
@@ -422,6 +432,7 @@ class SqlLedger(Ledger):
                     "query_hash": charge.query_hash,
                     "request_id": charge.request_id,
                     "window_id": op.window_id,
+                    "event": ev.to_dict(charge.event),
                 },
             )
             return Reservation(

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from fdp_router.errors import Unauthorized
 
 ROLES = ("clinician", "auditor", "admin")
 MIN_SECRET_BYTES = 32
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,10 @@ class Authenticator:
                 "auth.hs256_secret_file: HS256 is allowed but no secret is configured "
                 f"(set the file or ${cfg.hs256_secret_env})"
             )
+        # Tokens whose signature and claims were verified, with their validity interval: a
+        # repeat of the exact same token string only needs its time window re-checked.
+        # Rebuilt with the Authenticator on every config reload (new keys, new issuer).
+        self._verified: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
         self._jwks: dict[str, jwt.PyJWK] = {}
         self._jwks_client: jwt.PyJWKClient | None = None
         if cfg.jwks_file:
@@ -118,6 +124,22 @@ class Authenticator:
 
     def verify(self, token: str) -> Principal:
         """The caller, or Unauthorized saying why (never which part of a signature failed)."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, not_before, expires = hit
+            now = time.time()
+            if not_before - self.cfg.leeway_seconds <= now <= expires + self.cfg.leeway_seconds:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        claims = self._decode(token)
+        principal = principal_from_claims(claims)
+        self._verified[token] = (principal, float(claims.get("nbf", 0)), float(claims["exp"]))
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -150,7 +172,7 @@ class Authenticator:
             raise Unauthorized(f"token is missing the {exc.claim!r} claim") from None
         except jwt.PyJWTError:
             raise Unauthorized("invalid token signature or encoding") from None
-        return principal_from_claims(claims)
+        return claims
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

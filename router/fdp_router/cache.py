@@ -89,13 +89,13 @@ class AnswerCache:
     def _evict(self, now: float) -> None:
         self.stats.evictions += 1
         policy = self.cfg.policy
-        if policy in ("lru", "ttl"):
-            # ttl: expired entries first, else least recently used.
-            for k, e in self._data.items():
-                if now - e.stored_at > self.cfg.ttl_seconds:
-                    del self._data[k]
-                    return
+        if policy == "lru":
             self._data.popitem(last=False)
+            return
+        if policy == "ttl":
+            # The oldest-stored entry (expires first); expired ones also go lazily on get().
+            victim = min(self._data.items(), key=lambda kv: kv[1].stored_at)[0]
+            del self._data[victim]
             return
         if policy == "lfu":
             victim = min(self._data.items(), key=lambda kv: (kv[1].hits, kv[1].last_used))[0]

@@ -38,6 +38,7 @@ from fdp_router.errors import (
 )
 from fdp_router.metrics import Metrics
 from fdp_router.overload import AdmissionController
+from fdp_router.privacy import events
 from fdp_router.privacy.api import (
     BudgetExceeded,
     Charge,
@@ -195,8 +196,6 @@ class RequestPath:
         return done
 
     def _event(self, rt: Runtime, req: CompletionRequest) -> tuple[object, float]:
-        from fdp_router.privacy import events
-
         pcfg = rt.config.privacy
         try:
             if req.require_consensus:

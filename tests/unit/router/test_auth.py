@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fdp_router.auth import Authenticator, AuthSetupError
 from fdp_router.config import AuthConfig
+from fdp_router.errors import Unauthorized
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from .conftest import SECRET, Cluster, RouterFactory
@@ -159,3 +160,13 @@ def test_bad_auth_setups_are_errors_naming_the_field(monkeypatch: pytest.MonkeyP
         Authenticator(AuthConfig())
     with pytest.raises(AuthSetupError, match="jwks"):
         Authenticator(AuthConfig(algorithms=("RS256",)))
+
+
+def test_a_verified_token_is_still_refused_once_it_expires() -> None:
+    a = Authenticator(AuthConfig(issuer=ISS, audience=AUD, leeway_seconds=0), hs256_secret=SECRET)
+    tok = jwt.encode(_claims(exp=int(time.time()) + 1), SECRET, algorithm="HS256")
+    assert a.verify(tok).user == "alice"
+    assert a.verify(tok).user == "alice"  # served from the verified-token cache
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        a.verify(tok)

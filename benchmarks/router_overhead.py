@@ -1,0 +1,250 @@
+"""Router overhead: direct to a demo node vs a bare aiohttp pass-through proxy vs the router.
+
+    .venv/bin/python benchmarks/router_overhead.py            # ~1.5 min on 2 cores
+    .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
+
+Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
+demo-node``), one bare proxy (this file with ``--proxy``: aiohttp server + one pooled
+ClientSession forwarding the body; the floor for any aiohttp gateway), and the router
+(``fdp-router serve``, ONE worker process) with everything on: HS256 JWT verification,
+durable SQLite ledger reservation + commit with the hash-chained encrypted audit record,
+balancer, Prometheus metrics, cache lookup (every prompt is unique, so every request
+misses and is charged), admission control. The JSON access log is off (``--no-access-log``).
+The load generator is this process (asyncio + aiohttp), so it competes for the same cores:
+numbers are a floor for the machine, comparable between the three targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the bare proxy ---------------------------------------------------------------------------
+
+
+def run_proxy(port: int, upstream: str) -> None:
+    from aiohttp import web
+
+    async def on_startup(app: web.Application) -> None:
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=64))
+
+    async def on_cleanup(app: web.Application) -> None:
+        await app["session"].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app["session"].post(
+            upstream + request.path, data=body, headers={"Content-Type": "application/json"}
+        ) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+    app = web.Application()
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_post("/v1/chat/completions", forward)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# --- load generation --------------------------------------------------------------------------
+
+
+async def load(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    counter = 0
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
+        # warm-up: open connections, JIT caches
+        await asyncio.gather(
+            *(
+                http.post(url, json={"messages": [{"role": "user", "content": f"warm {i} fever"}]})
+                for i in range(concurrency)
+            )
+        )
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors, counter
+            while time.perf_counter() < deadline:
+                counter += 1
+                body = {"messages": [{"role": "user", "content": f"q{counter}-{secrets.token_hex(4)} fever"}]}
+                t0 = time.perf_counter()
+                async with http.post(url, json=body) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+                lat.append(time.perf_counter() - t0)
+                errors += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat.sort()
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "rps": len(lat) / elapsed,
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000,
+    }
+
+
+async def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="fdp-bench-"))
+    node_port, proxy_port, router_port = free_port(), free_port(), free_port()
+    node_url = f"http://127.0.0.1:{node_port}"
+    secret = secrets.token_hex(32)
+    cfg = {
+        "server": {"host": "127.0.0.1", "port": router_port},
+        "nodes": [{"id": "bench-node", "hospital": "bench-hospital", "endpoint": node_url, "model": "demo"}],
+        "privacy": {
+            "default_epsilon_per_query": 0.001,
+            "max_epsilon_per_query": 1.0,
+            "budgets": {"per_user": 1e6, "per_department": 1e7, "per_hospital": 1e8},
+        },
+        "routing": {"strategy": "least_request"},
+        "auth": {"algorithms": ["HS256"], "issuer": "bench", "audience": "bench"},
+        "ledger": {"backend": "sqlite", "sqlite_path": str(tmp / "ledger.sqlite")},
+        "overload": {"max_concurrency": 256, "max_queue": 1024},
+    }
+    (tmp / "audit.key").write_text(secrets.token_hex(32))
+    cfg["ledger"]["audit_key_file"] = str(tmp / "audit.key")  # type: ignore[index]
+    cfg_path = tmp / "router.json"
+    cfg_path.write_text(json.dumps(cfg))
+    env = {**os.environ, "FDP_JWT_SECRET": secret}
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "fdp-router"), "demo-node", "--port", str(node_port), "--name", "bench"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, str(HERE), "--proxy", str(proxy_port), "--upstream", node_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "fdp-router"),
+                "serve",
+                "--config",
+                str(cfg_path),
+                "--no-access-log",
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        await wait_http(f"{node_url}/health")
+        await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")
+        await wait_http(f"http://127.0.0.1:{router_port}/healthz")
+        from fdp_router.auth import mint_token
+
+        tok = mint_token(
+            secret.encode(),
+            user="bench",
+            department="cardiology",
+            roles=["clinician"],
+            issuer="bench",
+            audience="bench",
+            ttl_seconds=3600,
+        )
+        targets = {
+            "direct": (f"{node_url}/v1/chat/completions", {}),
+            "bare proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", {}),
+            "router": (
+                f"http://127.0.0.1:{router_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            ),
+        }
+        rows = []
+        for c in args.concurrency:
+            base: dict[str, Any] | None = None
+            for name, (url, headers) in targets.items():
+                r = await load(url, headers, c, args.seconds)
+                if name == "direct":
+                    base = r
+                assert base is not None
+                r.update(
+                    {
+                        "target": name,
+                        "concurrency": c,
+                        "added_p50_ms": r["p50_ms"] - base["p50_ms"],
+                        "added_p99_ms": r["p99_ms"] - base["p99_ms"],
+                    }
+                )
+                rows.append(r)
+                print(
+                    f"c={c:<3} {name:<11} {r['rps']:8.0f} req/s"
+                    f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+                    f"  added p50 {r['added_p50_ms']:+6.2f} ms  p99 {r['added_p99_ms']:+6.2f} ms"
+                    f"  errors {r['errors']}",
+                    flush=True,
+                )
+        return rows
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per cell")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.proxy:
+        run_proxy(args.proxy, args.upstream)
+        return 0
+    rows = asyncio.run(main_async(args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,6 +67,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 4
+    # Least privilege: no cluster-wide list/watch of CRDs and namespaces. The namespaces are
+    # fixed at start-up and preflight checked the CRDs, so dynamic scanning buys nothing.
+    settings.scanning.disabled = True
     _state["kube"] = await Kube.connect()
     _state["probe_session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
 

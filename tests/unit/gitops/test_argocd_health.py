@@ -8,29 +8,18 @@ from typing import Any
 
 import pytest
 import yaml
-from lupa import lua51
 
 from . import recorded
+from .health import lua_health
 
 REPO = Path(__file__).resolve().parents[3]
 ARGOCD = REPO / "charts" / "federated-dp-llm" / "argocd"
 KINDS = ("FederatedRouter", "HospitalNode", "PrivacyPolicy")
 
 
-def to_lua(runtime: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return runtime.table_from({k: to_lua(runtime, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return runtime.table_from([to_lua(runtime, v) for v in value])
-    return value
-
-
 def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
-    script = (ARGOCD / "health" / f"{kind}.lua").read_text()
-    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
-    runtime.globals().obj = to_lua(runtime, obj)
-    hs = runtime.execute(script)
-    return str(hs["status"]), str(hs["message"])
+    assert obj["kind"] == kind
+    return lua_health(obj)
 
 
 CASES = (

@@ -8,8 +8,6 @@ operator writes Ready=False + Reconciling=True on its very first reconcile.
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,25 +15,22 @@ from typing import Any
 import pytest
 
 from . import recorded
+from .health import kstatus as run_kstatus
+from .health import kstatus_binary
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
 def kstatus_bin() -> Path:
-    if shutil.which("go") is None:
+    binary = kstatus_binary()
+    if binary is None:
         pytest.skip("Go toolchain not installed: cannot build hack/kstatus")
-    proc = subprocess.run(
-        [str(REPO / "hack" / "kstatus" / "build.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert proc.returncode == 0, f"hack/kstatus/build.sh failed:\n{proc.stderr[-3000:]}"
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return binary
 
 
 def kstatus(binary: Path, obj: dict[str, Any]) -> dict[str, str]:
-    proc = subprocess.run([str(binary)], input=json.dumps(obj), capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return run_kstatus(obj, binary)
 
 
 CASES = [

@@ -81,11 +81,13 @@ def rdp_curve(event: Event) -> tuple[float, ...]:
     return tuple(float(x) for x in acc.rdp)
 
 
+@lru_cache(maxsize=256)
 def _slack(delta: float) -> tuple[float, ...]:
     log_term = math.log(len(ORDERS) / delta)
     return tuple(log_term / (a - 1.0) for a in ORDERS)
 
 
+@lru_cache(maxsize=1024)
 def budget_curve(epsilon: float, delta: float) -> tuple[float, ...]:
     """B(alpha) = epsilon - log(|ORDERS|/delta)/(alpha-1), per order."""
     return tuple(epsilon - s for s in _slack(delta))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from fdp_router.config import PrivacyConfig
@@ -298,11 +299,13 @@ class SqlLedger(Ledger):
             cur.execute(self._driver.sql("SELECT seq, hash FROM fdp_head WHERE id = 1"))
             seq, head_hash = cur.fetchone()
             head = [int(seq), str(head_hash)]
+            units_cache = _UnitCache(cur, self._driver)
             for op in batch:
                 try:
-                    outcomes.append((op, self._apply(cur, op, head), None))
+                    outcomes.append((op, self._apply(cur, op, head, units_cache), None))
                 except PrivacyError as exc:
                     outcomes.append((op, None, exc))
+            units_cache.flush()
             cur.execute(
                 self._driver.sql("UPDATE fdp_head SET seq=?, hash=? WHERE id = 1"), (head[0], head[1])
             )
@@ -363,45 +366,27 @@ class SqlLedger(Ledger):
         )
         head[0], head[1] = rec["seq"], rec["hash"]
 
-    def _apply(self, cur: Any, op: _Op, head: list[Any]) -> Any:
+    def _apply(self, cur: Any, op: _Op, head: list[Any], units_cache: _UnitCache) -> Any:
         sql = self._driver.sql
         if op.kind == "reserve":
             assert op.charge is not None and op.now is not None
             charge = op.charge
             units = units_of(charge)
-            states: list[tuple[Scope, str, tuple[float, ...], float, int]] = []
+            states = []
             for scope, key in units:
-                cur.execute(
-                    sql(
-                        "SELECT rdp, basic_eps, n_queries FROM fdp_units "
-                        "WHERE scope=? AND unit_key=? AND window_id=?"
-                    ),
-                    (scope.value, key, op.window_id),
-                )
-                row = cur.fetchone()
-                spent = tuple(json.loads(row[0])) if row else flt.zero()
+                state = units_cache.get(scope.value, key, op.window_id)
                 total = budget_of(self._cfg, scope)
-                if not flt.admits(spent, op.cost, total, self._cfg.delta):
-                    available = max(0.0, total - flt.filter_epsilon(spent, self._cfg.delta))
+                if not flt.admits(state.spent, op.cost, total, self._cfg.delta):
+                    available = max(0.0, total - flt.filter_epsilon(state.spent, self._cfg.delta))
                     raise BudgetExceeded(scope, key, op.epsilon, available)
-                states.append((scope, key, spent, float(row[1]) if row else 0.0, int(row[2]) if row else 0))
-            for scope, key, spent, basic, n in states:
-                cur.execute(
-                    sql(
-                        "INSERT INTO fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
-                        "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries"
-                    ),
-                    (
-                        scope.value,
-                        key,
-                        op.window_id,
-                        json.dumps(flt.add(spent, op.cost)),
-                        basic + op.epsilon,
-                        n + 1,
-                    ),
-                )
+                states.append(state)
+            for state in states:  # every unit fits: now record the spend on all of them
+                state.spent = flt.add(state.spent, op.cost)
+                state.basic += op.epsilon
+                state.n += 1
+                units_cache.dirty(state)
             rid = uuid.uuid4().hex
+            event_json = _event_json(charge.event)
             cur.execute(
                 sql(
                     "INSERT INTO fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, "
@@ -411,8 +396,8 @@ class SqlLedger(Ledger):
                     rid,
                     op.window_id,
                     json.dumps([[s.value, k] for s, k in units]),
-                    json.dumps(ev.to_dict(charge.event)),
-                    json.dumps(op.cost),
+                    event_json,
+                    _cost_json(op.cost),
                     op.epsilon,
                     self._cfg.delta,
                     op.now.isoformat(),
@@ -432,7 +417,7 @@ class SqlLedger(Ledger):
                     "query_hash": charge.query_hash,
                     "request_id": charge.request_id,
                     "window_id": op.window_id,
-                    "event": ev.to_dict(charge.event),
+                    "event": json.loads(event_json),
                 },
             )
             return Reservation(
@@ -445,41 +430,24 @@ class SqlLedger(Ledger):
         )
         row = cur.fetchone()
         if row is None or row[4] != "reserved":
-            state = "unknown" if row is None else f"already {row[4]}"
-            raise UnknownReservation(f"reservation {op.reservation_id!r} is {state}")
+            state_name = "unknown" if row is None else f"already {row[4]}"
+            raise UnknownReservation(f"reservation {op.reservation_id!r} is {state_name}")
         window_id, units_json, cost_json, eps, _ = row
         new_state = "committed" if op.kind == "commit" else "released"
         cur.execute(
             sql("UPDATE fdp_reservations SET state=?, settled_at=? WHERE id=? AND state='reserved'"),
             (new_state, op.now.isoformat(), op.reservation_id),
         )
-        if op.kind == "release":
-            cost = json.loads(cost_json)
+        if op.kind == "release":  # refund exactly what the reservation added, in its own window
+            cost = tuple(json.loads(cost_json))
             for scope_v, key in json.loads(units_json):
-                cur.execute(
-                    sql(
-                        "SELECT rdp, basic_eps, n_queries FROM fdp_units "
-                        "WHERE scope=? AND unit_key=? AND window_id=?"
-                    ),
-                    (scope_v, key, window_id),
-                )
-                urow = cur.fetchone()
-                if urow is None:
+                state = units_cache.get(scope_v, key, int(window_id))
+                if not state.exists and state.n == 0:
                     continue
-                cur.execute(
-                    sql(
-                        "UPDATE fdp_units SET rdp=?, basic_eps=?, n_queries=? "
-                        "WHERE scope=? AND unit_key=? AND window_id=?"
-                    ),
-                    (
-                        json.dumps(flt.subtract(json.loads(urow[0]), cost)),
-                        max(0.0, urow[1] - eps),
-                        max(0, int(urow[2]) - 1),
-                        scope_v,
-                        key,
-                        window_id,
-                    ),
-                )
+                state.spent = flt.subtract(state.spent, cost)
+                state.basic = max(0.0, state.basic - float(eps))
+                state.n = max(0, state.n - 1)
+                units_cache.dirty(state)
         self._audit(
             cur,
             head,
@@ -490,6 +458,78 @@ class SqlLedger(Ledger):
             sensitive={"nodes": list(op.nodes)},
         )
         return None
+
+
+@dataclass
+class _UnitState:
+    scope: str
+    key: str
+    window_id: int
+    spent: tuple[float, ...]
+    basic: float
+    n: int
+    exists: bool
+
+
+class _UnitCache:
+    """Unit rows read once per batch *inside* its locked transaction, written once at its end.
+
+    Valid because the batch holds the ledger's write lock from its first read to its commit:
+    nobody else can change these rows in between.
+    """
+
+    def __init__(self, cur: Any, driver: SqlDriver) -> None:
+        self._cur = cur
+        self._driver = driver
+        self._rows: dict[tuple[str, str, int], _UnitState] = {}
+        self._dirty: dict[tuple[str, str, int], _UnitState] = {}
+
+    def get(self, scope: str, key: str, window_id: int) -> _UnitState:
+        ident = (scope, key, window_id)
+        state = self._rows.get(ident)
+        if state is None:
+            self._cur.execute(
+                self._driver.sql(
+                    "SELECT rdp, basic_eps, n_queries FROM fdp_units "
+                    "WHERE scope=? AND unit_key=? AND window_id=?"
+                ),
+                ident,
+            )
+            row = self._cur.fetchone()
+            if row is None:
+                state = _UnitState(scope, key, window_id, flt.zero(), 0.0, 0, False)
+            else:
+                state = _UnitState(
+                    scope, key, window_id, tuple(json.loads(row[0])), float(row[1]), int(row[2]), True
+                )
+            self._rows[ident] = state
+        return state
+
+    def dirty(self, state: _UnitState) -> None:
+        self._dirty[(state.scope, state.key, state.window_id)] = state
+
+    def flush(self) -> None:
+        if not self._dirty:
+            return
+        self._cur.executemany(
+            self._driver.sql(
+                "INSERT INTO fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
+                "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries"
+            ),
+            [(u.scope, u.key, u.window_id, json.dumps(u.spent), u.basic, u.n) for u in self._dirty.values()],
+        )
+        self._dirty.clear()
+
+
+@lru_cache(maxsize=1024)
+def _cost_json(cost: tuple[float, ...]) -> str:
+    return json.dumps(cost)
+
+
+@lru_cache(maxsize=1024)
+def _event_json(event: Any) -> str:
+    return json.dumps(ev.to_dict(event))
 
 
 def _remaining_count(spent: Sequence[float], cost: Sequence[float], total: float, delta: float) -> int:

@@ -141,7 +141,8 @@ class Strategy(StrEnum):
 
 
 class RoutingConfig(_Frozen):
-    strategy: Strategy = Strategy.LEAST_REQUEST
+    # Default: the winner of benchmarks/balancer_sim.py (see docs/benchmarks/router.md).
+    strategy: Strategy = Strategy.QUANTUM_INSPIRED
     connect_timeout_seconds: PositiveFloat = 2.0
     read_timeout_seconds: PositiveFloat = 60.0
     max_attempts: int = Field(2, ge=1, le=10, description="failover attempts before an answer is released")

@@ -11,7 +11,8 @@ eligible nodes i = 1..n at decision time:
    phase ``phi_i = pi * min(1, q_i / (2 * mean(q) + 1e-9))`` is 0 for an idle node,
    pi/2 at mean load and pi at twice the mean load:
    ``psi_i = a * sqrt(p_i) + b * e^{i phi_i} / sqrt(n)``, with ``a^2 + b^2 = 1``
-   (``b`` is the ``exploration`` parameter; default a = 0.9).
+   (``b`` is the ``exploration`` parameter; default b = 0.75, a = 0.66, chosen with
+   ``benchmarks/balancer_sim.py``).
 3. **Interference.** ``|psi_i|^2 = a^2 p_i + b^2 / n + 2ab sqrt(p_i / n) cos(phi_i)``: the
    cross term adds probability to nodes below the mean load (constructive) and removes it
    from nodes above (destructive), clipped at 0.
@@ -20,10 +21,16 @@ eligible nodes i = 1..n at decision time:
    ``(q + 1) * l / w`` is kept (a power-of-two-choices "collapse"). Measuring twice is what
    makes it robust to stale load information, like Envoy's P2C, while the amplitude
    distribution steers traffic away from slow nodes.
+5. **Back-action.** A measurement disturbs the state: each pick adds one to the chosen
+   node's effective load ``q_i`` until that node's reported state (in-flight count, EWMA
+   latency) changes. With fresh information the report changes at once and this is a
+   no-op; with stale information (a snapshot seconds old) it stops every decision in the
+   window from collapsing onto the node that looked idle when the snapshot was taken.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from fdp_router.balancers.base import Balancer, NodeView, PickContext
@@ -32,12 +39,25 @@ from fdp_router.balancers.base import Balancer, NodeView, PickContext
 class QuantumInspired(Balancer):
     name = "quantum_inspired"
 
-    def __init__(self, seed: int | None = None, exploration: float = math.sqrt(1 - 0.81)) -> None:
+    def __init__(self, seed: int | None = None, exploration: float = 0.75) -> None:
         super().__init__(seed)
         if not 0.0 <= exploration <= 1.0:
             raise ValueError("exploration must be in [0, 1]")
         self._b = exploration
         self._a = math.sqrt(1.0 - exploration * exploration)
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._picked_since: dict[str, int] = {}
+
+    def _with_back_action(self, candidates: list[NodeView]) -> list[NodeView]:
+        out = []
+        for c in candidates:
+            state = (c.in_flight, c.ewma_latency_s)
+            if self._seen.get(c.id) != state:
+                self._seen[c.id] = state
+                self._picked_since[c.id] = 0
+            extra = self._picked_since[c.id]
+            out.append(dataclasses.replace(c, in_flight=c.in_flight + extra) if extra else c)
+        return out
 
     def probabilities(self, candidates: list[NodeView]) -> list[float]:
         """Measurement probabilities |psi_i|^2 (normalised), exposed for tests and docs."""
@@ -64,6 +84,8 @@ class QuantumInspired(Balancer):
     def _choose(self, candidates: list[NodeView], ctx: PickContext) -> NodeView:
         if len(candidates) == 1:
             return candidates[0]
+        by_id = {c.id: c for c in candidates}
+        candidates = self._with_back_action(candidates)
         probs = self.probabilities(candidates)
         a, b = self._rng.choices(candidates, weights=probs, k=2)
         lat = [c.ewma_latency_s for c in candidates if c.ewma_latency_s > 0]
@@ -73,4 +95,6 @@ class QuantumInspired(Balancer):
             rel = n.ewma_latency_s / mean_lat if (mean_lat > 0 and n.ewma_latency_s > 0) else 1.0
             return (n.in_flight + 1) * rel / n.weight
 
-        return a if cost(a) <= cost(b) else b
+        chosen = a if cost(a) <= cost(b) else b
+        self._picked_since[chosen.id] = self._picked_since.get(chosen.id, 0) + 1
+        return by_id[chosen.id]

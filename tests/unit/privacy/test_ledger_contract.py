@@ -268,3 +268,24 @@ async def test_winning_budget_back_by_editing_unit_rows_is_detected(ledger_env: 
     result = verify_ledger(_driver(ledger_env), keyring)
     assert not result.ok
     assert "unit user 'alice'" in result.reason and "replays to 3" in result.reason
+
+
+async def test_a_release_frees_room_for_exactly_one_more_even_within_one_batch(ledger_env: LedgerEnv) -> None:
+    cfg = policy_admitting(4)
+    ledger = await ledger_env.open(cfg)
+    try:
+        held = [await ledger.reserve(_charge(cfg)) for _ in range(4)]
+
+        async def attempt() -> bool:
+            try:
+                await ledger.reserve(_charge(cfg))
+                return True
+            except BudgetExceeded:
+                return False
+
+        # enqueued in this order, so typically applied in one writer batch: release, then reserves
+        outcome = await asyncio.gather(ledger.release(held[0].id), attempt(), attempt(), attempt())
+        assert sum(outcome[1:]) == 1
+        assert (await ledger.budget(Scope.USER, "alice")).extra["queries"] == 4
+    finally:
+        await ledger.close()

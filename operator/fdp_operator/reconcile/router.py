@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from fdp_operator import conditions as cond
+from fdp_operator.analysis import fetch_analysis
 from fdp_operator.apply import apply_all, delete_all, write_status
 from fdp_operator.kube import ApiError, Kube
 from fdp_operator.models import (
@@ -145,6 +146,7 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         services=services,
         previous_rollout_status=old_status.get("rollout") or {},
         hpa=hpas.get(name),
+        analysis=await fetch_analysis(router, old_status.get("rollout") or {}),
     )
 
     # 6. render (pure)

@@ -59,7 +59,7 @@ from fdp_operator.rollout import intents
 from fdp_operator.rollout.bluegreen import BLUE, GREEN
 from fdp_operator.rollout.canary import CANARY, STABLE
 from fdp_operator.rollout.revision import REVISION_ANNOTATION, revision_of
-from fdp_operator.rollout.types import DeploymentView, RolloutInput, RolloutStatus
+from fdp_operator.rollout.types import Analysis, DeploymentView, RolloutInput, RolloutStatus
 
 __all__ = ["REVISION_ANNOTATION", "ObservedState", "WorkloadPlan", "render_workloads", "revision_of"]
 
@@ -71,6 +71,8 @@ class ObservedState:
     services: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     previous_rollout_status: Mapping[str, Any] = field(default_factory=dict)
     hpa: Mapping[str, Any] | None = None
+    #: verdict of the rollout analysis (fdp_operator.analysis), when one is configured
+    analysis: Analysis | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def _progressive(
             status=RolloutStatus.from_dict(observed.previous_rollout_status),
             intents=intents.parse(dict(router.annotations)),
             observed_active_color=active_color if active_color in (BLUE, GREEN) else None,
+            analysis=observed.analysis,
         ),
     )
 

@@ -99,3 +99,11 @@ def test_object_defaults_are_spelled_out_so_cel_rules_can_read_them() -> None:
 def test_the_yaml_round_trips() -> None:
     for crd in all_crds():
         assert yaml.safe_load(to_yaml(crd)) == crd
+
+
+def test_the_crd_reference_doc_is_generated_from_the_same_source() -> None:
+    from fdp_operator.crds import reference
+
+    doc = (REPO / "docs" / "crd-reference.md").read_text()
+    assert doc == reference(), "docs/crd-reference.md is stale: run `python -m fdp_operator.crds --write`"
+    assert "`rollout.steps[].setWeight`" in doc and "spec.delta must be in (0, 1e-3]" in doc

@@ -42,7 +42,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.3, what: str = "") -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.3, what: str = "") -> Any:
     """Poll ``check`` until it returns something truthy; fail with the last value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -227,7 +227,7 @@ class DemoNode:
 
     def start(self) -> DemoNode:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        eventually(self._listening, timeout=20, what=f"demo node {self.name} listening")
+        eventually(self._listening, timeout=60, what=f"demo node {self.name} listening")
         return self
 
     def _listening(self) -> bool:

@@ -44,7 +44,7 @@ from fdp_router.jsonlog import request_id_var
 from fdp_router.metrics import Metrics
 from fdp_router.models import ChatRequest, InferenceRequest, parse
 from fdp_router.overload import AdmissionController
-from fdp_router.privacy.api import Ledger, Scope
+from fdp_router.privacy.api import InvalidPrivacyRequest, Ledger, Scope
 from fdp_router.service import Completion, CompletionRequest, RequestPath, Runtime
 
 log = logging.getLogger("fdp_router.app")
@@ -211,22 +211,44 @@ async def _watch_config(app: web.Application) -> None:
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)[:2000]})
 
 
+async def _refresh_hospital_budgets(app: web.Application, interval: float = 2.0) -> None:
+    """Feed the privacy-aware balancer each hospital's remaining epsilon (a little stale is
+    fine: the ledger's atomic reservation stays the authority)."""
+    while True:
+        rt = app[HOLDER].current
+        if rt is not None and rt.config.routing.strategy == "privacy_aware":
+            for hospital in sorted({n.hospital for n in rt.config.nodes}):
+                try:
+                    st = await rt.ledger.budget(Scope.HOSPITAL, hospital)
+                except Exception:
+                    log.exception("hospital budget read failed", extra={"hospital": hospital})
+                    continue
+                rt.hospital_remaining[hospital] = st.remaining_epsilon
+        await asyncio.sleep(interval)
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = app[POOL]
     await pool.start()
     digest = _file_hash(settings.config_path) if settings.config_path else ""
-    rt = await apply_config(app, settings.config, digest)
+    try:
+        rt = await apply_config(app, settings.config, digest)
+    except BaseException:
+        await pool.close()
+        raise
     if settings.probes:
         pool.start_probes()
-    watcher = asyncio.create_task(_watch_config(app)) if settings.config_path else None
+    tasks = [asyncio.create_task(_refresh_hospital_budgets(app))]
+    if settings.config_path:
+        tasks.append(asyncio.create_task(_watch_config(app)))
     try:
         yield
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await task
         await pool.close()
         current = app[HOLDER].current or rt
         await current.ledger.close()
@@ -596,6 +618,8 @@ async def admin_config_put(request: web.Request) -> web.Response:
         rt = await _replace_config(request.app, cfg)
     except AuthSetupError as exc:
         raise InvalidRequest("auth", str(exc)) from None
+    except InvalidPrivacyRequest as exc:
+        raise InvalidRequest(exc.field, exc.reason) from None
     return web.json_response({"generation": rt.generation, "config": rt.config.model_dump(mode="json")})
 
 

@@ -141,9 +141,9 @@ class BackendPool:
         wanted = {n.id: n for n in nodes}
         for node_id in list(self.nodes):
             if node_id not in wanted:
-                st = self.nodes.pop(node_id)
-                if st.probe_task is not None:
-                    st.probe_task.cancel()
+                gone = self.nodes.pop(node_id)
+                if gone.probe_task is not None:
+                    gone.probe_task.cancel()
                 for gauge in (self.metrics.node_healthy, self.metrics.node_in_flight):
                     with contextlib.suppress(KeyError):
                         gauge.remove(node_id)

@@ -38,7 +38,7 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     ops = {
         "/v1/inference": {
             "post": {

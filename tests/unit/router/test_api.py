@@ -349,3 +349,37 @@ async def test_admin_config_put_applies_a_new_generation(
     r = await client.put("/v1/admin/config", json=cfg, headers=admin)
     assert r.status == 400 and "delta" in (await r.json())["error"]["message"]
     assert client.app[HOLDER].current.generation == after["generation"]
+
+
+async def test_hospital_budget_exhaustion_moves_traffic_then_refuses(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    client = await router(
+        demo_cluster.config(
+            privacy={
+                "max_epsilon_per_query": 0.5,
+                "budgets": {"per_user": 10.0, "per_department": 100.0, "per_hospital": 1.2},
+            },
+            routing={"strategy": "privacy_aware", "seed": 3},
+            cache={"enabled": False},
+        )
+    )
+    served: list[str] = []
+    for i in range(30):
+        r = await client.post(
+            "/v1/inference",
+            json={"prompt": f"q{i}", "privacy_budget": 0.5},
+            headers=auth(token(user=f"u{i}")),
+        )
+        doc = await r.json()
+        if r.status != 200:
+            break
+        served.append(doc["node_id"])
+    else:
+        raise AssertionError("hospital budgets never ran out")
+    assert r.status == 403
+    assert doc["error"]["type"] == "privacy_budget_exceeded"
+    assert doc["error"]["scope"] == "hospital"
+    assert set(served) == {"node-0", "node-1", "node-2"}  # every hospital paid until it could not
+    completions = sum(n.state.completions for n in demo_cluster.nodes)
+    assert completions == len(served)  # the refused request reached no node

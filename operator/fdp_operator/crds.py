@@ -44,7 +44,8 @@ def _filled_default(props: dict[str, Schema]) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def _obj(desc: str, props: dict[str, Schema], *, required: list[str] | None = None, **kw: Any) -> Schema:
+def _obj(desc: str, props: dict[str, Schema], **kw: Any) -> Schema:
+    required = kw.pop("required", None)
     if kw.get("default") == {}:
         kw["default"] = _filled_default(props)
     out: Schema = {"type": "object", "description": desc, "properties": props, **kw}

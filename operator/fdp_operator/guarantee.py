@@ -48,7 +48,7 @@ def local_guarantee(cfg: PrivacyConfig) -> GuaranteeView:
 def guarantee(cfg: PrivacyConfig) -> GuaranteeView:
     """The privacy core's statement when available, else the local one."""
     try:
-        from fdp_router.privacy.policy import guarantee as core_guarantee  # type: ignore[import-not-found]
+        from fdp_router.privacy.policy import guarantee as core_guarantee
     except ImportError:
         return local_guarantee(cfg)
     result: Any = core_guarantee(cfg)

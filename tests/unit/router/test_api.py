@@ -383,3 +383,22 @@ async def test_hospital_budget_exhaustion_moves_traffic_then_refuses(
     assert set(served) == {"node-0", "node-1", "node-2"}  # every hospital paid until it could not
     completions = sum(n.state.completions for n in demo_cluster.nodes)
     assert completions == len(served)  # the refused request reached no node
+
+
+async def test_failing_node_is_ejected_after_consecutive_failures(router: RouterFactory, demo_cluster: Cluster) -> None:
+    demo_cluster.nodes[0].state.failure_rate = 1.0
+    client = await router(
+        demo_cluster.config(
+            routing={"strategy": "round_robin", "max_attempts": 3, "outlier_consecutive_failures": 2},
+            privacy={"budgets": {"per_user": 10.0, "per_department": 100.0, "per_hospital": 100.0}},
+            cache={"enabled": False},
+        )
+    )
+    for i in range(12):
+        r = await client.post("/v1/inference", json={"prompt": f"q{i}"}, headers=auth())
+        assert r.status == 200  # failover hides the bad node from clients
+    assert demo_cluster.nodes[0].state.failures == 2  # then it was out of rotation
+    admin = auth(token(user="root", roles=["admin"]))
+    nodes = {n["id"]: n for n in (await (await client.get("/v1/admin/nodes", headers=admin)).json())["nodes"]}
+    assert nodes["node-0"]["ejected"] is True and nodes["node-0"]["healthy"] is False
+    assert 'fdp_node_healthy{node="node-0"} 0.0' in await (await client.get("/metrics")).text()

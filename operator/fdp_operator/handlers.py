@@ -114,6 +114,8 @@ def _routers_using(index: kopf.Index[str, Any], namespace: str, policy: str) -> 
 async def _reconcile_router(body: kopf.Body) -> None:
     async with _lock(body.metadata.uid or ""):
         outcome = await reconcile_router(_kube(), dict(body), _now())
+    for message in outcome.rendered.plan.events if outcome.rendered is not None else ():
+        kopf.info(body, reason="Rollout", message=message)  # promoted, switched, aborted...
     ready = next((c for c in outcome.status.get("conditions", []) if c["type"] == "Ready"), None)
     if outcome.written and ready is not None:
         log.info(

@@ -157,6 +157,16 @@ def test_blue_green_switches_the_service_and_scales_the_old_color_down_after_the
     done = wait_healthy(kube, namespace)
     assert done["status"]["rollout"]["stableRevision"] == new_rev
     assert done["status"]["availableReplicas"] == 2
+
+    def rollout_events() -> list[str]:
+        events = kube.items(namespace, "events")
+        return [e["message"] for e in events if e.get("reason") == "Rollout"]
+
+    eventually(
+        lambda: any("switched active Service to green" in m for m in rollout_events()),
+        timeout=20,
+        what="a Rollout event on the FederatedRouter",
+    )
     print(f"\nblue/green rollout (2 replicas, 6 s scale-down delay): switch after {switched - started:.1f}s")
 
 

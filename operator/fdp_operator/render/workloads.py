@@ -88,6 +88,8 @@ class WorkloadPlan:
     stalled_reason: str | None = None
     message: str = ""
     requeue_after: float | None = None
+    #: rollout transitions to post as Events on the FederatedRouter (switched, promoted, aborted)
+    events: tuple[str, ...] = ()
 
 
 def deployment_available(dep: Mapping[str, Any] | None, desired: int) -> bool:
@@ -379,4 +381,5 @@ def _progressive(
         stalled_reason=decision.stalled_reason,
         message=decision.message,
         requeue_after=decision.requeue_after,
+        events=decision.events,
     )

@@ -68,6 +68,49 @@ def run_proxy(port: int, upstream: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+# --- diagnosis: the router with a no-op ledger ------------------------------------------------
+
+
+def run_router_without_ledger(config: str) -> None:
+    """The same router and config, but a ledger that records nothing (NOT for use: it only
+    separates the router's own cost from the durable ledger's in the report)."""
+    import datetime as dt
+    import uuid
+
+    from aiohttp import web
+    from fdp_router.app import Settings, create_app
+    from fdp_router.config import LedgerConfig, PrivacyConfig, load_config
+    from fdp_router.privacy.accounting import epsilon_of
+    from fdp_router.privacy.api import BudgetStatus, Charge, Ledger, Reservation, Scope
+
+    class NoopLedger(Ledger):
+        def __init__(self, privacy: PrivacyConfig) -> None:
+            self.delta = privacy.delta
+
+        async def reserve(self, charge: Charge) -> Reservation:
+            eps = epsilon_of(charge.event, self.delta)  # type: ignore[arg-type]
+            return Reservation(uuid.uuid4().hex, charge, eps, self.delta, dt.datetime.now(dt.UTC))
+
+        async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
+            return None
+
+        async def release(self, reservation_id: str) -> None:
+            return None
+
+        async def budget(self, scope: Scope, key: str) -> BudgetStatus:
+            return BudgetStatus(scope, key, 1e6, 0.0, 1e6, self.delta, None, None)
+
+        async def close(self) -> None:
+            return None
+
+    async def factory(ledger: LedgerConfig, privacy: PrivacyConfig) -> Ledger:
+        return NoopLedger(privacy)
+
+    cfg = load_config(config)
+    settings = Settings(config=cfg, ledger_factory=factory, access_log=False)
+    web.run_app(create_app(settings), host="127.0.0.1", port=cfg.server.port, access_log=None, print=None)
+
+
 # --- load generation --------------------------------------------------------------------------
 
 
@@ -111,7 +154,7 @@ async def load(url: str, headers: dict[str, str], concurrency: int, seconds: flo
     }
 
 
-async def wait_http(url: str, timeout: float = 30.0) -> None:
+async def wait_http(url: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
@@ -147,6 +190,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     cfg["ledger"]["audit_key_file"] = str(tmp / "audit.key")  # type: ignore[index]
     cfg_path = tmp / "router.json"
     cfg_path.write_text(json.dumps(cfg))
+    noop_port = free_port()
+    noop_path = tmp / "router-noop.json"
+    noop_path.write_text(json.dumps({**cfg, "server": {"host": "127.0.0.1", "port": noop_port}}))
     env = {**os.environ, "FDP_JWT_SECRET": secret}
     procs = [
         subprocess.Popen(
@@ -174,10 +220,21 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             stderr=subprocess.DEVNULL,
         ),
     ]
+    if args.diagnose:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(HERE), "--noop-ledger-router", str(noop_path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
+        if args.diagnose:
+            await wait_http(f"http://127.0.0.1:{noop_port}/healthz")
         from fdp_router.auth import mint_token
 
         tok = mint_token(
@@ -189,7 +246,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             audience="bench",
             ttl_seconds=3600,
         )
-        targets = {
+        targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"{node_url}/v1/chat/completions", {}),
             "bare proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", {}),
             "router": (
@@ -197,6 +254,11 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {"Authorization": f"Bearer {tok}"},
             ),
         }
+        if args.diagnose:
+            targets["router, no-op ledger"] = (
+                f"http://127.0.0.1:{noop_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            )
         rows = []
         for c in args.concurrency:
             base: dict[str, Any] | None = None
@@ -215,7 +277,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 rows.append(r)
                 print(
-                    f"c={c:<3} {name:<11} {r['rps']:8.0f} req/s"
+                    f"c={c:<3} {name:<20} {r['rps']:8.0f} req/s"
                     f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                     f"  added p50 {r['added_p50_ms']:+6.2f} ms  p99 {r['added_p99_ms']:+6.2f} ms"
                     f"  errors {r['errors']}",
@@ -234,11 +296,20 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also measure the router with a no-op ledger (router cost alone)",
+    )
+    ap.add_argument("--noop-ledger-router", help=argparse.SUPPRESS)
     ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.proxy:
         run_proxy(args.proxy, args.upstream)
+        return 0
+    if args.noop_ledger_router:
+        run_router_without_ledger(args.noop_ledger_router)
         return 0
     rows = asyncio.run(main_async(args))
     if args.json:

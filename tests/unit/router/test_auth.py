@@ -170,3 +170,34 @@ def test_a_verified_token_is_still_refused_once_it_expires() -> None:
     time.sleep(2.1)
     with pytest.raises(Unauthorized, match="expired"):
         a.verify(tok)
+
+
+async def test_rs256_keys_from_a_jwks_url(
+    router: RouterFactory, demo_cluster: Cluster, keys: dict[str, Any], aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    rsa_jwk = RSAAlgorithm.to_jwk(keys["rsa"].public_key(), as_dict=True) | {"kid": "idp-1", "use": "sig"}
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response({"keys": [rsa_jwk]})
+
+    idp = web.Application()
+    idp.router.add_get("/.well-known/jwks.json", jwks)
+    server = await aiohttp_server(idp)
+    cfg = demo_cluster.config(
+        auth={
+            "algorithms": ["RS256"],
+            "issuer": ISS,
+            "audience": AUD,
+            "jwks_url": str(server.make_url("/.well-known/jwks.json")),
+            "hs256_secret_env": None,
+        }
+    )
+    client = await router(cfg)
+    status, msg = await _status(client, _rs(keys, _claims(), kid="idp-1"))
+    assert status == 200, msg
+    status, _ = await _status(client, _rs(keys, _claims(), kid="idp-1", key="other_rsa"))
+    assert status == 401
+    status, _ = await _status(client, jwt.encode(_claims(), SECRET, algorithm="HS256"))
+    assert status == 401  # HS256 is not in this router's allow-list

@@ -156,3 +156,15 @@ def test_quantum_probabilities_follow_the_definition() -> None:
     assert ps[1] > ps[0]
     with pytest.raises(ValueError):
         QuantumInspired(exploration=1.5)
+
+
+def test_balancers_cache_and_overload_are_pure() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fdp_router.balancers, fdp_router.cache, fdp_router.overload; "
+        "print(sorted(m for m in ('aiohttp', 'sqlite3', 'psycopg', 'kubernetes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -169,7 +169,12 @@ async def apply_config(app: web.Application, cfg: RouterConfig, config_hash: str
     async with holder.lock:
         old = holder.current
         rt = await build_runtime(app, cfg, old)
-        app[POOL].configure(cfg.nodes, cfg.routing)
+        try:
+            app[POOL].configure(cfg.nodes, cfg.routing)
+        except BaseException:
+            if old is None or rt.ledger is not old.ledger:
+                await rt.ledger.close()
+            raise
         holder.current = rt
         if config_hash:
             holder.config_hash = config_hash

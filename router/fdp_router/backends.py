@@ -137,8 +137,13 @@ class BackendPool:
 
     def configure(self, nodes: tuple[HospitalNodeConfig, ...], routing: RoutingConfig) -> None:
         """Apply a (re)loaded node list: keep the state of nodes that stay, drop the others."""
-        self.routing = routing
         wanted = {n.id: n for n in nodes}
+        # Build every TLS context first: a bad certificate path fails here, before any change.
+        contexts = {
+            node_id: ssl_context_for(cfg.tls) if cfg.endpoint.startswith("https://") else None
+            for node_id, cfg in wanted.items()
+        }
+        self.routing = routing
         for node_id in list(self.nodes):
             if node_id not in wanted:
                 gone = self.nodes.pop(node_id)
@@ -148,7 +153,7 @@ class BackendPool:
                     with contextlib.suppress(KeyError):
                         gauge.remove(node_id)
         for node_id, cfg in wanted.items():
-            ctx = ssl_context_for(cfg.tls) if cfg.endpoint.startswith("https://") else None
+            ctx = contexts[node_id]
             st = self.nodes.get(node_id)
             if st is None:
                 st = NodeState(cfg=cfg, ssl=ctx)

@@ -67,7 +67,7 @@ router-demo: $(STAMP)
 	$(BIN)/fdp-router standalone-demo
 
 demo: deps
-	hack/demo.sh
+	$(BIN)/python hack/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Router overhead: direct to a demo node vs a bare aiohttp pass-through proxy vs the router.
 
-    .venv/bin/python benchmarks/router_overhead.py            # ~1.5 min on 2 cores
+    .venv/bin/python benchmarks/router_overhead.py --diagnose   # ~2 min on 2 cores
     .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
 
 Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
@@ -114,37 +114,41 @@ def run_router_without_ledger(config: str) -> None:
 # --- load generation --------------------------------------------------------------------------
 
 
-async def load(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, Any]:
+async def load(
+    url: str, headers: dict[str, str], concurrency: int, seconds: float
+) -> tuple[list[float], int, float]:
+    """Closed-loop load: `concurrency` workers for `seconds`. (latencies, errors, elapsed)."""
     lat: list[float] = []
     errors = 0
     counter = 0
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
-        # warm-up: open connections, JIT caches
-        await asyncio.gather(
-            *(
-                http.post(url, json={"messages": [{"role": "user", "content": f"warm {i} fever"}]})
-                for i in range(concurrency)
-            )
-        )
+
+        async def one(content: str) -> bool:
+            async with http.post(url, json={"messages": [{"role": "user", "content": content}]}) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        await asyncio.gather(*(one(f"warm {i} fever {secrets.token_hex(4)}") for i in range(concurrency)))
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal errors, counter
             while time.perf_counter() < deadline:
                 counter += 1
-                body = {"messages": [{"role": "user", "content": f"q{counter}-{secrets.token_hex(4)} fever"}]}
                 t0 = time.perf_counter()
-                async with http.post(url, json=body) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
+                ok = await one(f"q{counter}-{secrets.token_hex(4)} fever")
                 lat.append(time.perf_counter() - t0)
                 errors += not ok
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    lat.sort()
+    return lat, errors, elapsed
+
+
+def summarize(lat: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    lat = sorted(lat)
     return {
         "requests": len(lat),
         "errors": errors,
@@ -261,12 +265,17 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
         rows = []
         for c in args.concurrency:
-            base: dict[str, Any] | None = None
-            for name, (url, headers) in targets.items():
-                r = await load(url, headers, c, args.seconds)
-                if name == "direct":
-                    base = r
-                assert base is not None
+            # Targets interleaved over several short rounds, so that load from other jobs on
+            # the machine hits all of them alike; latencies pooled, throughput = total/time.
+            acc: dict[str, tuple[list[float], int, float]] = {name: ([], 0, 0.0) for name in targets}
+            for _ in range(args.rounds):
+                for name, (url, headers) in targets.items():
+                    lat, errs, elapsed = await load(url, headers, c, args.seconds / args.rounds)
+                    a_lat, a_err, a_el = acc[name]
+                    acc[name] = (a_lat + lat, a_err + errs, a_el + elapsed)
+            base = summarize(*acc["direct"])
+            for name in targets:
+                r = summarize(*acc[name])
                 r.update(
                     {
                         "target": name,
@@ -294,6 +303,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per cell")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument(

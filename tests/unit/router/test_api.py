@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fdp_router.app import HOLDER
+from fdp_router.privacy.api import Scope
 
 from .conftest import Cluster, RouterFactory, auth, token
 
@@ -169,6 +170,10 @@ async def test_backend_failure_fails_over_and_charges_once(
     assert demo_cluster.nodes[0].state.failures == 1
     budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
     assert budget["details"]["queries"] == 1  # one committed charge, the failed attempt was refunded
+    ledger = client.app[HOLDER].current.ledger
+    assert (await ledger.budget(Scope.HOSPITAL, "hospital-0")).consumed_epsilon == 0  # refunded
+    charged = doc["node_id"].replace("node-", "hospital-")
+    assert (await ledger.budget(Scope.HOSPITAL, charged)).consumed_epsilon > 0
 
 
 async def test_all_backends_failing_is_502_and_nothing_charged(
@@ -385,7 +390,9 @@ async def test_hospital_budget_exhaustion_moves_traffic_then_refuses(
     assert completions == len(served)  # the refused request reached no node
 
 
-async def test_failing_node_is_ejected_after_consecutive_failures(router: RouterFactory, demo_cluster: Cluster) -> None:
+async def test_failing_node_is_ejected_after_consecutive_failures(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
     demo_cluster.nodes[0].state.failure_rate = 1.0
     client = await router(
         demo_cluster.config(
@@ -402,3 +409,32 @@ async def test_failing_node_is_ejected_after_consecutive_failures(router: Router
     nodes = {n["id"]: n for n in (await (await client.get("/v1/admin/nodes", headers=admin)).json())["nodes"]}
     assert nodes["node-0"]["ejected"] is True and nodes["node-0"]["healthy"] is False
     assert 'fdp_node_healthy{node="node-0"} 0.0' in await (await client.get("/metrics")).text()
+
+
+async def test_parallel_requests_never_overspend_a_budget(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    client = await router(demo_cluster.config(cache={"enabled": False}))
+    sequential = await router(
+        demo_cluster.config(
+            cache={"enabled": False}, ledger={"sqlite_path": str(demo_cluster.tmp / "seq.sqlite")}
+        )
+    )
+    allowed = 0
+    while (
+        await sequential.post(
+            "/v1/inference", json={"prompt": f"s{allowed}", "privacy_budget": 0.7}, headers=auth()
+        )
+    ).status == 200:
+        allowed += 1
+    results = await asyncio.gather(
+        *(
+            client.post("/v1/inference", json={"prompt": f"p{i}", "privacy_budget": 0.7}, headers=auth())
+            for i in range(25)
+        )
+    )
+    statuses = [r.status for r in results]
+    assert set(statuses) <= {200, 403}
+    assert statuses.count(200) == allowed  # exactly what fits, however the requests interleave
+    budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
+    assert budget["consumed_budget"] <= budget["total_budget"]

@@ -1,6 +1,7 @@
 """A separate OS process that uses the ledger (run by the multi-process and crash tests).
 
-  hammer: try --n reservations for one user, --concurrency at a time; print "ADMITTED k".
+  hammer: per round, wait for <start-file>-<round>, try --n reservations for user
+          <user><round>, --concurrency at a time; print "ADMITTED <round> k".
   load:   reserve forever for fresh users and print "ACK <id>" after each acknowledged
           reservation (the crash test SIGKILLs us and checks every ACK survived).
 A --start-file barrier lets several workers start hammering at the same moment.
@@ -12,7 +13,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 
 from fdp_router.config import LedgerConfig, PrivacyConfig
@@ -30,33 +30,37 @@ async def main() -> int:
     p.add_argument("--user", default="alice")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--start-file")
+    p.add_argument("--rounds", type=int, default=1, help="hammer: rounds, user <user><round> each")
     args = p.parse_args()
     ledger_cfg = LedgerConfig.model_validate_json(args.ledger_json)
     cfg = PrivacyConfig.model_validate_json(args.policy_json)
     ledger = await open_ledger(ledger_cfg, cfg)
     event = event_for_request(cfg, None)
-    print("READY", flush=True)
-    if args.start_file:
-        while not Path(args.start_file).exists():
-            await asyncio.sleep(0.005)
     if args.mode == "hammer":
-        admitted = 0
-        sem = asyncio.Semaphore(args.concurrency)
+        for round_ in range(args.rounds):
+            print(f"READY {round_}", flush=True)
+            if args.start_file:  # barrier: every worker starts the round at once
+                while not Path(f"{args.start_file}-{round_}").exists():
+                    await asyncio.sleep(0.002)
+            admitted = 0
+            sem = asyncio.Semaphore(args.concurrency)
+            user = f"{args.user}{round_}"
 
-        async def attempt() -> None:
-            nonlocal admitted
-            async with sem:
-                try:
-                    await ledger.reserve(Charge(args.user, "dept", ("h1",), event))
-                    admitted += 1
-                except BudgetExceeded:
-                    pass
+            async def attempt(user: str = user) -> None:
+                nonlocal admitted
+                async with sem:
+                    try:
+                        await ledger.reserve(Charge(user, "dept", ("h1",), event))
+                        admitted += 1
+                    except BudgetExceeded:
+                        pass
 
-        await asyncio.gather(*(attempt() for _ in range(args.n)))
+            await asyncio.gather(*(attempt() for _ in range(args.n)))
+            print(f"ADMITTED {round_} {admitted}", flush=True)
         await ledger.close()
-        print(f"ADMITTED {admitted}", flush=True)
         return 0
 
+    print("READY", flush=True)
     counter = 0
 
     async def loader(worker: int) -> None:
@@ -75,5 +79,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    t0 = time.monotonic()
     raise SystemExit(asyncio.run(main()))

@@ -45,42 +45,63 @@ def _spawn(mode: str, env: LedgerEnv, cfg: PrivacyConfig, *extra: str) -> subpro
     )
 
 
-def _hammer_round(env: LedgerEnv, cfg: PrivacyConfig, procs: int, user: str, tmp: Path) -> int:
-    start = tmp / f"go-{user}"
+def _hammer_rounds(env: LedgerEnv, cfg: PrivacyConfig, procs: int, rounds: int, tmp: Path) -> list[int]:
+    """Start `procs` workers once; per round, release them together on one fresh user."""
+    start = tmp / "go"
     workers = [
         _spawn(
-            "hammer", env, cfg, "--n", "60", "--user", user, "--concurrency", "16", "--start-file", str(start)
+            "hammer",
+            env,
+            cfg,
+            "--n",
+            "60",
+            "--user",
+            "user",
+            "--concurrency",
+            "16",
+            "--start-file",
+            str(start),
+            "--rounds",
+            str(rounds),
         )
         for _ in range(procs)
     ]
-    for w in workers:  # wait until every worker has opened the ledger
-        assert w.stdout is not None
-        line = w.stdout.readline()
-        assert line.strip() == "READY", (line, w.stderr.read() if w.stderr else "")
-    start.touch()
-    total = 0
-    for w in workers:
-        out, err = w.communicate(timeout=180)
-        assert w.returncode == 0, err
-        total += int(out.strip().split()[-1])
-    return total
+    totals = []
+    try:
+        for round_ in range(rounds):
+            for w in workers:  # every worker has opened the ledger and waits at the barrier
+                assert w.stdout is not None
+                line = w.stdout.readline()
+                assert line.strip() == f"READY {round_}", (line, w.stderr.read() if w.stderr else "")
+            Path(f"{start}-{round_}").touch()
+            total = 0
+            for w in workers:
+                assert w.stdout is not None
+                parts = w.stdout.readline().split()
+                assert parts[:2] == ["ADMITTED", str(round_)], parts
+                total += int(parts[2])
+            totals.append(total)
+        for w in workers:
+            _, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    return totals
 
 
 def test_several_processes_on_one_sqlite_file_admit_exactly_m(
     ledger_env_sqlite: LedgerEnv, tmp_path: Path
 ) -> None:
     m = 15
-    cfg = policy_admitting(m)
-    for round_ in range(3):
-        assert _hammer_round(ledger_env_sqlite, cfg, 3, f"user{round_}", tmp_path) == m
+    assert _hammer_rounds(ledger_env_sqlite, policy_admitting(m), 3, 3, tmp_path) == [m, m, m]
 
 
 @pytest.mark.postgres
 def test_two_processes_on_one_postgres_admit_exactly_m(ledger_env_pg: LedgerEnv, tmp_path: Path) -> None:
     m = 15
-    cfg = policy_admitting(m)
-    for round_ in range(3):
-        assert _hammer_round(ledger_env_pg, cfg, 2, f"user{round_}", tmp_path) == m
+    assert _hammer_rounds(ledger_env_pg, policy_admitting(m), 2, 3, tmp_path) == [m, m, m]
 
 
 def _count_reserved(env: LedgerEnv, ids: list[str]) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from fdp_router.config import PrivacyConfig
 from fdp_router.privacy import audit as audit_mod
 from fdp_router.privacy import events as ev
 from fdp_router.privacy import filter as flt
-from fdp_router.privacy.accounting import epsilon_of
+from fdp_router.privacy.accounting import fast_epsilon
 from fdp_router.privacy.api import (
     BudgetExceeded,
     BudgetStatus,
@@ -185,7 +185,7 @@ class SqlLedger(Ledger):
     async def reserve(self, charge: Charge) -> Reservation:
         validate_charge(charge)
         cost = flt.rdp_curve(charge.event)
-        eps = epsilon_of(charge.event, self._cfg.delta)
+        eps = fast_epsilon(charge.event, self._cfg.delta)
         if not all(math.isfinite(c) for c in cost) or not math.isfinite(eps):
             raise InvalidPrivacyRequest("event", "has infinite privacy cost")
         now = self._now()

@@ -147,6 +147,13 @@ async def load(
     return lat, errors, elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all threads), from /proc: independent of how
+    busy the rest of the machine is, unlike wall-clock throughput."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(lat: list[float], errors: int, elapsed: float) -> dict[str, Any]:
     lat = sorted(lat)
     return {
@@ -258,7 +265,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 {"Authorization": f"Bearer {tok}"},
             ),
         }
+        pids = {"direct": procs[0].pid, "bare proxy": procs[1].pid, "router": procs[2].pid}
         if args.diagnose:
+            pids["router, no-op ledger"] = procs[3].pid
             targets["router, no-op ledger"] = (
                 f"http://127.0.0.1:{noop_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
@@ -268,9 +277,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             # Targets interleaved over several short rounds, so that load from other jobs on
             # the machine hits all of them alike; latencies pooled, throughput = total/time.
             acc: dict[str, tuple[list[float], int, float]] = {name: ([], 0, 0.0) for name in targets}
+            cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(args.rounds):
                 for name, (url, headers) in targets.items():
+                    before = cpu_seconds(pids[name])
                     lat, errs, elapsed = await load(url, headers, c, args.seconds / args.rounds)
+                    cpu[name] += cpu_seconds(pids[name]) - before
                     a_lat, a_err, a_el = acc[name]
                     acc[name] = (a_lat + lat, a_err + errs, a_el + elapsed)
             base = summarize(*acc["direct"])
@@ -282,6 +294,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "concurrency": c,
                         "added_p50_ms": r["p50_ms"] - base["p50_ms"],
                         "added_p99_ms": r["p99_ms"] - base["p99_ms"],
+                        # CPU of the serving process per request (includes warm-up requests,
+                        # c of them per round: a small overestimate).
+                        "cpu_us_per_request": cpu[name] / (r["requests"] + c * args.rounds) * 1e6,
                     }
                 )
                 rows.append(r)
@@ -289,7 +304,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"c={c:<3} {name:<20} {r['rps']:8.0f} req/s"
                     f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                     f"  added p50 {r['added_p50_ms']:+6.2f} ms  p99 {r['added_p99_ms']:+6.2f} ms"
-                    f"  errors {r['errors']}",
+                    f"  cpu {r['cpu_us_per_request']:6.0f} us/req  errors {r['errors']}",
                     flush=True,
                 )
         return rows

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -52,9 +53,10 @@ async def run_cell(ledger_cfg: LedgerConfig, concurrency: int, seconds: float) -
 
     # warm-up (schema, caches) outside the measurement
     await ledger.reserve(Charge("warm", "dept-0", ("h0",), event))
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t_start
+    cpu = time.process_time() - cpu_start
     await ledger.close()
     lat = sorted(latencies)
     return {
@@ -62,6 +64,9 @@ async def run_cell(ledger_cfg: LedgerConfig, concurrency: int, seconds: float) -
         "per_second": len(lat) / elapsed,
         "p50_ms": 1000 * statistics.median(lat),
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        # CPU of this process (event loop + writer thread) per reservation: what bounds the
+        # rate on a busy machine; 1000 / cpu_ms is the rate one free core would sustain.
+        "cpu_ms_per_reservation": 1000 * cpu / max(1, len(lat)),
     }
 
 
@@ -72,6 +77,11 @@ async def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if not args.json:
+        with open("/proc/loadavg") as fh:
+            print(
+                f"load average before the run: {fh.read().split()[0]} on {os.cpu_count()} cores", flush=True
+            )
     backends = args.backends.split(",")
     levels = [int(c) for c in args.concurrency.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="fdp-ledger-bench-"))
@@ -101,7 +111,7 @@ async def main() -> int:
                     print(
                         f"{backend:9s} c={c:3d}  {cell['per_second']:8.0f} reservations/s  "
                         f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                        f"(n={cell['reservations']})",
+                        f"cpu {cell['cpu_ms_per_reservation']:.3f} ms/res  (n={cell['reservations']})",
                         flush=True,
                     )
     finally:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -21,6 +22,8 @@ import psycopg
 import pytest
 from fdp_router.cli import main as cli_main
 from fdp_router.config import PrivacyConfig
+from fdp_router.privacy.api import Charge, Scope
+from fdp_router.privacy.events import event_for_request
 
 from .conftest import LedgerEnv, policy_admitting
 
@@ -142,6 +145,16 @@ def test_sigkill_under_load_loses_no_acknowledged_reservation(
     present, charged = _count_reserved(env, acked)
     assert present == len(acked)
     assert charged >= len(acked)  # the hospital unit counts every acknowledged spend
+
+    async def restart() -> int:  # the ledger reopens after the crashes and keeps counting
+        ledger = await env.open(cfg)
+        try:
+            await ledger.reserve(Charge("after-restart", "dept", ("h1",), event_for_request(cfg, None)))
+            return int((await ledger.budget(Scope.HOSPITAL, "h1")).extra["queries"])
+        finally:
+            await ledger.close()
+
+    assert asyncio.run(restart()) == charged + 1
     assert (
         cli_main(
             ["ledger", "verify", "--sqlite", env.ledger_cfg.sqlite_path, "--key-file", str(env.key_file)]
@@ -164,11 +177,6 @@ def test_sigkill_under_load_loses_no_acknowledged_reservation(
 
 
 def test_deleted_record_is_detected(ledger_env_sqlite: LedgerEnv, capsys: pytest.CaptureFixture[str]) -> None:
-    import asyncio
-
-    from fdp_router.privacy.api import Charge
-    from fdp_router.privacy.events import event_for_request
-
     env = ledger_env_sqlite
     cfg = PrivacyConfig()
 
@@ -201,11 +209,6 @@ def test_deleted_record_is_detected(ledger_env_sqlite: LedgerEnv, capsys: pytest
 
 @pytest.mark.postgres
 def test_postgres_ledger_verify_cli(ledger_env_pg: LedgerEnv, capsys: pytest.CaptureFixture[str]) -> None:
-    import asyncio
-
-    from fdp_router.privacy.api import Charge
-    from fdp_router.privacy.events import event_for_request
-
     env = ledger_env_pg
     cfg = PrivacyConfig()
 

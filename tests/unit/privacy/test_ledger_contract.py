@@ -289,3 +289,21 @@ async def test_a_release_frees_room_for_exactly_one_more_even_within_one_batch(l
         assert (await ledger.budget(Scope.USER, "alice")).extra["queries"] == 4
     finally:
         await ledger.close()
+
+
+async def test_a_consensus_vote_is_charged_at_its_exact_epsilon(ledger_env: LedgerEnv) -> None:
+    import math
+
+    from fdp_router.privacy.events import gnmax_event
+    from fdp_router.privacy.mechanisms import epsilon_for_sigma
+
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        charge = Charge("alice", "cardiology", ("h1", "h2", "h3"), gnmax_event(8.0))
+        r = await ledger.reserve(charge)
+        assert r.epsilon == pytest.approx(epsilon_for_sigma(8.0 / math.sqrt(2), cfg.delta), rel=1e-9)
+        for scope, key in ((Scope.USER, "alice"), (Scope.HOSPITAL, "h2")):
+            assert (await ledger.budget(scope, key)).extra["queries"] == 1
+    finally:
+        await ledger.close()

@@ -115,6 +115,15 @@ def _budget_error(exc: BudgetExceeded) -> PrivacyBudgetExceeded:
     )
 
 
+async def _release(rt: Runtime, reservation_id: str) -> None:
+    """Refund a reservation whose answer never reached the client. Never raises: a failed
+    refund leaves the epsilon spent, which is the safe side."""
+    try:
+        await asyncio.shield(rt.ledger.release(reservation_id))
+    except Exception:
+        log.exception("releasing a reservation failed; it stays spent", extra={"reservation": reservation_id})
+
+
 class RequestPath:
     """Stateless over a Runtime; one per app."""
 
@@ -266,7 +275,7 @@ class RequestPath:
                     break
                 if reservation is not None and reservation.charge.hospitals != (node.hospital,):
                     # Failover to another hospital: the first released nothing, refund it.
-                    await rt.ledger.release(reservation.id)
+                    await _release(rt, reservation.id)
                     reservation = None
                 if reservation is None:
                     try:
@@ -296,7 +305,7 @@ class RequestPath:
         finally:
             if reservation is not None:
                 # Nothing reached the client (failure, cancellation): refund.
-                await asyncio.shield(rt.ledger.release(reservation.id))
+                await _release(rt, reservation.id)
         if last_failure is not None:
             if last_failure.timeout:
                 raise GatewayTimeout(f"hospital node timed out: {last_failure}")
@@ -357,6 +366,6 @@ class RequestPath:
             committed = True
         finally:
             if not committed:
-                await asyncio.shield(rt.ledger.release(reservation.id))
+                await _release(rt, reservation.id)
         self.metrics.consensus.labels("reached" if result.consensus_reached else "not_reached").inc()
         return result.answer, answered, reservation, result.consensus_reached, result.confidence

@@ -24,7 +24,7 @@ import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,15 @@ from fdp_router.backends import BackendPool
 from fdp_router.balancers import make_balancer
 from fdp_router.cache import AnswerCache
 from fdp_router.config import HospitalNodeConfig, LedgerConfig, PrivacyConfig, RouterConfig, load_config
-from fdp_router.errors import ApiError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+from fdp_router.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NoNodeAvailable,
+    NotFound,
+    Unauthorized,
+)
 from fdp_router.jsonlog import request_id_var
 from fdp_router.metrics import Metrics
 from fdp_router.models import ChatRequest, InferenceRequest, parse
@@ -86,10 +94,10 @@ class RuntimeHolder:
         self.lock = asyncio.Lock()
 
     @contextlib.contextmanager
-    def use(self) -> Any:
+    def use(self) -> Iterator[Runtime]:
         rt = self.current
         if rt is None:
-            raise ApiError("router is starting")
+            raise NoNodeAvailable("router is starting")
         rt.in_flight += 1
         rt.drained.clear()
         try:
@@ -546,7 +554,7 @@ async def openapi_handler(request: web.Request) -> web.Response:
 async def _admin(request: web.Request) -> Runtime:
     rt = request.app[HOLDER].current
     if rt is None:
-        raise ApiError("router is starting")
+        raise NoNodeAvailable("router is starting")
     who = await _authenticate(request, rt)
     mb = rt.config.managed_by
     if mb is not None:

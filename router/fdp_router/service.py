@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ class Runtime:
     ledger: Ledger
     cache: AnswerCache
     admission: AdmissionController
-    query_hasher: Any  # Callable[[str], str]
+    query_hasher: Callable[[str], str]  # keyed hash of the query text for the audit record
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     hospital_remaining: dict[str, float] = field(default_factory=dict)

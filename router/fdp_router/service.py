@@ -125,6 +125,10 @@ async def _release(rt: Runtime, reservation_id: str) -> None:
         log.exception("releasing a reservation failed; it stays spent", extra={"reservation": reservation_id})
 
 
+# (text, node ids, reservation, consensus_reached, confidence, remaining user budget)
+_Released = tuple[str, tuple[str, ...], Reservation, bool | None, float | None, float | None]
+
+
 class RequestPath:
     """Stateless over a Runtime; one per app."""
 
@@ -187,9 +191,8 @@ class RequestPath:
                 out = await self._consensus(rt, department, event, epsilon_hint, charge_base, payload)
             else:
                 out = await self._single(rt, department, event, epsilon_hint, charge_base, payload)
-        text, nodes, res, reached, confidence = out
+        text, nodes, res, reached, confidence, remaining = out
         self.metrics.epsilon_spent.labels(department).inc(res.epsilon)
-        remaining = await self._remaining(rt, who.user)
         done = Completion(
             text=text,
             node_ids=nodes,
@@ -214,6 +217,15 @@ class RequestPath:
             return events.event_for_request(pcfg, req.privacy_budget), eps
         except InvalidPrivacyRequest as exc:
             raise InvalidRequest(exc.field, exc.reason) from None
+
+    async def _commit(self, rt: Runtime, reservation: Reservation, nodes: tuple[str, ...]) -> float | None:
+        """Commit (durable) and read the user's remaining budget at the same time: the spend
+        was recorded at reservation, so the read does not have to wait for the commit.
+        Raises if the commit fails (the caller then refunds and releases nothing)."""
+        _, remaining = await asyncio.gather(
+            rt.ledger.commit(reservation.id, nodes), self._remaining(rt, reservation.charge.user_id)
+        )
+        return remaining
 
     async def _remaining(self, rt: Runtime, user: str) -> float | None:
         try:
@@ -253,7 +265,7 @@ class RequestPath:
         epsilon: float,
         base: dict[str, Any],
         payload: dict[str, Any],
-    ) -> tuple[str, tuple[str, ...], Reservation, bool | None, float | None]:
+    ) -> _Released:
         tried: set[str] = set()
         refused_hospitals: set[str] = set()
         last_budget: BudgetExceeded | None = None
@@ -300,9 +312,9 @@ class RequestPath:
                         break
                     continue
                 text = str(data["choices"][0]["message"]["content"])
-                await rt.ledger.commit(reservation.id, (node.id,))
+                remaining = await self._commit(rt, reservation, (node.id,))
                 res, reservation = reservation, None
-                return text, (node.id,), res, None, None
+                return text, (node.id,), res, None, None, remaining
         finally:
             if reservation is not None:
                 # Nothing reached the client (failure, cancellation): refund.
@@ -323,7 +335,7 @@ class RequestPath:
         epsilon: float,
         base: dict[str, Any],
         payload: dict[str, Any],
-    ) -> tuple[str, tuple[str, ...], Reservation, bool | None, float | None]:
+    ) -> _Released:
         ccfg = rt.config.privacy.consensus
         nodes = rt.balancer.pick_many(self.pool.views(), self._ctx(rt, department, epsilon), ccfg.nodes)
         if len(nodes) < ccfg.min_answers:
@@ -363,10 +375,10 @@ class RequestPath:
                 )
             result = aggregate(answers, ccfg.sigma)
             answered = tuple(a[0] for a in answers)
-            await rt.ledger.commit(reservation.id, answered)
+            remaining = await self._commit(rt, reservation, answered)
             committed = True
         finally:
             if not committed:
                 await _release(rt, reservation.id)
         self.metrics.consensus.labels("reached" if result.consensus_reached else "not_reached").inc()
-        return result.answer, answered, reservation, result.consensus_reached, result.confidence
+        return result.answer, answered, reservation, result.consensus_reached, result.confidence, remaining

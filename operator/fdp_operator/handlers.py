@@ -27,6 +27,7 @@ from fdp_operator.models import GROUP, VERSION, LabelSelector
 from fdp_operator.reconcile.node import reconcile_node
 from fdp_operator.reconcile.policy import reconcile_policy
 from fdp_operator.reconcile.router import reconcile_router
+from fdp_operator.render.names import ROUTER_LABEL
 
 log = logging.getLogger("fdp_operator")
 
@@ -71,7 +72,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # fixed at start-up and preflight checked the CRDs, so dynamic scanning buys nothing.
     settings.scanning.disabled = True
     _state["kube"] = await Kube.connect()
-    _state["probe_session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+    # force_close: a probe measures a fresh connection, and no idle TLS connections pile up.
+    _state["probe_session"] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, force_close=True)
+    )
 
 
 @kopf.on.cleanup()
@@ -111,21 +115,56 @@ def _routers_using(index: kopf.Index[str, Any], namespace: str, policy: str) -> 
 # ---------------------------------------------------------------- FederatedRouter
 
 
-async def _reconcile_router(body: kopf.Body) -> None:
-    async with _lock(body.metadata.uid or ""):
+async def _reconcile_router(body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    async with _lock(str(meta.get("uid", ""))):
         outcome = await reconcile_router(_kube(), dict(body), _now())
     for message in outcome.rendered.plan.events if outcome.rendered is not None else ():
-        kopf.info(body, reason="Rollout", message=message)  # promoted, switched, aborted...
+        # rollout transitions (switched, promoted, aborted...) as Events on the router
+        kopf.info(dict(body), reason="Rollout", message=message)
+    if outcome.requeue_after is not None and outcome.requeue_after < CONFIG.resync_seconds:
+        # The rollout engine (or a certificate) wants a look before the next resync.
+        asyncio.get_running_loop().call_later(
+            max(0.5, outcome.requeue_after), poke_router, str(meta.get("namespace")), str(meta.get("name"))
+        )
     ready = next((c for c in outcome.status.get("conditions", []) if c["type"] == "Ready"), None)
     if outcome.written and ready is not None:
         log.info(
             "FederatedRouter %s/%s: Ready=%s (%s) %s",
-            body.metadata.namespace,
-            body.metadata.name,
+            meta.get("namespace"),
+            meta.get("name"),
             ready["status"],
             ready["reason"],
             ready["message"],
         )
+
+
+_pending: set[tuple[str, str]] = set()
+_poke_tasks: set[asyncio.Task[None]] = set()
+
+
+def poke_router(namespace: str, name: str) -> None:
+    """Reconcile a router soon (its Deployment, a node or its policy changed); bursts coalesce."""
+    key = (namespace, name)
+    if key in _pending:
+        return
+    _pending.add(key)
+    task = asyncio.get_running_loop().create_task(_poked(key))
+    _poke_tasks.add(task)
+    task.add_done_callback(_poke_tasks.discard)
+
+
+async def _poked(key: tuple[str, str]) -> None:
+    try:
+        await asyncio.sleep(0.2)
+        _pending.discard(key)
+        body = await _kube().get("FederatedRouter", *key)
+        if body is not None:
+            await _reconcile_router(body)
+    except Exception:
+        log.exception("reconciling FederatedRouter %s/%s after a change failed; the resync retries", *key)
+    finally:
+        _pending.discard(key)
 
 
 @kopf.on.resume(GROUP, VERSION, "federatedrouters")
@@ -139,7 +178,16 @@ async def router_changed(body: kopf.Body, **_: Any) -> None:
     GROUP, VERSION, "federatedrouters", interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds
 )
 async def router_resync(body: kopf.Body, **_: Any) -> None:
+    """Safety net and clock: certificate renewal time, anything a poke missed."""
     await _reconcile_router(body)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={ROUTER_LABEL: kopf.PRESENT})
+async def router_deployment_changed(body: kopf.Body, **_: Any) -> None:
+    """A router's Deployment moved (became available, rolled): update the router's status now."""
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "FederatedRouter" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            poke_router(body.metadata.namespace or "", ref["name"])
 
 
 # ---------------------------------------------------------------- PrivacyPolicy
@@ -156,7 +204,17 @@ async def _reconcile_policy(body: kopf.Body, router_refs: kopf.Index[str, Any]) 
 @kopf.on.create(GROUP, VERSION, "privacypolicies")
 @kopf.on.update(GROUP, VERSION, "privacypolicies")
 async def policy_changed(body: kopf.Body, router_refs: kopf.Index[str, Any], **_: Any) -> None:
+    meta = body.metadata
+    for router in _routers_using(router_refs, meta.namespace or "", meta.name or ""):
+        poke_router(meta.namespace or "", router)
     await _reconcile_policy(body, router_refs)
+
+
+@kopf.on.delete(GROUP, VERSION, "privacypolicies", optional=True)
+async def policy_deleted(body: kopf.Body, router_refs: kopf.Index[str, Any], **_: Any) -> None:
+    meta = body.metadata
+    for router in _routers_using(router_refs, meta.namespace or "", meta.name or ""):
+        poke_router(meta.namespace or "", router)
 
 
 @kopf.timer(
@@ -187,27 +245,36 @@ async def node_created(body: kopf.Body, **_: Any) -> None:
         )
 
 
-@kopf.timer(GROUP, VERSION, "hospitalnodes", interval=CONFIG.probe_tick_seconds)
-async def node_probe(body: kopf.Body, memo: kopf.Memo, router_refs: kopf.Index[str, Any], **_: Any) -> None:
-    interval = float(((body.spec.get("healthCheck") or {}).get("intervalSeconds")) or 10)
-    loop = asyncio.get_running_loop()
-    gen = int(body.metadata.get("generation", 1))
-    due = memo.get("next_probe", 0.0)
-    # A spec change (new endpoint, new interval) probes at once.
-    if loop.time() < due and memo.get("generation") == gen:
-        return
-    memo["next_probe"] = loop.time() + interval
-    memo["generation"] = gen
-    meta = body.metadata
-    used_by = _routers_selecting(router_refs, meta.namespace or "", meta.labels or {})
-    async with _lock(meta.uid or ""):
-        outcome = await reconcile_node(_kube(), _state["probe_session"], dict(body), _now(), used_by)
-    if outcome.event is not None:
-        log.info(
-            "HospitalNode %s/%s: %s %s",
-            meta.namespace,
-            meta.name,
-            outcome.event.reason,
-            outcome.event.message,
-        )
-        kopf.event(body, type=outcome.event.type, reason=outcome.event.reason, message=outcome.event.message)
+@kopf.daemon(GROUP, VERSION, "hospitalnodes", cancellation_timeout=5)
+async def node_prober(
+    body: kopf.Body, stopped: kopf.DaemonStopped, router_refs: kopf.Index[str, Any], **_: Any
+) -> None:
+    """One long-lived task per node: probe, record, sleep ``intervalSeconds`` (a spec change
+    probes at once). ``body`` is kopf's live view of the latest object."""
+    while not stopped:
+        meta = body.metadata
+        gen = int(meta.get("generation", 1))
+        ns = meta.namespace or ""
+        used_by = _routers_selecting(router_refs, ns, meta.labels or {})
+        try:
+            async with _lock(meta.uid or ""):
+                outcome = await reconcile_node(_kube(), _state["probe_session"], dict(body), _now(), used_by)
+        except Exception:
+            log.exception("probing HospitalNode %s/%s failed; retrying", ns, meta.name)
+        else:
+            if outcome.event is not None:
+                log.info(
+                    "HospitalNode %s/%s: %s %s", ns, meta.name, outcome.event.reason, outcome.event.message
+                )
+                kopf.event(
+                    body, type=outcome.event.type, reason=outcome.event.reason, message=outcome.event.message
+                )
+                for router in used_by:  # the node joins or leaves their config now, not at the next resync
+                    poke_router(ns, router)
+        interval = float(((body.spec.get("healthCheck") or {}).get("intervalSeconds")) or 10)
+        deadline = asyncio.get_running_loop().time() + interval
+        while not stopped and int(body.metadata.get("generation", 1)) == gen:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await stopped.wait(min(left, CONFIG.probe_tick_seconds))

@@ -174,6 +174,21 @@ class LabelSelector(SpecModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: tuple[LabelSelectorRequirement, ...] = ()
 
+    def to_query(self) -> str:
+        """The same selector as a ``labelSelector`` query string (server-side filtering)."""
+        parts = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
+        for req in self.match_expressions:
+            values = ",".join(req.values)
+            parts.append(
+                {
+                    "In": f"{req.key} in ({values})",
+                    "NotIn": f"{req.key} notin ({values})",
+                    "Exists": req.key,
+                    "DoesNotExist": f"!{req.key}",
+                }[req.operator]
+            )
+        return ",".join(parts)
+
     def matches(self, labels: dict[str, str]) -> bool:
         """metav1.LabelSelector semantics; an empty selector matches everything."""
         if any(labels.get(k) != v for k, v in self.match_labels.items()):

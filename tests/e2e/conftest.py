@@ -33,7 +33,7 @@ from fdp_operator import tls
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-RESYNC = "1"
+RESYNC = "2"
 
 
 def free_port() -> int:

@@ -212,7 +212,10 @@ def test_changing_the_policy_updates_the_config_hash_and_prunes_the_old_config(
         lambda: kube.get(namespace, "configmap", old["configMapName"]) is None, what="old config pruned"
     )
     assert kube.get(namespace, "configmap", new["configMapName"]) is not None
-    assert "4" in kube.get(namespace, "pp", "pol")["status"]["guarantee"]
+    eventually(
+        lambda: kube.get(namespace, "pp", "pol")["status"]["guarantee"].startswith("(4, "),
+        what="new guarantee",
+    )
 
 
 def test_a_missing_policy_is_named_and_the_running_config_is_kept(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,29 @@ class NodeOutcome:
 def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:
     raw = ((secret or {}).get("data") or {}).get(key)
     return base64.b64decode(raw).decode() if raw else None
+
+
+_SSL_CACHE: dict[tuple[str, str, str, bool], tuple[float, ssl.SSLContext]] = {}
+SSL_CACHE_SECONDS = 60.0
+
+
+async def cached_ssl_context(kube: Kube, namespace: str, spec: HospitalNodeSpec) -> ssl.SSLContext:
+    """``node_ssl_context`` reused for a minute: nodes sharing Secrets share one context (and
+    connection pool key), and the API server is not asked for the Secrets on every probe.
+    A rotated Secret is picked up within ``SSL_CACHE_SECONDS``."""
+    key = (
+        namespace,
+        spec.tls.ca_secret_ref.name if spec.tls.ca_secret_ref else "",
+        spec.tls.client_cert_secret_ref.name if spec.tls.client_cert_secret_ref else "",
+        spec.tls.insecure_skip_verify,
+    )
+    now = time.monotonic()
+    hit = _SSL_CACHE.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    ctx = await node_ssl_context(kube, namespace, spec)
+    _SSL_CACHE[key] = (now + SSL_CACHE_SECONDS, ctx)
+    return ctx
 
 
 async def node_ssl_context(kube: Kube, namespace: str, spec: HospitalNodeSpec) -> ssl.SSLContext:
@@ -148,7 +172,7 @@ async def reconcile_node(
         return NodeOutcome(status, None)
     spec = node.spec
     try:
-        ctx = await node_ssl_context(kube, ns, spec)
+        ctx = await cached_ssl_context(kube, ns, spec)
     except ValueError as exc:
         result = ProbeResult(False, None, str(exc))
     else:

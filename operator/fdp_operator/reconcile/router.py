@@ -32,7 +32,7 @@ from fdp_operator.reconcile.tls_step import TLSState, ensure_tls
 from fdp_operator.render import names
 from fdp_operator.render.config import selected_nodes
 from fdp_operator.render.router import Rendered, render
-from fdp_operator.render.workloads import ObservedState
+from fdp_operator.render.workloads import SCALE_FIELD_MANAGER, ObservedState
 
 log = logging.getLogger(__name__)
 KIND = "FederatedRouter"
@@ -117,7 +117,8 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         return await finish(_failed(body, replace(obs, policy_error=str(exc)), now, gen))
 
     # 3. the nodes
-    nodes = parse_nodes(await kube.list("HospitalNode", ns))
+    # The API server filters by the selector; selected_nodes re-checks it (the single source).
+    nodes = parse_nodes(await kube.list("HospitalNode", ns, router.spec.node_selector.to_query() or None))
     selected = selected_nodes(router, nodes)
     ready = [n for n in selected if n.healthy]
     obs = replace(
@@ -165,6 +166,9 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
     # 7. apply and prune
     try:
         await apply_all(kube, rendered.objects, (KIND, name, uid))
+        # replica counts of blue/green and canary Deployments: their own field manager, so
+        # a count the HPA owns is never sent (and never reset) by the manifests above
+        await apply_all(kube, rendered.plan.scale, (KIND, name, uid), field_manager=SCALE_FIELD_MANAGER)
         await delete_all(kube, ns, rendered.prune)
     except ApiError as exc:
         return await finish(

@@ -77,3 +77,19 @@ def test_bad_duration_is_rejected() -> None:
 )
 def test_label_selectors_follow_kubernetes_semantics(selector, labels, match) -> None:
     assert LabelSelector.model_validate(selector).matches(labels) is match
+
+
+def test_a_label_selector_becomes_the_api_servers_query_string() -> None:
+    sel = LabelSelector.model_validate(
+        {
+            "matchLabels": {"net": "x", "a": "1"},
+            "matchExpressions": [
+                {"key": "t", "operator": "In", "values": ["p", "q"]},
+                {"key": "u", "operator": "NotIn", "values": ["r"]},
+                {"key": "v", "operator": "Exists"},
+                {"key": "w", "operator": "DoesNotExist"},
+            ],
+        }
+    )
+    assert sel.to_query() == "a=1,net=x,t in (p,q),u notin (r),v,!w"
+    assert LabelSelector().to_query() == ""

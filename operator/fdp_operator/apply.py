@@ -55,14 +55,18 @@ async def with_retries(call: Callable[[], Awaitable[T]], attempts: int = 4, base
 
 
 async def apply_all(
-    kube: Kube, objects: Iterable[dict[str, Any]], owner: tuple[str, str, str]
+    kube: Kube,
+    objects: Iterable[dict[str, Any]],
+    owner: tuple[str, str, str],
+    *,
+    field_manager: str = FIELD_MANAGER,
 ) -> list[dict[str, Any]]:
     """Server-side apply each object with the owner's reference, in order."""
     kind, name, uid = owner
     out = []
     for obj in objects:
         desired = owned_by(obj, kind, name, uid)
-        out.append(await with_retries(lambda d=desired: kube.apply(d, FIELD_MANAGER)))  # type: ignore[misc]
+        out.append(await with_retries(lambda d=desired: kube.apply(d, field_manager)))  # type: ignore[misc]
     return out
 
 

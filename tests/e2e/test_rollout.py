@@ -428,3 +428,27 @@ def test_rollout_durations(cluster, kube, namespace, make_operator, demo_nodes) 
     out = Path(os.environ.get("FDP_ROLLOUT_BENCH_OUT", "/dev/stdout"))
     with out.open("a") as f:
         f.write(json.dumps({k: [round(v, 2) for v in vs] for k, vs in results.items()}) + "\n")
+
+
+def test_a_canary_beside_an_hpa_scaled_stable_never_resets_its_count(
+    cluster, kube, namespace, operator_runner, demo_nodes
+) -> None:
+    setup_router(
+        kube,
+        namespace,
+        demo_nodes,
+        autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 8},
+        rollout={"strategy": "Canary", "steps": [{"setWeight": 20}, {"pause": {}}]},
+    )
+    wait_healthy(kube, namespace)
+    assert kube.get(namespace, "hpa", "fr")["spec"]["scaleTargetRef"]["name"] == "fr-stable"
+    cluster.kubectl("scale", "deployment/fr-stable", "-n", namespace, "--replicas=5")
+    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    eventually(lambda: rollout(kube, namespace).get("currentStepIndex") == 1, timeout=TIMEOUT, what="pause")
+    # 5 stable pods owned by the HPA; 20% of the pods on the canary -> 1 canary beside them
+    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (1, 5)
+    ctl(cluster, "promote", "fr", "-n", namespace, "--full")
+    done = wait_healthy(kube, namespace)
+    assert revision(kube, namespace, "fr-stable") == done["status"]["rollout"]["stableRevision"]
+    eventually(lambda: replicas(kube, namespace, "fr-canary") == 0, timeout=30, what="canary drained")
+    assert replicas(kube, namespace, "fr-stable") == 5

@@ -61,7 +61,14 @@ from fdp_operator.rollout.canary import CANARY, STABLE
 from fdp_operator.rollout.revision import REVISION_ANNOTATION, revision_of
 from fdp_operator.rollout.types import Analysis, DeploymentView, RolloutInput, RolloutStatus
 
-__all__ = ["REVISION_ANNOTATION", "ObservedState", "WorkloadPlan", "render_workloads", "revision_of"]
+__all__ = [
+    "REVISION_ANNOTATION",
+    "SCALE_FIELD_MANAGER",
+    "ObservedState",
+    "WorkloadPlan",
+    "render_workloads",
+    "revision_of",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class WorkloadPlan:
     requeue_after: float | None = None
     #: rollout transitions to post as Events on the FederatedRouter (switched, promoted, aborted)
     events: tuple[str, ...] = ()
+    #: replicas-only Deployment objects, applied after ``objects`` with SCALE_FIELD_MANAGER
+    scale: list[dict[str, Any]] = field(default_factory=list)
 
 
 def deployment_available(dep: Mapping[str, Any] | None, desired: int) -> bool:
@@ -222,6 +231,12 @@ def _plain(router: FederatedRouter, pod_template: Mapping[str, Any], observed: O
 # ---------------------------------------------------------------- progressive strategies
 
 COLOR_LABEL = "fdp.io/color"
+#: Field manager of blue/green and canary replica counts. The Deployment manifests never
+#: carry spec.replicas; the counts the engine decides go out as replicas-only applies under
+#: this manager, and a count the HPA owns is simply not sent. Server-side apply removes a
+#: field only when its manager applies without it, so nothing ever resets the HPA's count
+#: to the default of 1, and no stale read of it is ever written back over the HPA's value.
+SCALE_FIELD_MANAGER = "fdp-operator-scale"
 TRACK_LABEL = "fdp.io/track"
 ROLES = {BLUE: COLOR_LABEL, GREEN: COLOR_LABEL, STABLE: TRACK_LABEL, CANARY: TRACK_LABEL}
 
@@ -277,6 +292,15 @@ def _stale_progressive(
     return out
 
 
+def _scale_object(router: FederatedRouter, name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": router.ref.namespace},
+        "spec": {"replicas": replicas},
+    }
+
+
 def _role_template(template: Mapping[str, Any], role: str) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(json.dumps(template))
     out.setdefault("metadata", {}).setdefault("labels", {})[ROLES[role]] = role
@@ -322,6 +346,7 @@ def _progressive(
     )
 
     objects: list[dict[str, Any]] = []
+    scale: list[dict[str, Any]] = []
     counts = {"desired": 0, "ready": 0, "available": 0, "updated": 0}
     serving_roles = {decision.active_role} if decision.active_role else {STABLE, CANARY}
     for intent in decision.deployments:
@@ -334,11 +359,12 @@ def _progressive(
             template = json.loads(json.dumps((current.get("spec") or {}).get("template") or {}))
             revision = intent.template_revision
         replicas = intent.replicas
+        if replicas is not None or current is None:
+            # the HPA owns the count of its target: sent only once, to create it
+            scale.append(_scale_object(router, dep_name, total if replicas is None else replicas))
         if replicas is None:
-            # The HPA owns the count: echo what it set (never reset it), so this field
-            # manager keeps co-owning spec.replicas and an apply never drops it to 1.
             replicas = int(((current or {}).get("spec") or {}).get("replicas", total))
-        dep = render_deployment(router, dep_name, template, replicas)
+        dep = render_deployment(router, dep_name, template, None)
         role_label = {ROLES[intent.role]: intent.role}
         dep["spec"]["selector"]["matchLabels"].update(role_label)
         dep["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(
@@ -382,4 +408,5 @@ def _progressive(
         message=decision.message,
         requeue_after=decision.requeue_after,
         events=decision.events,
+        scale=scale,
     )

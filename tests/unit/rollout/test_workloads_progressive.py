@@ -40,14 +40,27 @@ def objects(plan: WorkloadPlan) -> dict[tuple[str, str], dict[str, Any]]:
     return {(o["kind"], o["metadata"]["name"]): o for o in plan.objects}
 
 
-def settle(plan: WorkloadPlan, generation: int = 1) -> dict[str, dict[str, Any]]:
+def scaled(plan: WorkloadPlan) -> dict[str, int]:
+    """Replica counts the plan sets (replicas-only applies under the scale field manager)."""
+    return {o["metadata"]["name"]: o["spec"]["replicas"] for o in plan.scale}
+
+
+def settle(
+    plan: WorkloadPlan, before: dict[str, dict[str, Any]] | None = None, generation: int = 1
+) -> dict[str, dict[str, Any]]:
     """What the cluster would report once every applied Deployment is fully available."""
     out = {}
+    counts = scaled(plan)
     for o in plan.objects:
         if o["kind"] != "Deployment":
             continue
-        n = o["spec"]["replicas"]
+        name = o["metadata"]["name"]
+        if name.endswith(("-blue", "-green", "-stable", "-canary")):
+            assert "replicas" not in o["spec"], "counts go out only under the scale field manager"
+        default = o["spec"].get("replicas", 1)
+        n = counts.get(name, ((before or {}).get(name) or {}).get("spec", {}).get("replicas", default))
         d = copy.deepcopy(o)
+        d["spec"]["replicas"] = n
         d["metadata"]["generation"] = generation
         d["status"] = {
             "observedGeneration": generation,
@@ -73,7 +86,7 @@ def test_blue_green_renders_a_colored_deployment_an_active_and_a_preview_service
     assert blue["spec"]["template"]["metadata"]["labels"]["fdp.io/color"] == "blue"
     assert blue["spec"]["template"]["metadata"]["labels"]["x"] == "y"
     assert blue["metadata"]["annotations"][REVISION_ANNOTATION] == revision_of(template("img:1"))
-    assert blue["spec"]["replicas"] == 4
+    assert scaled(plan) == {"fr1-blue": 4}
     assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
     assert objs[("Service", "fr1-preview")]["spec"]["selector"]["fdp.io/color"] == "green"
     assert plan.hpa_target == "fr1-blue" and not plan.available and plan.progressing
@@ -136,13 +149,13 @@ def test_an_aborted_rollout_keeps_ready_true_with_stalled_true() -> None:
     aborted_router = router({"fdp.io/abort": "t1"}, strategy="BlueGreen", autoPromotionEnabled=False)
     obs = ObservedState(
         now=NOW + timedelta(seconds=5),
-        deployments=settle(rolling),
+        deployments=settle(rolling, cluster),
         services=services(rolling),
         previous_rollout_status=rolling.rollout_status,
     )
     plan = render_workloads(aborted_router, template("img:2"), obs)
     assert plan.stalled_reason == "Aborted" and plan.available
-    assert objects(plan)[("Deployment", "fr1-green")]["spec"]["replicas"] == 0
+    assert scaled(plan)["fr1-green"] == 0
     got = {
         t: (s, reason)
         for t, s, reason, _ in cond.router_conditions(
@@ -170,8 +183,8 @@ def test_canary_pods_are_tracked_and_one_service_selects_both_tracks() -> None:
     obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=steady.rollout_status)
     plan = render_workloads(r, template("img:2"), obs)
     objs = objects(plan)
-    stable, canary = objs[("Deployment", "fr1-stable")], objs[("Deployment", "fr1-canary")]
-    assert (stable["spec"]["replicas"], canary["spec"]["replicas"]) == (3, 1)
+    canary = objs[("Deployment", "fr1-canary")]
+    assert (scaled(plan)["fr1-stable"], scaled(plan)["fr1-canary"]) == (3, 1)
     assert canary["spec"]["selector"]["matchLabels"]["fdp.io/track"] == "canary"
     svc = objs[("Service", "fr1")]["spec"]["selector"]
     assert "fdp.io/track" not in svc and "fdp.io/color" not in svc
@@ -185,21 +198,23 @@ def test_switching_from_rolling_update_keeps_the_plain_deployment_until_the_new_
     plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
     assert plan.prune == [], "the plain Deployment serves until blue is available"
     assert "fdp.io/color" not in objects(plan)[("Service", "fr1")]["spec"]["selector"]
-    cluster.update(settle(plan))
+    cluster.update(settle(plan, cluster))
     plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
     assert ("Deployment", "fr1") in plan.prune
     assert objects(plan)[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
 
 
-def test_with_an_hpa_the_operator_echoes_the_count_it_set_instead_of_resetting_it() -> None:
+def test_with_an_hpa_its_count_is_sent_once_to_create_the_deployment_and_never_again() -> None:
     r = router(strategy="BlueGreen", autoscaled=True)
     first = render_workloads(r, template("img:1"), ObservedState(now=NOW))
-    assert objects(first)[("Deployment", "fr1-blue")]["spec"]["replicas"] == 2  # minReplicas
+    assert scaled(first) == {"fr1-blue": 2}  # minReplicas, to create it
     cluster = settle(first)
     cluster["fr1-blue"]["spec"]["replicas"] = 6  # the HPA scaled up
     hpa = {"status": {"currentReplicas": 6, "desiredReplicas": 6}}
     plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster, hpa=hpa))
-    assert objects(plan)[("Deployment", "fr1-blue")]["spec"]["replicas"] == 6
+    assert scaled(plan) == {}, "the HPA's count is never written back (not even the same value)"
+    assert "replicas" not in objects(plan)[("Deployment", "fr1-blue")]["spec"]
+    assert plan.replicas["desired"] == 6
     obs = ObservedState(
         now=NOW,
         deployments=cluster,
@@ -208,4 +223,4 @@ def test_with_an_hpa_the_operator_echoes_the_count_it_set_instead_of_resetting_i
         previous_rollout_status=plan.rollout_status,
     )
     update = render_workloads(r, template("img:2"), obs)
-    assert objects(update)[("Deployment", "fr1-green")]["spec"]["replicas"] == 6
+    assert scaled(update) == {"fr1-green": 6}, "the preview gets the HPA's current count"

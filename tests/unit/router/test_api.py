@@ -238,10 +238,10 @@ async def test_consensus_with_too_few_answers_is_an_error_and_charges_nothing(
 
 async def test_overload_is_429_with_retry_after(router: RouterFactory, demo_cluster: Cluster) -> None:
     for n in demo_cluster.nodes:
-        n.state.delay = 0.5
+        n.state.delay = 1.5
     client = await router(
         demo_cluster.config(
-            overload={"max_concurrency": 1, "max_queue": 1, "queue_timeout_seconds": 5.0},
+            overload={"max_concurrency": 1, "max_queue": 1, "queue_timeout_seconds": 30.0},
             cache={"enabled": False},
         )
     )
@@ -297,7 +297,7 @@ async def test_readyz_is_503_when_every_node_is_down(router: RouterFactory, demo
         for n in cfg.nodes
     )
     client = await router(cfg.model_copy(update={"nodes": nodes}), probes=True)
-    for _ in range(100):
+    for _ in range(400):
         if (await client.get("/readyz")).status == 503:
             break
         await asyncio.sleep(0.05)

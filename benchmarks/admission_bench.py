@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -57,12 +58,15 @@ async def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fdp-admission-bench-"))
     rows = []
     t0 = time.perf_counter()
-    for z in (1.0, 2.0, 5.0):
-        row = plan(GaussianEvent(z), EPSILON, DELTA)
-        row["noise_multiplier"] = z
-        row["admitted_by_real_ledger"] = await measured(z, tmp)
-        row["filter_over_basic"] = row["admitted"] / max(1, row["basic_composition"])
-        rows.append(row)
+    try:
+        for z in (1.0, 2.0, 5.0):
+            row = plan(GaussianEvent(z), EPSILON, DELTA)
+            row["noise_multiplier"] = z
+            row["admitted_by_real_ledger"] = await measured(z, tmp)
+            row["filter_over_basic"] = row["admitted"] / max(1, row["basic_composition"])
+            rows.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -117,6 +118,7 @@ async def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

@@ -237,7 +237,11 @@ class DemoNode:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a loaded machine: do not fail a test on teardown
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         self.proc = None
 
 

@@ -36,15 +36,27 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _schemas() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Request schemas with their nested models hoisted into components (valid $refs)."""
+    shared: dict[str, Any] = {}
+    out = []
+    for model in (InferenceRequest, ChatRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        shared.update(schema.pop("$defs", {}))
+        out.append(schema)
+    return out[0], out[1], shared
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    inference_schema, chat_schema, shared = _schemas()
     ops = {
         "/v1/inference": {
             "post": {
                 "summary": "Answer a prompt under a differential-privacy charge",
                 "security": bearer,
-                "requestBody": _json(InferenceRequest.model_json_schema()),
+                "requestBody": _json(inference_schema),
                 "responses": {
                     "200": {
                         "description": "released answer",
@@ -58,7 +70,7 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "OpenAI-compatible chat completion; privacy fields as extra body fields",
                 "security": bearer,
-                "requestBody": _json(ChatRequest.model_json_schema()),
+                "requestBody": _json(chat_schema),
                 "responses": {
                     "200": {"description": "chat.completion with a `privacy` object and X-FDP-* headers"},
                     **_errors(400, 401, 403, 429, 502, 503, 504),
@@ -129,6 +141,7 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {
+                **shared,
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 from fdp_router.app import HOLDER
 from fdp_router.privacy.api import Scope
@@ -279,6 +281,12 @@ async def test_health_ready_metrics_openapi(router: RouterFactory) -> None:
     assert spec["openapi"].startswith("3.")
     for path in ("/v1/inference", "/v1/chat/completions", "/v1/privacy/budget/{user_id}", "/v1/admin/config"):
         assert path in spec["paths"]
+    refs = re.findall(r'"\$ref": "#/([^"]+)"', json.dumps(spec))
+    for ref in refs:  # every reference resolves inside the document
+        node = spec
+        for part in ref.split("/"):
+            node = node[part]
+    assert "ChatMessage" in spec["components"]["schemas"]
     assert (await client.get("/nope")).status == 404
 
 

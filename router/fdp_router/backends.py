@@ -211,8 +211,10 @@ class BackendPool:
                 if resp.status >= 500 or resp.status == 429:
                     raise BackendFailure(node_id, f"HTTP {resp.status}")
                 if resp.status >= 400:
-                    text = (await resp.text())[:200]
-                    raise BackendFailure(node_id, f"HTTP {resp.status}: {text}", retryable=False)
+                    # Status only: a node's error body may echo the prompt (never logged).
+                    raise BackendFailure(
+                        node_id, f"HTTP {resp.status} (request refused by the node)", retryable=False
+                    )
                 data: dict[str, Any] = await resp.json()
                 _ = data["choices"][0]["message"]["content"]
         except BackendFailure:

@@ -187,7 +187,8 @@ def main() -> int:
         docs = [node(f"hn-{i:03d}", endpoints[i % len(endpoints)], i % groups) for i in range(args.nodes)]
         docs += [router(f"fr-{g:02d}", g) for g in range(args.routers)]
         t0 = time.perf_counter()
-        kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(docs))
+        kubectl("apply", "--server-side", "-n", ns, "-f", "-", input=yaml.safe_dump_all(docs))
+        apply_done = time.perf_counter() - t0
         want_nodes = {d["metadata"]["name"] for d in docs if d["kind"] == "HospitalNode"}
         want_routers = {d["metadata"]["name"] for d in docs if d["kind"] == "FederatedRouter"}
         nodes_done = routers_done = None
@@ -213,9 +214,11 @@ def main() -> int:
                 "all_nodes_ready_s": None if nodes_done is None else round(nodes_done, 1),
                 "all_routers_ready_s": None if routers_done is None else round(routers_done, 1),
                 "all_ready_s": round(batch, 1),
+                "kubectl_apply_s": round(apply_done, 1),
             },
             "operator_peak_rss_mib": round(peak_rss_mib(op.pid), 1),
             "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 1),
             "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
         print(json.dumps(result, indent=2))

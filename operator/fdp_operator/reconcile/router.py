@@ -11,6 +11,7 @@ the resync timer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from fdp_operator.models import (
     parse_policy,
     parse_router,
 )
-from fdp_operator.reconcile.tls_step import TLSState, ensure_tls
+from fdp_operator.reconcile.tls_step import ensure_tls
 from fdp_operator.render import names
 from fdp_operator.render.config import selected_nodes
 from fdp_operator.render.router import Rendered, render
@@ -116,9 +117,19 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
     except SpecError as exc:
         return await finish(_failed(body, replace(obs, policy_error=str(exc)), now, gen))
 
-    # 3. the nodes
-    # The API server filters by the selector; selected_nodes re-checks it (the single source).
-    nodes = parse_nodes(await kube.list("HospitalNode", ns, router.spec.node_selector.to_query() or None))
+    # 3.-5. the nodes, TLS and the children we own: independent reads, done concurrently
+    # (the API server filters nodes by the selector; selected_nodes re-checks it).
+    selector = f"{names.ROUTER_LABEL}={name}"
+    uid = router.ref.uid
+    node_items, tls_state, *owned_lists = await asyncio.gather(
+        kube.list("HospitalNode", ns, router.spec.node_selector.to_query() or None),
+        ensure_tls(kube, router, now),
+        *(
+            kube.list(kind, ns, selector)
+            for kind in ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "NetworkPolicy")
+        ),
+    )
+    nodes = parse_nodes(node_items)
     selected = selected_nodes(router, nodes)
     ready = [n for n in selected if n.healthy]
     obs = replace(
@@ -127,20 +138,9 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         nodes_ready=len(ready),
         not_ready_nodes=tuple(n.ref.name for n in selected if not n.healthy),
     )
-
-    # 4. TLS
-    tls_state: TLSState = await ensure_tls(kube, router, now)
     if tls_state.error:
         return await finish(_failed(body, replace(obs, tls_error=tls_state.error), now, gen))
-
-    # 5. observe what we own
-    selector = f"{names.ROUTER_LABEL}={name}"
-    uid = router.ref.uid
-    deployments = _owned(await kube.list("Deployment", ns, selector), uid)
-    services = _owned(await kube.list("Service", ns, selector), uid)
-    config_maps = _owned(await kube.list("ConfigMap", ns, selector), uid)
-    hpas = _owned(await kube.list("HorizontalPodAutoscaler", ns, selector), uid)
-    netpols = _owned(await kube.list("NetworkPolicy", ns, selector), uid)
+    deployments, services, config_maps, hpas, netpols = (_owned(items, uid) for items in owned_lists)
     observed = ObservedState(
         now=now,
         deployments=deployments,

@@ -52,7 +52,7 @@ async def reconcile_policy(
     kube: Kube, body: Mapping[str, Any], used_by: Sequence[str], now: datetime
 ) -> dict[str, Any]:
     meta = body["metadata"]
-    guarantee_of = local_guarantee  # only reached for a valid policy
+    guarantee_of: Callable[[Any], GuaranteeView] = local_guarantee  # used only if the core is unreachable
     try:
         view = await guarantee_out_of_process(privacy_config(parse_policy(dict(body))))
         guarantee_of = _constant(view)

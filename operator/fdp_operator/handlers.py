@@ -118,10 +118,17 @@ def _routers_using(index: kopf.Index[str, Any], namespace: str, policy: str) -> 
 async def _reconcile_router(body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     async with _lock(str(meta.get("uid", ""))):
+        # Re-read under the lock: a body from an earlier event (kopf's, or a poke queued
+        # behind another reconcile) carries a stale status, and the rollout engine resumes
+        # from status; deciding from a stale one would step a rollout back (flapping).
+        fresh = await _kube().get("FederatedRouter", str(meta.get("namespace")), str(meta.get("name")))
+        if fresh is None:
+            return
+        body = fresh
         outcome = await reconcile_router(_kube(), dict(body), _now())
     for message in outcome.rendered.plan.events if outcome.rendered is not None else ():
         # rollout transitions (switched, promoted, aborted...) as Events on the router
-        kopf.info(dict(body), reason="Rollout", message=message)
+        kopf.info(dict(body), reason="Rollout", message=message)  # type: ignore[arg-type]
     if outcome.requeue_after is not None and outcome.requeue_after < CONFIG.resync_seconds:
         # The rollout engine (or a certificate) wants a look before the next resync.
         asyncio.get_running_loop().call_later(

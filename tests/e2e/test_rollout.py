@@ -273,11 +273,14 @@ def test_canary_walks_every_step_with_the_expected_split_and_pauses(
     time.sleep(3)
     assert rollout(kube, namespace)["currentStepIndex"] == 1, "an indefinite pause waits for a promote"
     ctl(cluster, "promote", "fr", "-n", namespace)
-    eventually(
-        lambda: rollout(kube, namespace).get("currentStepIndex") == 3,
-        timeout=TIMEOUT,
-        what="timed pause step",
-    )
+    seen: list[int] = []
+
+    def at_timed_pause() -> bool:
+        seen.append(int(rollout(kube, namespace).get("currentStepIndex", -1)))
+        return seen[-1] == 3
+
+    eventually(at_timed_pause, timeout=TIMEOUT, interval=0.1, what="timed pause step")
+    assert seen == sorted(seen), f"the step index went backwards (flapping): {seen}"
     assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (2, 2)
     svc = kube.get(namespace, "service", "fr")["spec"]["selector"]
     assert "fdp.io/track" not in svc, "one Service selects both tracks"

@@ -415,7 +415,7 @@ def test_rollout_durations(cluster, kube, namespace, make_operator, demo_nodes) 
     )
     for name in ("bg", "cn"):
         wait_healthy(kube, namespace, name)
-    for i in range(3):
+    for i in range(int(os.environ.get("FDP_ROLLOUT_BENCH_RUNS", "3"))):
         for name, strategy in (("bg", "BlueGreen"), ("cn", "Canary")):
             t0 = time.monotonic()
             patch(cluster, namespace, {"spec": {"image": f"example.org/router:{i + 2}"}}, name=name)

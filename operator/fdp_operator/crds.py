@@ -409,7 +409,7 @@ FEDERATED_ROUTER_SPEC = _obj(
                         "privacy_aware",
                         "quantum_inspired",
                     ],
-                    default="least_request",
+                    default="quantum_inspired",
                 ),
                 "maxAttempts": _i("failover attempts", minimum=1, maximum=10, default=2),
                 "connectTimeoutSeconds": _n("", default=2.0, minimum=0.01),

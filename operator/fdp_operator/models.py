@@ -213,7 +213,7 @@ class PolicyRef(SpecModel):
 class RoutingSpec(SpecModel):
     strategy: Literal[
         "round_robin", "least_request", "latency_aware", "privacy_aware", "quantum_inspired"
-    ] = "least_request"
+    ] = "quantum_inspired"  # the balancer benchmark winner (docs/benchmarks/router.md)
     max_attempts: int = Field(2, ge=1, le=10)
     connect_timeout_seconds: float = Field(2.0, gt=0)
     read_timeout_seconds: float = Field(60.0, gt=0)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/router_overhead.py --diagnose   # ~2 min on 2 cores
     .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
+    .venv/bin/python benchmarks/router_overhead.py --baseline /tmp/base/router  # before/after
 
 Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
 demo-node``), one bare proxy (this file with ``--proxy``: aiohttp server + one pooled
@@ -89,7 +90,7 @@ def run_router_without_ledger(config: str) -> None:
 
         async def reserve(self, charge: Charge) -> Reservation:
             eps = epsilon_of(charge.event, self.delta)  # type: ignore[arg-type]
-            return Reservation(uuid.uuid4().hex, charge, eps, self.delta, dt.datetime.now(dt.UTC))
+            return Reservation(uuid.uuid4().hex, charge, eps, self.delta, dt.datetime.now(dt.UTC), 1e6)
 
         async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
             return None
@@ -204,6 +205,14 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     noop_port = free_port()
     noop_path = tmp / "router-noop.json"
     noop_path.write_text(json.dumps({**cfg, "server": {"host": "127.0.0.1", "port": noop_port}}))
+    base_port = free_port()
+    base_path = tmp / "router-baseline.json"
+    base_cfg = {
+        **cfg,
+        "server": {"host": "127.0.0.1", "port": base_port},
+        "ledger": {**cfg["ledger"], "sqlite_path": str(tmp / "ledger-baseline.sqlite")},  # type: ignore[dict-item]
+    }
+    base_path.write_text(json.dumps(base_cfg))
     env = {**os.environ, "FDP_JWT_SECRET": secret}
     procs = [
         subprocess.Popen(
@@ -240,12 +249,33 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 stderr=subprocess.DEVNULL,
             )
         )
+    if args.baseline:
+        # The same router command, importing fdp_router from another source tree (an older
+        # revision): before/after compared in one run, under the same machine load.
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "fdp-router"),
+                    "serve",
+                    "--config",
+                    str(base_path),
+                    "--no-access-log",
+                    "--log-level",
+                    "WARNING",
+                ],
+                env={**env, "PYTHONPATH": str(Path(args.baseline).resolve())},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
         if args.diagnose:
             await wait_http(f"http://127.0.0.1:{noop_port}/healthz")
+        if args.baseline:
+            await wait_http(f"http://127.0.0.1:{base_port}/healthz")
         from fdp_router.auth import mint_token
 
         tok = mint_token(
@@ -270,6 +300,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             pids["router, no-op ledger"] = procs[3].pid
             targets["router, no-op ledger"] = (
                 f"http://127.0.0.1:{noop_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            )
+        if args.baseline:
+            pids["router, baseline"] = procs[-1].pid
+            targets["router, baseline"] = (
+                f"http://127.0.0.1:{base_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
         rows = []
@@ -325,6 +361,12 @@ def main() -> int:
         "--diagnose",
         action="store_true",
         help="also measure the router with a no-op ledger (router cost alone)",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the router imported from DIR (a directory holding an fdp_router "
+        "package, e.g. `git archive REV router | tar -x -C /tmp/base` gives /tmp/base/router)",
     )
     ap.add_argument("--noop-ledger-router", help=argparse.SUPPRESS)
     ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)

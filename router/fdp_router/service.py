@@ -219,9 +219,14 @@ class RequestPath:
             raise InvalidRequest(exc.field, exc.reason) from None
 
     async def _commit(self, rt: Runtime, reservation: Reservation, nodes: tuple[str, ...]) -> float | None:
-        """Commit (durable) and read the user's remaining budget at the same time: the spend
-        was recorded at reservation, so the read does not have to wait for the commit.
-        Raises if the commit fails (the caller then refunds and releases nothing)."""
+        """Commit (durable) and return the user's remaining budget. The spend was recorded at
+        reservation, and the ledger reports the remaining budget from that same transaction
+        (`Reservation.user_remaining_epsilon`), so no separate read is needed; a ledger that
+        does not report it is read concurrently with the commit. Raises if the commit fails
+        (the caller then refunds and releases nothing)."""
+        if reservation.user_remaining_epsilon is not None:
+            await rt.ledger.commit(reservation.id, nodes)
+            return reservation.user_remaining_epsilon
         _, remaining = await asyncio.gather(
             rt.ledger.commit(reservation.id, nodes), self._remaining(rt, reservation.charge.user_id)
         )

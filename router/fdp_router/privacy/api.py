@@ -73,6 +73,11 @@ class Reservation:
     epsilon: float  # the event's epsilon at the policy delta, as reported to clients
     delta: float
     created_at: datetime
+    # The user's remaining epsilon right after this spend was recorded, computed in the same
+    # transaction as the check (what budget(USER, user).remaining_epsilon would have said at
+    # that moment), so the request path needs no separate budget read. None when the ledger
+    # does not report it.
+    user_remaining_epsilon: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

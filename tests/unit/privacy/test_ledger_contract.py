@@ -52,6 +52,38 @@ def _charge(cfg: PrivacyConfig, user: str = "alice", dept: str = "cardiology", h
     )
 
 
+async def test_reservation_reports_the_users_remaining_budget(ledger_env: LedgerEnv) -> None:
+    """The remaining budget computed inside the reservation's transaction is what a budget
+    read says afterwards (the router answers with it instead of a second read)."""
+    cfg = policy_admitting(5)
+    ledger = await ledger_env.open(cfg)
+    try:
+        r1 = await ledger.reserve(_charge(cfg))
+        st = await ledger.budget(Scope.USER, "alice")
+        assert r1.user_remaining_epsilon is not None
+        assert r1.user_remaining_epsilon == pytest.approx(st.remaining_epsilon, rel=1e-12, abs=1e-12)
+        assert r1.user_remaining_epsilon < st.total_epsilon
+        await ledger.commit(r1.id, ("node-a",))  # committing spends nothing more
+        assert (await ledger.budget(Scope.USER, "alice")).remaining_epsilon == pytest.approx(
+            r1.user_remaining_epsilon, rel=1e-12, abs=1e-12
+        )
+        # another user's spend in the same batch does not leak into alice's figure
+        r2, r3 = await asyncio.gather(ledger.reserve(_charge(cfg)), ledger.reserve(_charge(cfg, user="bob")))
+        assert r2.user_remaining_epsilon == pytest.approx(
+            (await ledger.budget(Scope.USER, "alice")).remaining_epsilon, rel=1e-12, abs=1e-12
+        )
+        assert r2.user_remaining_epsilon < r1.user_remaining_epsilon
+        assert r3.user_remaining_epsilon == pytest.approx(
+            (await ledger.budget(Scope.USER, "bob")).remaining_epsilon, rel=1e-12, abs=1e-12
+        )
+        await ledger.release(r2.id)
+        assert (await ledger.budget(Scope.USER, "alice")).remaining_epsilon == pytest.approx(
+            r1.user_remaining_epsilon, rel=1e-9, abs=1e-12
+        )
+    finally:
+        await ledger.close()
+
+
 async def test_reserve_commit_release_semantics(ledger_env: LedgerEnv) -> None:
     cfg = policy_admitting(5)
     ledger = await ledger_env.open(cfg)

@@ -385,6 +385,9 @@ class SqlLedger(Ledger):
                 state.basic += op.epsilon
                 state.n += 1
                 units_cache.dirty(state)
+            # units_of puts the user first; its state now includes this spend.
+            user_total = budget_of(self._cfg, Scope.USER)
+            user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, self._cfg.delta))
             rid = uuid.uuid4().hex
             event_json = _event_json(charge.event)
             cur.execute(
@@ -421,7 +424,12 @@ class SqlLedger(Ledger):
                 },
             )
             return Reservation(
-                id=rid, charge=charge, epsilon=op.epsilon, delta=self._cfg.delta, created_at=op.now
+                id=rid,
+                charge=charge,
+                epsilon=op.epsilon,
+                delta=self._cfg.delta,
+                created_at=op.now,
+                user_remaining_epsilon=user_remaining,
             )
         assert op.now is not None
         cur.execute(

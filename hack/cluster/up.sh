@@ -19,7 +19,15 @@ KUBECONFIG_OUT="$CACHE_ROOT/kubeconfig-$NAME"
 mkdir -p "$KWOK_WORKDIR"
 START=$(date +%s)
 log() { printf '[cluster-up +%3ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
-kwokctl() { "$BIN/kwokctl" "$@"; }
+KWOK_LOG="$KWOK_WORKDIR/kwokctl-$NAME.log"
+# kwokctl logs one JSON line per step: keep them in a file and show them only on failure.
+kwokctl() {
+  if ! "$BIN/kwokctl" "$@" >>"$KWOK_LOG" 2>&1; then
+    tail -40 "$KWOK_LOG" >&2
+    log "kwokctl $* failed (full log: $KWOK_LOG)"
+    return 1
+  fi
+}
 
 CONF="$KWOK_WORKDIR/fdp-kwokctl-$NAME.yaml"
 cat > "$CONF" <<YAML
@@ -37,20 +45,20 @@ options:
   kwokControllerBinary: $BIN/kwok
 YAML
 
-if kwokctl get clusters 2>/dev/null | grep -qx "$NAME"; then
+if "$BIN/kwokctl" get clusters 2>/dev/null | grep -qx "$NAME"; then
   log "cluster '$NAME' exists; starting it if stopped"
-  kwokctl start cluster --name "$NAME" >&2 || true
+  kwokctl start cluster --name "$NAME" || true
 else
   log "creating cluster '$NAME' (kube $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
-  kwokctl create cluster --name "$NAME" --config "$CONF" --wait 3m >&2
+  kwokctl create cluster --name "$NAME" --config "$CONF" --wait 3m
 fi
-kwokctl get kubeconfig --name "$NAME" > "$KUBECONFIG_OUT"
+"$BIN/kwokctl" get kubeconfig --name "$NAME" > "$KUBECONFIG_OUT"
 chmod 600 "$KUBECONFIG_OUT"
 export KUBECONFIG="$KUBECONFIG_OUT"
 have_nodes=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | wc -l)
 if (( have_nodes < NODES )); then
   log "adding simulated nodes ($have_nodes -> $NODES)"
-  kwokctl scale node --name "$NAME" --replicas "$NODES" >&2
+  kwokctl scale node --name "$NAME" --replicas "$NODES"
 fi
 for _ in $(seq 1 60); do
   ready=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | awk '$2=="Ready"' | wc -l)

@@ -88,20 +88,6 @@ def _old_color_intent(
     )
 
 
-def _consume_intents(inp: RolloutInput, status: RolloutStatus, what: str) -> tuple[RolloutStatus, list[str]]:
-    """Promote/abort tokens that arrive when there is nothing to act on are recorded as handled."""
-    events: list[str] = []
-    token = common.unhandled(inp.intents.promote, status.handled_promote)
-    if token:
-        events.append(f"promote ignored: {what}")
-        status = status.with_(handled_promote=token)
-    token = common.unhandled(inp.intents.abort, status.handled_abort)
-    if token:
-        events.append(f"abort ignored: {what}")
-        status = status.with_(handled_abort=token)
-    return status, events
-
-
 def _steady(inp: RolloutInput, active: str) -> RolloutDecision:
     """The active color runs the desired revision: keep it at full size, retire the other."""
     rev = inp.desired_revision
@@ -124,7 +110,7 @@ def _steady(inp: RolloutInput, active: str) -> RolloutDecision:
     )
     if ready:
         status = status.with_(stable_revision=rev)
-    status, events = _consume_intents(inp, status, "no rollout in progress")
+    status, events = common.consume_intents(inp, status, "no rollout in progress")
     old, status, requeue = _old_color_intent(inp, other(active), status)
     intents = [DeploymentIntent(active, rev, _active_replicas(inp))]
     if old is not None:
@@ -193,10 +179,10 @@ def _failed(
     rev = inp.desired_revision
     inactive = other(active)
     act = inp.deployments.get(active)
-    message = common.failure_message(why, rev, stable, detail)
-    if not detail and status.phase == Phase.DEGRADED and status.aborted_revision == rev and status.message:
-        message = status.message  # keep the detail recorded when the rollout failed
-    status, more = _consume_intents(inp, status, f"the rollout of {rev} failed; change the spec to retry")
+    message = common.failed_rollout_message(inp, status, why, stable, detail)
+    status, more = common.consume_intents(
+        inp, status, f"the rollout of {rev} failed; change the spec to retry"
+    )
     status = status.with_(
         strategy=STRATEGY,
         current_revision=rev,

@@ -81,19 +81,6 @@ def _stable_count(inp: RolloutInput) -> tuple[int | None, int]:
     return inp.total_replicas, inp.total_replicas
 
 
-def _consume_intents(inp: RolloutInput, status: RolloutStatus, what: str) -> tuple[RolloutStatus, list[str]]:
-    events: list[str] = []
-    token = common.unhandled(inp.intents.promote, status.handled_promote)
-    if token:
-        events.append(f"promote ignored: {what}")
-        status = status.with_(handled_promote=token)
-    token = common.unhandled(inp.intents.abort, status.handled_abort)
-    if token:
-        events.append(f"abort ignored: {what}")
-        status = status.with_(handled_abort=token)
-    return status, events
-
-
 def _decision(
     inp: RolloutInput,
     *,
@@ -150,7 +137,7 @@ def _steady(inp: RolloutInput) -> RolloutDecision:
         active_color=None,
         preview_color=None,
     )
-    status, events = _consume_intents(inp, status, "no rollout in progress")
+    status, events = common.consume_intents(inp, status, "no rollout in progress")
     intents = [DeploymentIntent(STABLE, rev, write_n)]
     canary_draining = False
     if can is not None:
@@ -217,10 +204,10 @@ def _failed(
     """After abort / deadline / failed analysis: canary at 0, stable back to full size."""
     rev = inp.desired_revision
     why = common.reason_of(reason or status.abort_reason)
-    message = common.failure_message(why, rev, stable, detail)
-    if not detail and status.phase == Phase.DEGRADED and status.aborted_revision == rev and status.message:
-        message = status.message
-    status, more = _consume_intents(inp, status, f"the rollout of {rev} failed; change the spec to retry")
+    message = common.failed_rollout_message(inp, status, why, stable, detail)
+    status, more = common.consume_intents(
+        inp, status, f"the rollout of {rev} failed; change the spec to retry"
+    )
     status = status.with_(
         strategy=STRATEGY,
         current_revision=rev,

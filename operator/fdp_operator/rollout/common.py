@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from fdp_operator.rollout.types import FAILURE_REASONS, Condition, Reason, RolloutStatus
+from fdp_operator.rollout.types import FAILURE_REASONS, Condition, Phase, Reason, RolloutInput, RolloutStatus
 
 
 def progress_clock(prev: RolloutStatus, marker: str, now: datetime, *, paused: bool) -> tuple[datetime, str]:
@@ -92,6 +92,30 @@ def failure_message(reason: Reason, revision: str, stable: str | None, detail: s
         f"template (e.g. a new image tag or config); to clear this state, revert the spec to "
         f"the stable revision."
     )
+
+
+def consume_intents(inp: RolloutInput, status: RolloutStatus, what: str) -> tuple[RolloutStatus, list[str]]:
+    """Promote/abort tokens that arrive when there is nothing to act on are recorded as handled."""
+    events: list[str] = []
+    token = unhandled(inp.intents.promote, status.handled_promote)
+    if token:
+        events.append(f"promote ignored: {what}")
+        status = status.with_(handled_promote=token)
+    token = unhandled(inp.intents.abort, status.handled_abort)
+    if token:
+        events.append(f"abort ignored: {what}")
+        status = status.with_(handled_abort=token)
+    return status, events
+
+
+def failed_rollout_message(
+    inp: RolloutInput, status: RolloutStatus, why: Reason, stable: str | None, detail: str
+) -> str:
+    """failure_message, but keep the detail recorded when the rollout first failed."""
+    rev = inp.desired_revision
+    if not detail and status.phase == Phase.DEGRADED and status.aborted_revision == rev and status.message:
+        return status.message
+    return failure_message(why, rev, stable, detail)
 
 
 def reason_of(text: str | None) -> Reason:

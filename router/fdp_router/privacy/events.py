@@ -20,7 +20,7 @@ import dp_accounting
 
 from fdp_router.config import Mechanism, PrivacyConfig
 from fdp_router.privacy.api import InvalidPrivacyRequest
-from fdp_router.privacy.mechanisms import laplace_scale_for, sigma_for
+from fdp_router.privacy.mechanisms import check_positive, laplace_scale_for, sigma_for
 
 
 def _positive_finite(name: str, value: float) -> None:
@@ -175,15 +175,7 @@ def check_epsilon(
     """A request's epsilon: None -> the policy default; must be finite, > 0 and <= the policy max."""
     if epsilon is None:
         return float(privacy_cfg.default_epsilon_per_query)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-        raise InvalidPrivacyRequest(field_name, f"must be a number, got {type(epsilon).__name__}")
-    e = float(epsilon)
-    if math.isnan(e):
-        raise InvalidPrivacyRequest(field_name, "must be a number, got NaN")
-    if math.isinf(e):
-        raise InvalidPrivacyRequest(field_name, "must be finite")
-    if e <= 0:
-        raise InvalidPrivacyRequest(field_name, f"must be > 0, got {e:g}")
+    e = check_positive(field_name, epsilon)
     if e > privacy_cfg.max_epsilon_per_query:
         raise InvalidPrivacyRequest(
             field_name,

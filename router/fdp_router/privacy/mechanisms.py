@@ -40,7 +40,8 @@ def _dp() -> Any:
     return dp
 
 
-def _check_positive(name: str, value: float) -> float:
+def check_positive(name: str, value: float) -> float:
+    """A finite number > 0, else InvalidPrivacyRequest naming the field and why."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidPrivacyRequest(name, f"must be a number, got {type(value).__name__}")
     v = float(value)
@@ -77,7 +78,7 @@ def _log_sub_exp(a: float, b: float) -> float:
 
 def gaussian_delta(sigma: float, epsilon: float, sensitivity: float = 1.0) -> float:
     """Exact delta of the Gaussian mechanism (std sigma, L2 sensitivity) at epsilon."""
-    s = _check_positive("sigma", sigma) / _check_positive("sensitivity", sensitivity)
+    s = check_positive("sigma", sigma) / check_positive("sensitivity", sensitivity)
     if epsilon < 0:
         raise InvalidPrivacyRequest("epsilon", f"must be >= 0, got {epsilon:g}")
     a = float(log_ndtr(1.0 / (2.0 * s) - epsilon * s))
@@ -88,7 +89,7 @@ def gaussian_delta(sigma: float, epsilon: float, sensitivity: float = 1.0) -> fl
 def epsilon_for_sigma(sigma: float, delta: float, sensitivity: float = 1.0) -> float:
     """Smallest epsilon such that the Gaussian mechanism with std `sigma` is (epsilon, delta)-DP."""
     d = check_delta(delta)
-    s = _check_positive("sigma", sigma)
+    s = check_positive("sigma", sigma)
     if gaussian_delta(s, 0.0, sensitivity) <= d:
         return 0.0
     lo, hi = 0.0, 1.0
@@ -109,9 +110,9 @@ def epsilon_for_sigma(sigma: float, delta: float, sensitivity: float = 1.0) -> f
 
 def sigma_for(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
     """Smallest std such that the Gaussian mechanism is (epsilon, delta)-DP (analytic Gaussian)."""
-    e = _check_positive("epsilon", epsilon)
+    e = check_positive("epsilon", epsilon)
     d = check_delta(delta)
-    sens = _check_positive("sensitivity", sensitivity)
+    sens = check_positive("sensitivity", sensitivity)
     return _sigma_for_cached(e, d) * sens
 
 
@@ -133,7 +134,7 @@ def _sigma_for_cached(epsilon: float, delta: float) -> float:
 
 def laplace_scale_for(epsilon: float, sensitivity: float = 1.0) -> float:
     """Laplace scale b = sensitivity / epsilon gives epsilon-DP."""
-    return _check_positive("sensitivity", sensitivity) / _check_positive("epsilon", epsilon)
+    return check_positive("sensitivity", sensitivity) / check_positive("epsilon", epsilon)
 
 
 # --- secure samplers (OpenDP) -------------------------------------------------------------
@@ -141,22 +142,22 @@ def laplace_scale_for(epsilon: float, sensitivity: float = 1.0) -> float:
 
 def gaussian_noise(sigma: float) -> float:
     """One draw of N(0, sigma^2), sampled exactly on a fine grid by OpenDP."""
-    s = _check_positive("sigma", sigma)
+    s = check_positive("sigma", sigma)
     return float(_gaussian_measurement(s)(0.0))
 
 
 def laplace_noise(scale: float) -> float:
     """One draw of Laplace(0, scale), sampled exactly on a fine grid by OpenDP."""
-    b = _check_positive("scale", scale)
+    b = check_positive("scale", scale)
     return float(_laplace_measurement(b)(0.0))
 
 
 def add_gaussian(value: float, sigma: float) -> float:
-    return float(_gaussian_measurement(_check_positive("sigma", sigma))(float(value)))
+    return float(_gaussian_measurement(check_positive("sigma", sigma))(float(value)))
 
 
 def add_laplace(value: float, scale: float) -> float:
-    return float(_laplace_measurement(_check_positive("scale", scale))(float(value)))
+    return float(_laplace_measurement(check_positive("scale", scale))(float(value)))
 
 
 def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
@@ -167,7 +168,7 @@ def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
     eps(alpha) = alpha / sigma^2 (``events.gnmax_event``). The argmax is post-processing.
     Ties between noisy counts go to the lowest index (data-independent rule).
     """
-    s = _check_positive("sigma", sigma)
+    s = check_positive("sigma", sigma)
     if len(counts) == 0:
         raise InvalidPrivacyRequest("counts", "must not be empty")
     ints: list[int] = []

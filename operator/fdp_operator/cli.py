@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from fdp_operator import ctl
+
 
 def _namespaces(args: argparse.Namespace) -> list[str]:
     if args.all_namespaces:
@@ -121,14 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions as YAML")
     crds.set_defaults(func=cmd_crds)
-    try:
-        from fdp_operator import ctl  # type: ignore[attr-defined]
-
-        ctl.register(sub)
-    except ModuleNotFoundError:
-        pass
-    except ImportError:
-        pass
+    ctl.register(sub)  # promote / abort / pause / resume / status (the rollout engine's intents)
     return parser
 
 

@@ -9,26 +9,18 @@ A subcommand sets ``func(args) -> int`` as its parser default.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules that contribute subcommands, in help order. Missing ones are skipped so that
-# partial installs (and parallel development) still give a working CLI.
-_COMMAND_MODULES = ("fdp_router.service_cli", "fdp_router.privacy.cli")
+from fdp_router import service_cli
+from fdp_router.privacy import cli as privacy_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdp-router", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    service_cli.register(sub)
+    privacy_cli.register(sub)
     return parser
 
 

@@ -15,6 +15,7 @@ class FakeKube:
         self.resources = resources
         self.denied = denied
         self.cfg = SimpleNamespace(host="https://api.example")
+        self.reviewed: set[str] = set()  # namespaces a permission was asked about
 
     async def request(self, method: str, path: str, body=None, **_):
         if path == "/apis/fdp.io/v1alpha1":
@@ -22,6 +23,7 @@ class FakeKube:
                 raise ApiError(404, "not found", "NotFound")
             return {"resources": [{"name": r} for r in self.resources]}
         attrs = body["spec"]["resourceAttributes"]
+        self.reviewed.add(attrs.get("namespace", ""))
         return {"status": {"allowed": (attrs["verb"], attrs["resource"]) not in self.denied}}
 
 
@@ -46,7 +48,9 @@ async def test_each_missing_permission_is_listed_per_namespace() -> None:
 
 
 async def test_all_permissions_present_passes() -> None:
-    await run_preflight(FakeKube(ALL), ["clinic-a", "clinic-b"])
+    kube = FakeKube(ALL)
+    await run_preflight(kube, ["clinic-a", "clinic-b"])
+    assert {"clinic-a", "clinic-b"} <= kube.reviewed  # it really checked each watched namespace
 
 
 def test_run_without_a_namespace_refuses_to_guess(monkeypatch, capsys) -> None:

@@ -149,6 +149,12 @@ def status_line(st: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def set_image(name: str, image: str) -> None:
+    """The pod-template change that starts a rollout."""
+    patch = json.dumps({"spec": {"image": image}})
+    kubectl("patch", "fr", name, "-n", NS, "--type=merge", "-p", patch, quiet=True)
+
+
 def deployment_replicas(name: str) -> dict[str, int]:
     out = kubectl(
         "get", "deploy", "-n", NS, "-l", f"app.kubernetes.io/instance={name}", "-o", "json", quiet=True
@@ -500,17 +506,7 @@ def main() -> int:
     print(f"  GET /v1/privacy/budget/dr-alice {code}: {json.dumps(body)[:300]}")
 
     say("5/6 blue/green update: new image -> preview color, auto-promotion, old color scaled down")
-    kubectl(
-        "patch",
-        "fr",
-        FR,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"image": "ghcr.io/federated-dp-llm/router:0.1.1"}}),
-        quiet=True,
-    )
+    set_image(FR, "ghcr.io/federated-dp-llm/router:0.1.1")
     bg_seconds = watch_rollout(
         "blue/green", 180, also_done=lambda: sorted(deployment_replicas(FR).values()) == [0, 4]
     )
@@ -546,17 +542,7 @@ def main() -> int:
             run(str(VENV_BIN / "fdp-operator"), "promote", canary_fr, "-n", NS, check=False)
             promoted["done"] = True
 
-    kubectl(
-        "patch",
-        "fr",
-        canary_fr,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"image": "ghcr.io/federated-dp-llm/router:0.2.0"}}),
-        quiet=True,
-    )
+    set_image(canary_fr, "ghcr.io/federated-dp-llm/router:0.2.0")
     canary_seconds = watch_rollout(
         "canary", 240, name=canary_fr, on_paused=promote, also_done=lambda: promoted["done"]
     )

@@ -23,12 +23,12 @@ import re
 import secrets
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 from pydantic import ValidationError
@@ -280,7 +280,7 @@ async def observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     rid_in = request.headers.get("X-Request-Id", "")
-    rid = rid_in if _RID.match(rid_in) else uuid.uuid4().hex
+    rid = rid_in if rid_in and _RID.match(rid_in) else secrets.token_hex(16)
     token = request_id_var.set(rid)
     metrics = request.app[METRICS]
     route = _route_label(request)
@@ -292,11 +292,11 @@ async def observe(
             resp = await handler(request)
         except ApiError as exc:
             metrics.errors.labels(exc.type).inc()
-            resp = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+            resp = json_response(exc.body(), status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             etype = "not_found" if exc.status == 404 else "http_error"
             metrics.errors.labels(etype).inc()
-            resp = web.json_response(
+            resp = json_response(
                 {"error": {"type": etype, "message": exc.reason}},
                 status=exc.status,
                 headers={
@@ -308,7 +308,7 @@ async def observe(
         except Exception:
             log.exception("unhandled error")
             metrics.errors.labels("internal_error").inc()
-            resp = web.json_response(
+            resp = json_response(
                 {"error": {"type": "internal_error", "message": "internal error"}}, status=500
             )
         status = resp.status
@@ -347,9 +347,17 @@ async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > 1_048_576:
         raise InvalidRequest("body", "larger than 1 MiB")
     try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:  # also invalid UTF-8, NaN/Infinity literals, > 64-bit ints
         raise InvalidRequest("body", "is not valid JSON") from None
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """`web.json_response` with orjson: the router answers every request with JSON, and the
+    standard library encoder was a measurable share of its CPU per request."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _privacy_doc(c: Completion, rt: Runtime) -> dict[str, Any]:
@@ -412,7 +420,7 @@ async def inference(request: web.Request) -> web.Response:
             "request_id": creq.request_id,
             "privacy": _privacy_doc(c, rt),
         }
-        return web.json_response(doc, headers=_privacy_headers(c))
+        return json_response(doc, headers=_privacy_headers(c))
 
 
 async def chat_completions(request: web.Request) -> web.Response:
@@ -453,7 +461,7 @@ async def chat_completions(request: web.Request) -> web.Response:
             "system_fingerprint": f"fdp-router-g{rt.generation}",
             "privacy": _privacy_doc(c, rt),
         }
-        return web.json_response(doc, headers=_privacy_headers(c))
+        return json_response(doc, headers=_privacy_headers(c))
 
 
 def _iso(dt: Any) -> str | None:
@@ -468,7 +476,7 @@ async def budget(request: web.Request) -> web.Response:
         if not who.can_read_budget_of(user_id):
             raise Forbidden("only auditors and admins may read another user's budget")
         st = await rt.ledger.budget(Scope.USER, user_id)
-        return web.json_response(
+        return json_response(
             {
                 "user_id": user_id,
                 "total_budget": st.total_epsilon,
@@ -487,7 +495,7 @@ async def budget(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
@@ -504,7 +512,7 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
 
 async def readyz(request: web.Request) -> web.Response:
     ready, doc = _readiness(request.app)
-    return web.json_response(doc, status=200 if ready else 503)
+    return json_response(doc, status=200 if ready else 503)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -534,7 +542,7 @@ async def health(request: web.Request) -> web.Response:
             "managed_by": rt.config.managed_by.model_dump() if rt and rt.config.managed_by else None,
         }
     )
-    return web.json_response(doc)
+    return json_response(doc)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -545,7 +553,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document())
+    return json_response(openapi.document())
 
 
 # --- admin (standalone mode) --------------------------------------------------------------------
@@ -596,7 +604,7 @@ def _validate(data: Any, model: Any) -> Any:
 
 async def admin_nodes_get(request: web.Request) -> web.Response:
     await _admin(request)
-    return web.json_response({"nodes": request.app[POOL].describe()})
+    return json_response({"nodes": request.app[POOL].describe()})
 
 
 async def admin_nodes_post(request: web.Request) -> web.Response:
@@ -606,7 +614,7 @@ async def admin_nodes_post(request: web.Request) -> web.Response:
         raise InvalidRequest("id", f"node {node.id!r} already exists")
     cfg = rt.config.model_copy(update={"nodes": (*rt.config.nodes, node)})
     await _replace_config(request.app, RouterConfig.model_validate(cfg.model_dump()))
-    return web.json_response({"node": node.model_dump(mode="json")}, status=201)
+    return json_response({"node": node.model_dump(mode="json")}, status=201)
 
 
 async def admin_nodes_delete(request: web.Request) -> web.Response:
@@ -616,12 +624,12 @@ async def admin_nodes_delete(request: web.Request) -> web.Response:
         raise NotFound(f"node {node_id!r} is not configured")
     cfg = rt.config.model_copy(update={"nodes": tuple(n for n in rt.config.nodes if n.id != node_id)})
     await _replace_config(request.app, cfg)
-    return web.json_response({"deleted": node_id})
+    return json_response({"deleted": node_id})
 
 
 async def admin_config_get(request: web.Request) -> web.Response:
     rt = await _admin(request)
-    return web.json_response({"generation": rt.generation, "config": rt.config.model_dump(mode="json")})
+    return json_response({"generation": rt.generation, "config": rt.config.model_dump(mode="json")})
 
 
 async def admin_config_put(request: web.Request) -> web.Response:
@@ -633,7 +641,7 @@ async def admin_config_put(request: web.Request) -> web.Response:
         raise InvalidRequest("auth", str(exc)) from None
     except InvalidPrivacyRequest as exc:
         raise InvalidRequest(exc.field, exc.reason) from None
-    return web.json_response({"generation": rt.generation, "config": rt.config.model_dump(mode="json")})
+    return json_response({"generation": rt.generation, "config": rt.config.model_dump(mode="json")})
 
 
 # --- factory ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from fdp_router.balancers import NodeView
 from fdp_router.config import HospitalNodeConfig, NodeTLS, RoutingConfig
@@ -32,6 +33,16 @@ from fdp_router.metrics import Metrics
 
 log = logging.getLogger("fdp_router.backends")
 EWMA_ALPHA = 0.2
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _call_timeout(routing: RoutingConfig) -> aiohttp.ClientTimeout:
+    """Built once per routing config (not per request): no total, connect and per-read limits."""
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=routing.connect_timeout_seconds, sock_read=routing.read_timeout_seconds
+    )
 
 
 class BackendFailure(Exception):
@@ -114,6 +125,7 @@ class NodeState:
 class BackendPool:
     def __init__(self, routing: RoutingConfig, metrics: Metrics) -> None:
         self.routing = routing
+        self._timeout = _call_timeout(routing)
         self.metrics = metrics
         self.nodes: dict[str, NodeState] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -144,6 +156,7 @@ class BackendPool:
             for node_id, cfg in wanted.items()
         }
         self.routing = routing
+        self._timeout = _call_timeout(routing)
         for node_id in list(self.nodes):
             if node_id not in wanted:
                 gone = self.nodes.pop(node_id)
@@ -191,11 +204,6 @@ class BackendPool:
         st = self.nodes.get(node_id)
         if st is None or self.session is None:
             raise BackendFailure(node_id, "node is not configured")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.routing.connect_timeout_seconds,
-            sock_read=self.routing.read_timeout_seconds,
-        )
         body = {**payload, "model": st.cfg.model}
         st.in_flight += 1
         st.requests += 1
@@ -204,8 +212,9 @@ class BackendPool:
         try:
             async with self.session.post(
                 f"{st.cfg.endpoint}/v1/chat/completions",
-                json=body,
-                timeout=timeout,
+                data=orjson.dumps(body),
+                headers=_JSON,
+                timeout=self._timeout,
                 **self._request_kwargs(st),
             ) as resp:
                 if resp.status >= 500 or resp.status == 429:
@@ -215,7 +224,7 @@ class BackendPool:
                     raise BackendFailure(
                         node_id, f"HTTP {resp.status} (request refused by the node)", retryable=False
                     )
-                data: dict[str, Any] = await resp.json()
+                data: dict[str, Any] = orjson.loads(await resp.read())
                 _ = data["choices"][0]["message"]["content"]
         except BackendFailure:
             self._failed(st)

@@ -28,6 +28,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ CLEAR_FIELDS = ("seq", "ts", "kind", "reservation_id", "epsilon", "delta", "key_
 
 def query_hash(key: bytes, text: str) -> str:
     """Keyed HMAC-SHA256 of the query text: lets auditors match queries without storing them."""
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, text.encode("utf-8"), "sha256").hex()
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Keyring:
     def active_key(self) -> bytes:
         return self.keys[self.active_id]
 
-    @property
+    @cached_property
     def query_hash_key(self) -> bytes:
         """A key for query_hash derived from the active key (never the encryption key itself)."""
         return hmac.new(self.active_key, b"fdp query hash v1", hashlib.sha256).digest()
@@ -116,6 +117,12 @@ def load_keyring(ledger_cfg: LedgerConfig, *, dev_key_path: Path | None = None) 
     return parse_keyring(dev_key_path.read_text(encoding="utf-8"), str(dev_key_path))
 
 
+@lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    """One cipher object per key (its key schedule is computed once, not per record)."""
+    return AESGCM(key)
+
+
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
@@ -154,7 +161,7 @@ def seal(
     }
     nonce = secrets.token_bytes(12)
     aad = _canonical({**_clear(rec), "prev_hash": prev_hash})
-    ct = AESGCM(keyring.active_key).encrypt(nonce, _canonical(dict(sensitive)), aad)
+    ct = _aead(keyring.active_key).encrypt(nonce, _canonical(dict(sensitive)), aad)
     rec["nonce"] = nonce.hex()
     rec["ciphertext"] = ct.hex()
     rec["hash"] = record_hash(rec)
@@ -168,7 +175,7 @@ def unseal(keyring: Keyring, rec: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown key id {rec['key_id']!r}")
     aad = _canonical({**_clear(rec), "prev_hash": rec["prev_hash"]})
     try:
-        plain = AESGCM(key).decrypt(bytes.fromhex(rec["nonce"]), bytes.fromhex(rec["ciphertext"]), aad)
+        plain = _aead(key).decrypt(bytes.fromhex(rec["nonce"]), bytes.fromhex(rec["ciphertext"]), aad)
     except (InvalidTag, ValueError):
         raise ValueError("authentication failed (record or ciphertext altered)") from None
     data: dict[str, Any] = json.loads(plain)

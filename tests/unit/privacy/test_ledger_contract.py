@@ -339,3 +339,28 @@ async def test_a_consensus_vote_is_charged_at_its_exact_epsilon(ledger_env: Ledg
             assert (await ledger.budget(scope, key)).extra["queries"] == 1
     finally:
         await ledger.close()
+
+
+async def test_two_ledgers_on_one_store_see_each_others_spends(ledger_env: LedgerEnv) -> None:
+    """Each ledger keeps unit states between its batches; a write by another ledger (process,
+    replica, or the old runtime during a hot reload) must invalidate them, or the two would
+    each admit up to the budget. Alternating single reservations hit exactly that case."""
+    m = 6
+    cfg = policy_admitting(m)
+    first, second = await ledger_env.open(cfg), await ledger_env.open(cfg)
+    try:
+        admitted = 0
+        for i in range(2 * m):
+            try:
+                await (first if i % 2 == 0 else second).reserve(_charge(cfg))
+                admitted += 1
+            except BudgetExceeded:
+                pass
+        assert admitted == m
+        released = await first.reserve(_charge(cfg, user="bob"))  # other user: fits
+        await first.release(released.id)
+        assert (await second.budget(Scope.USER, "alice")).remaining_epsilon < cfg.budgets.per_user / m
+        assert _rows(ledger_env, "SELECT count(*) FROM fdp_reservations WHERE state='reserved'")[0][0] == m
+    finally:
+        await first.close()
+        await second.close()

@@ -24,14 +24,17 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from json.encoder import encode_basestring_ascii as _json_str  # the stdlib's C string encoder
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -127,13 +130,39 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+def _canonical_flat(fields: Mapping[str, Any]) -> bytes:
+    """Byte for byte `_canonical` of a flat dict of str, int and finite float values (what
+    the hash and the associated data cover), about 5x faster: the standard encoder builds
+    a new encoder object per call. Anything else takes the general path."""
+    parts = []
+    for key in sorted(fields):
+        v = fields[key]
+        t = type(v)
+        if t is str:
+            text = _json_str(v)
+        elif t is int:
+            text = int.__repr__(v)
+        elif t is float and math.isfinite(v):
+            text = float.__repr__(v)
+        else:
+            return _canonical(dict(fields))
+        parts.append(f"{_json_str(key)}:{text}")
+    return ("{" + ",".join(parts) + "}").encode("ascii")
+
+
+def _plaintext(sensitive: Mapping[str, Any]) -> bytes:
+    """The sealed fields as JSON. Only ever decrypted and parsed (never hashed as text), so
+    any JSON encoding will do: orjson, sorted for stable output."""
+    return orjson.dumps(dict(sensitive), option=orjson.OPT_SORT_KEYS)
+
+
 def _clear(rec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: rec[k] for k in CLEAR_FIELDS}
 
 
 def record_hash(rec: Mapping[str, Any]) -> str:
     body = {**_clear(rec), "nonce": rec["nonce"], "ciphertext": rec["ciphertext"]}
-    return hashlib.sha256(rec["prev_hash"].encode("ascii") + _canonical(body)).hexdigest()
+    return hashlib.sha256(rec["prev_hash"].encode("ascii") + _canonical_flat(body)).hexdigest()
 
 
 def seal(
@@ -160,8 +189,8 @@ def seal(
         "prev_hash": prev_hash,
     }
     nonce = secrets.token_bytes(12)
-    aad = _canonical({**_clear(rec), "prev_hash": prev_hash})
-    ct = _aead(keyring.active_key).encrypt(nonce, _canonical(dict(sensitive)), aad)
+    aad = _canonical_flat(rec)  # the clear fields and prev_hash
+    ct = _aead(keyring.active_key).encrypt(nonce, _plaintext(sensitive), aad)
     rec["nonce"] = nonce.hex()
     rec["ciphertext"] = ct.hex()
     rec["hash"] = record_hash(rec)
@@ -173,7 +202,7 @@ def unseal(keyring: Keyring, rec: Mapping[str, Any]) -> dict[str, Any]:
     key = keyring.keys.get(rec["key_id"])
     if key is None:
         raise ValueError(f"unknown key id {rec['key_id']!r}")
-    aad = _canonical({**_clear(rec), "prev_hash": rec["prev_hash"]})
+    aad = _canonical_flat({**_clear(rec), "prev_hash": rec["prev_hash"]})
     try:
         plain = _aead(key).decrypt(bytes.fromhex(rec["nonce"]), bytes.fromhex(rec["ciphertext"]), aad)
     except (InvalidTag, ValueError):

@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from fdp_router.config import PrivacyConfig
 from fdp_router.privacy import audit as audit_mod
 from fdp_router.privacy import events as ev
@@ -85,6 +87,7 @@ AUDIT_COLUMNS = (
     "hash",
 )
 MAX_BATCH = 512
+MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
 
 
@@ -322,9 +325,16 @@ class SqlLedger(Ledger):
             if int(seq) != self._units_seq:  # another process wrote since our last batch
                 self._units.clear()
             tx = _Batch(cur, self._driver, int(seq), str(head_hash), self._units)
-            for op in batch:
+            # Settlements first (a release frees room for a reservation in the same batch):
+            # any order of one batch's operations is a valid serialisation, they were concurrent.
+            settles = [op for op in batch if op.kind != "reserve"]
+            rows = tx.settle(settles) if settles else {}
+            for op in (*settles, *(op for op in batch if op.kind == "reserve")):
                 try:
-                    outcomes.append((op, self._apply(tx, op), None))
+                    value = (
+                        self._reserve_in(tx, op) if op.kind == "reserve" else self._settle_in(tx, op, rows)
+                    )
+                    outcomes.append((op, value, None))
                 except PrivacyError as exc:
                     outcomes.append((op, None, exc))
             tx.flush()
@@ -371,78 +381,69 @@ class SqlLedger(Ledger):
         tx.audits.append(tuple(rec[c] for c in AUDIT_COLUMNS))
         tx.seq, tx.head_hash = rec["seq"], rec["hash"]
 
-    def _apply(self, tx: _Batch, op: _Op) -> Any:
-        assert op.now is not None
+    def _reserve_in(self, tx: _Batch, op: _Op) -> Reservation:
+        assert op.now is not None and op.charge is not None
         now = op.now.isoformat()
-        if op.kind == "reserve":
-            assert op.charge is not None
-            charge = op.charge
-            units = units_of(charge)
-            states = []
-            for scope, key in units:
-                state = tx.unit(scope.value, key, op.window_id)
-                total = budget_of(self._cfg, scope)
-                if not flt.admits(state.spent, op.cost, total, self._cfg.delta):
-                    available = max(0.0, total - flt.filter_epsilon(state.spent, self._cfg.delta))
-                    raise BudgetExceeded(scope, key, op.epsilon, available)
-                states.append(state)
-            for state in states:  # every unit fits: now record the spend on all of them
-                state.spent = flt.add(state.spent, op.cost)
-                state.basic += op.epsilon
-                state.n += 1
-                tx.dirty[state.ident] = state
-            # units_of puts the user first; its state now includes this spend.
-            user_total = budget_of(self._cfg, Scope.USER)
-            user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, self._cfg.delta))
-            rid = secrets.token_hex(16)
-            event_json = _event_json(charge.event)
-            tx.reservations.append(
-                (
-                    rid,
-                    op.window_id,
-                    json.dumps([[s.value, k] for s, k in units]),
-                    event_json,
-                    _cost_json(op.cost),
-                    op.epsilon,
-                    self._cfg.delta,
-                    now,
-                )
+        charge = op.charge
+        units = units_of(charge)
+        states = []
+        for scope, key in units:
+            state = tx.unit(scope.value, key, op.window_id)
+            total = budget_of(self._cfg, scope)
+            if not flt.admits(state.spent, op.cost, total, self._cfg.delta):
+                available = max(0.0, total - flt.filter_epsilon(state.spent, self._cfg.delta))
+                raise BudgetExceeded(scope, key, op.epsilon, available)
+            states.append(state)
+        for state in states:  # every unit fits: now record the spend on all of them
+            state.spent = flt.add(state.spent, op.cost)
+            state.basic += op.epsilon
+            state.n += 1
+            tx.dirty[state.ident] = state
+        # units_of puts the user first; its state now includes this spend.
+        user_total = budget_of(self._cfg, Scope.USER)
+        user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, self._cfg.delta))
+        rid = secrets.token_hex(16)
+        event_json = _event_json(charge.event)
+        tx.reservations.append(
+            (
+                rid,
+                op.window_id,
+                orjson.dumps([[s.value, k] for s, k in units]).decode(),
+                event_json,
+                _cost_json(op.cost),
+                op.epsilon,
+                self._cfg.delta,
+                now,
             )
-            self._audit(
-                tx,
-                kind="reserve",
-                rid=rid,
-                eps=op.epsilon,
-                ts=now,
-                sensitive={
-                    "user_id": charge.user_id,
-                    "department": charge.department,
-                    "hospitals": list(charge.hospitals),
-                    "query_hash": charge.query_hash,
-                    "request_id": charge.request_id,
-                    "window_id": op.window_id,
-                    "event": _event_dict(charge.event),
-                },
-            )
-            return Reservation(
-                id=rid,
-                charge=charge,
-                epsilon=op.epsilon,
-                delta=self._cfg.delta,
-                created_at=op.now,
-                user_remaining_epsilon=user_remaining,
-            )
-        new_state = "committed" if op.kind == "commit" else "released"
-        # One statement settles and reads the reservation; reservations written by this batch
-        # are not in the table yet, and need not be: their callers are still waiting for them.
-        tx.cur.execute(
-            self._driver.sql(
-                "UPDATE fdp_reservations SET state=?, settled_at=? WHERE id=? AND state='reserved' "
-                "RETURNING window_id, units, rdp, epsilon"
-            ),
-            (new_state, now, op.reservation_id),
         )
-        row = tx.cur.fetchone()
+        self._audit(
+            tx,
+            kind="reserve",
+            rid=rid,
+            eps=op.epsilon,
+            ts=now,
+            sensitive={
+                "user_id": charge.user_id,
+                "department": charge.department,
+                "hospitals": list(charge.hospitals),
+                "query_hash": charge.query_hash,
+                "request_id": charge.request_id,
+                "window_id": op.window_id,
+                "event": _event_dict(charge.event),
+            },
+        )
+        return Reservation(
+            id=rid,
+            charge=charge,
+            epsilon=op.epsilon,
+            delta=self._cfg.delta,
+            created_at=op.now,
+            user_remaining_epsilon=user_remaining,
+        )
+
+    def _settle_in(self, tx: _Batch, op: _Op, rows: dict[int, tuple[Any, ...] | None]) -> None:
+        assert op.now is not None
+        row = rows.get(id(op))
         if row is None:
             tx.cur.execute(
                 self._driver.sql("SELECT state FROM fdp_reservations WHERE id=?"), (op.reservation_id,)
@@ -466,10 +467,9 @@ class SqlLedger(Ledger):
             kind=op.kind,
             rid=op.reservation_id,
             eps=float(eps),
-            ts=now,
+            ts=op.now.isoformat(),
             sensitive={"nodes": list(op.nodes)},
         )
-        return None
 
 
 def _resolve(outcomes: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
@@ -560,35 +560,74 @@ class _Batch:
             self._units[ident] = state
         return state
 
+    def settle(self, ops: Sequence[_Op]) -> dict[int, tuple[Any, ...] | None]:
+        """Mark the reservations of these commit/release operations settled: one UPDATE ...
+        RETURNING per kind. Returns, per operation (by id()), the reservation's (window_id,
+        units, rdp, epsilon), or None when it was unknown or already settled (a duplicate
+        in the batch gets None: the first one settled it)."""
+        out: dict[int, tuple[Any, ...] | None] = {}
+        for kind, new_state in (("commit", "committed"), ("release", "released")):
+            group = [op for op in ops if op.kind == kind]
+            if not group:
+                continue
+            ids = list(dict.fromkeys(op.reservation_id for op in group))
+            settled_at = max(op.now for op in group if op.now is not None).isoformat()
+            found: dict[str, tuple[Any, ...]] = {}
+            for chunk in _chunks(ids, MAX_SQL_PARAMS - 2):
+                self.cur.execute(
+                    self._driver.sql(
+                        "UPDATE fdp_reservations SET state=?, settled_at=? WHERE state='reserved' AND id IN "  # noqa: S608
+                        f"({', '.join('?' for _ in chunk)}) RETURNING id, window_id, units, rdp, epsilon"
+                    ),
+                    (new_state, settled_at, *chunk),
+                )
+                found.update((r[0], tuple(r[1:])) for r in self.cur.fetchall())
+            for op in group:
+                out[id(op)] = found.pop(op.reservation_id, None)
+        return out
+
     def flush(self) -> None:
-        sql, cur = self._driver.sql, self.cur
         if self.reservations:
-            cur.executemany(
-                sql(
-                    "INSERT INTO fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, "
-                    "state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?)"
-                ),
+            self._insert(
+                "fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, state, created_at)",
+                "(?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
                 self.reservations,
             )
         if self.audits:
-            cols = ", ".join(AUDIT_COLUMNS)
-            marks = ", ".join("?" for _ in AUDIT_COLUMNS)
-            cur.executemany(sql(f"INSERT INTO fdp_audit ({cols}) VALUES ({marks})"), self.audits)  # noqa: S608
-            cur.execute(sql("UPDATE fdp_head SET seq=?, hash=? WHERE id = 1"), (self.seq, self.head_hash))
+            marks = "(" + ", ".join("?" for _ in AUDIT_COLUMNS) + ")"
+            self._insert(f"fdp_audit ({', '.join(AUDIT_COLUMNS)})", marks, self.audits)
+            self.cur.execute(
+                self._driver.sql("UPDATE fdp_head SET seq=?, hash=? WHERE id = 1"), (self.seq, self.head_hash)
+            )
         if self.dirty:
-            cur.executemany(
-                sql(
-                    "INSERT INTO fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
-                    "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries"
-                ),
-                [
-                    (u.scope, u.key, u.window_id, json.dumps(u.spent), u.basic, u.n)
-                    for u in self.dirty.values()
-                ],
+            rows = [
+                (u.scope, u.key, u.window_id, orjson.dumps(u.spent).decode(), u.basic, u.n)
+                for u in self.dirty.values()
+            ]
+            self._insert(
+                "fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries)",
+                "(?, ?, ?, ?, ?, ?)",
+                rows,
+                " ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
+                "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries",
             )
             for u in self.dirty.values():
                 u.exists = True
+
+    def _insert(self, into: str, marks: str, rows: Sequence[tuple[Any, ...]], tail: str = "") -> None:
+        """Multi-row INSERT: one statement (one SQLite step, one GIL hand-off) per chunk,
+        where executemany takes one per row."""
+        per_row = marks.count("?")
+        for chunk in _chunks(rows, max(1, MAX_SQL_PARAMS // per_row)):
+            values = ", ".join(marks for _ in chunk)
+            self.cur.execute(
+                self._driver.sql(f"INSERT INTO {into} VALUES {values}{tail}"),  # noqa: S608
+                [v for row in chunk for v in row],
+            )
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @lru_cache(maxsize=1024)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/router_overhead.py --diagnose   # ~2 min on 2 cores
     .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
     .venv/bin/python benchmarks/router_overhead.py --baseline /tmp/base/router  # before/after
+    .venv/bin/python benchmarks/router_overhead.py --deferred   # + ledger.commit_mode=deferred
 
 Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
 demo-node``), one bare proxy (this file with ``--proxy``: aiohttp server + one pooled
@@ -213,6 +214,18 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         "ledger": {**cfg["ledger"], "sqlite_path": str(tmp / "ledger-baseline.sqlite")},  # type: ignore[dict-item]
     }
     base_path.write_text(json.dumps(base_cfg))
+    deferred_port = free_port()
+    deferred_path = tmp / "router-deferred.json"
+    deferred_cfg = {
+        **cfg,
+        "server": {"host": "127.0.0.1", "port": deferred_port},
+        "ledger": {  # type: ignore[dict-item]
+            **cfg["ledger"],
+            "sqlite_path": str(tmp / "ledger-deferred.sqlite"),
+            "commit_mode": "deferred",
+        },
+    }
+    deferred_path.write_text(json.dumps(deferred_cfg))
     env = {**os.environ, "FDP_JWT_SECRET": secret}
     procs = [
         subprocess.Popen(
@@ -249,6 +262,24 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 stderr=subprocess.DEVNULL,
             )
         )
+    if args.deferred:
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "fdp-router"),
+                    "serve",
+                    "--config",
+                    str(deferred_path),
+                    "--no-access-log",
+                    "--log-level",
+                    "WARNING",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deferred_pid = procs[-1].pid
     if args.baseline:
         # The same router command, importing fdp_router from another source tree (an older
         # revision): before/after compared in one run, under the same machine load.
@@ -274,6 +305,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
         if args.diagnose:
             await wait_http(f"http://127.0.0.1:{noop_port}/healthz")
+        if args.deferred:
+            await wait_http(f"http://127.0.0.1:{deferred_port}/healthz")
         if args.baseline:
             await wait_http(f"http://127.0.0.1:{base_port}/healthz")
         from fdp_router.auth import mint_token
@@ -300,6 +333,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             pids["router, no-op ledger"] = procs[3].pid
             targets["router, no-op ledger"] = (
                 f"http://127.0.0.1:{noop_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            )
+        if args.deferred:
+            pids["router, deferred commit"] = deferred_pid
+            targets["router, deferred commit"] = (
+                f"http://127.0.0.1:{deferred_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
         if args.baseline:
@@ -337,7 +376,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 rows.append(r)
                 print(
-                    f"c={c:<3} {name:<20} {r['rps']:8.0f} req/s"
+                    f"c={c:<3} {name:<24} {r['rps']:8.0f} req/s"
                     f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                     f"  added p50 {r['added_p50_ms']:+6.2f} ms  p99 {r['added_p99_ms']:+6.2f} ms"
                     f"  cpu {r['cpu_us_per_request']:6.0f} us/req  errors {r['errors']}",
@@ -361,6 +400,11 @@ def main() -> int:
         "--diagnose",
         action="store_true",
         help="also measure the router with a no-op ledger (router cost alone)",
+    )
+    ap.add_argument(
+        "--deferred",
+        action="store_true",
+        help="also measure the router with ledger.commit_mode=deferred",
     )
     ap.add_argument(
         "--baseline",

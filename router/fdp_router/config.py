@@ -172,6 +172,13 @@ class LedgerConfig(_Frozen):
     postgres_dsn_env: str | None = "FDP_LEDGER_DSN"
     audit_key_file: str | None = Field(None, description="AES-256 audit key file (hex or raw 32 bytes)")
     audit_key_env: str | None = "FDP_AUDIT_KEY"
+    commit_mode: Literal["durable", "deferred"] = Field(
+        "durable",
+        description="durable: the commit record (which node answered) is durable before the answer "
+        "leaves. deferred: it is written by the next group commit, after the answer; the spend "
+        "itself is durable before any node is called in both modes, and a crash before the commit "
+        "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
+    )
 
 
 class CacheConfig(_Frozen):

@@ -110,7 +110,9 @@ class Ledger(abc.ABC):
         """Raises BudgetExceeded or InvalidPrivacyRequest and records nothing in that case."""
 
     @abc.abstractmethod
-    async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None: ...
+    async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
+        """Durable before it returns, unless the ledger was opened with a deferred commit
+        mode: then it is queued and a failure is only logged (the reservation stays spent)."""
 
     @abc.abstractmethod
     async def release(self, reservation_id: str) -> None: ...

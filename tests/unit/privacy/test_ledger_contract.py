@@ -20,7 +20,7 @@ from fdp_router.privacy import filter as flt
 from fdp_router.privacy.api import BudgetExceeded, Charge, InvalidPrivacyRequest, Scope, UnknownReservation
 from fdp_router.privacy.audit import parse_keyring
 from fdp_router.privacy.events import event_for_request
-from fdp_router.privacy.ledger import verify_ledger
+from fdp_router.privacy.ledger import open_ledger, verify_ledger
 from fdp_router.privacy.ledger.postgres import PostgresDriver
 from fdp_router.privacy.ledger.sqlite import SqliteDriver
 
@@ -364,3 +364,38 @@ async def test_two_ledgers_on_one_store_see_each_others_spends(ledger_env: Ledge
     finally:
         await first.close()
         await second.close()
+
+
+async def test_deferred_commit_does_not_wait_and_close_drains_it(
+    ledger_env: LedgerEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """commit_mode=deferred: the reservation (the spend) is durable before reserve() returns,
+    as always; commit() only queues its record. Shown by holding the store's write lock from
+    outside: a durable commit would block, a deferred one returns at once, and close() still
+    writes it once the lock is free."""
+    cfg = policy_admitting(5)
+    deferred = ledger_env.ledger_cfg.model_copy(update={"commit_mode": "deferred"})
+    ledger = await open_ledger(deferred, cfg)
+    try:
+        res = await ledger.reserve(_charge(cfg))
+        spent = (await ledger.budget(Scope.USER, "alice")).consumed_epsilon
+        assert spent > 0
+        if ledger_env.backend == "sqlite":
+            blocker = sqlite3.connect(ledger_env.ledger_cfg.sqlite_path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+        else:
+            blocker = psycopg.connect(ledger_env.dsn)
+            blocker.execute("SELECT seq FROM fdp_head WHERE id = 1 FOR UPDATE")
+        try:
+            await asyncio.wait_for(ledger.commit(res.id, ("node-a",)), timeout=2.0)
+            await ledger.commit("no-such-id")  # its failure can only be logged
+            assert dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations")) == {res.id: "reserved"}
+        finally:
+            blocker.rollback() if ledger_env.backend == "postgres" else blocker.execute("ROLLBACK")
+            blocker.close()
+        assert (await ledger.budget(Scope.USER, "alice")).consumed_epsilon == pytest.approx(spent, rel=1e-12)
+    finally:
+        await ledger.close()
+    assert dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations")) == {res.id: "committed"}
+    assert "deferred commit failed" in caplog.text
+    assert verify_ledger(_driver(ledger_env), parse_keyring(ledger_env.key_file.read_text(), "k")).ok

@@ -46,12 +46,20 @@ def open_ledger_sync(
     if ledger_cfg.backend == "postgres":
         from fdp_router.privacy.ledger.postgres import PostgresDriver
 
-        return SqlLedger(PostgresDriver(postgres_dsn(ledger_cfg)), privacy_cfg, load_keyring(ledger_cfg), now)
+        return SqlLedger(
+            PostgresDriver(postgres_dsn(ledger_cfg)),
+            privacy_cfg,
+            load_keyring(ledger_cfg),
+            now,
+            deferred_commit=ledger_cfg.commit_mode == "deferred",
+        )
     from fdp_router.privacy.ledger.sqlite import SqliteDriver
 
     path = Path(ledger_cfg.sqlite_path)
     keyring = load_keyring(ledger_cfg, dev_key_path=path.with_name(path.name + ".audit-key"))
-    return SqlLedger(SqliteDriver(path), privacy_cfg, keyring, now)
+    return SqlLedger(
+        SqliteDriver(path), privacy_cfg, keyring, now, deferred_commit=ledger_cfg.commit_mode == "deferred"
+    )
 
 
 async def open_ledger(

@@ -163,8 +163,11 @@ class SqlLedger(Ledger):
         privacy_cfg: PrivacyConfig,
         keyring: audit_mod.Keyring,
         now: Callable[[], datetime] | None = None,
+        *,
+        deferred_commit: bool = False,
     ) -> None:
         check_policy(privacy_cfg)
+        self._deferred_commit = deferred_commit
         self._driver = driver
         self._cfg = privacy_cfg
         self._keyring = keyring
@@ -212,15 +215,24 @@ class SqlLedger(Ledger):
         return result
 
     async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
-        await self._submit(
-            _Op(
-                "commit",
-                asyncio.get_running_loop().create_future(),
-                reservation_id=reservation_id,
-                nodes=tuple(nodes),
-                now=self._now(),
-            )
+        op = _Op(
+            "commit",
+            asyncio.get_running_loop().create_future(),
+            reservation_id=reservation_id,
+            nodes=tuple(nodes),
+            now=self._now(),
         )
+        if not self._deferred_commit:
+            await self._submit(op)
+            return
+        # Deferred: queued for the next group commit, not awaited. The spend has been durable
+        # since the reservation; losing this record (crash) leaves it counted as spent. The
+        # queue is drained by close(), so a clean shutdown or hot reload loses nothing.
+        if self._closed:
+            raise PrivacyError("ledger is closed")
+        assert op.future is not None
+        op.future.add_done_callback(_log_failed_commit)
+        self._queue.put(op)
 
     async def release(self, reservation_id: str) -> None:
         await self._submit(
@@ -470,6 +482,11 @@ class SqlLedger(Ledger):
             ts=op.now.isoformat(),
             sensitive={"nodes": list(op.nodes)},
         )
+
+
+def _log_failed_commit(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("deferred commit failed; the reservation stays spent", exc_info=fut.exception())
 
 
 def _resolve(outcomes: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:

@@ -231,6 +231,7 @@ class LedgerSpec(SpecModel):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     dsn_secret_ref: SecretKeyRef | None = None
     audit_key_secret_ref: SecretKeyRef | None = None
+    commit_mode: Literal["Durable", "Deferred"] = "Durable"  # see the CRD description (crds.py)
 
     @model_validator(mode="after")
     def _dsn(self) -> LedgerSpec:

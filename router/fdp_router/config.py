@@ -175,7 +175,7 @@ class LedgerConfig(_Frozen):
     commit_mode: Literal["durable", "deferred"] = Field(
         "durable",
         description="durable: the commit record (which node answered) is durable before the answer "
-        "leaves. deferred: it is written by the next group commit, after the answer; the spend "
+        "leaves. deferred: it rides with the next group commit (at most 50 ms later); the spend "
         "itself is durable before any node is called in both modes, and a crash before the commit "
         "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
     )

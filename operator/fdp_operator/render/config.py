@@ -142,6 +142,7 @@ def router_config(
             if s.ledger.audit_key_secret_ref
             else None
         ),
+        commit_mode="deferred" if s.ledger.commit_mode == "Deferred" else "durable",
     )
     return RouterConfig(
         server=ServerConfig(

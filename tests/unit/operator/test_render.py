@@ -160,3 +160,11 @@ def test_render_is_deterministic(make_router, make_policy, make_node) -> None:
     assert json.dumps(_render(*args).objects, sort_keys=True) == json.dumps(
         _render(*args).objects, sort_keys=True
     )
+
+
+def test_the_ledger_commit_mode_reaches_the_router_config(make_router, make_policy, make_node) -> None:
+    default = _config(_render(make_router(), make_policy(), [make_node("a")]))
+    deferred = _config(
+        _render(make_router(ledger={"commitMode": "Deferred"}), make_policy(), [make_node("a")])
+    )
+    assert (default.ledger.commit_mode, deferred.ledger.commit_mode) == ("durable", "deferred")

@@ -28,6 +28,7 @@ import math
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ AUDIT_COLUMNS = (
     "hash",
 )
 MAX_BATCH = 512
+DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
 
@@ -102,6 +104,7 @@ class _Op:
     now: datetime | None = None
     reservation_id: str = ""
     nodes: tuple[str, ...] = ()
+    deferred: bool = False  # nobody waits for it: may ride along with a later batch
 
 
 class SqlDriver(abc.ABC):
@@ -231,6 +234,7 @@ class SqlLedger(Ledger):
         if self._closed:
             raise PrivacyError("ledger is closed")
         assert op.future is not None
+        op.deferred = True
         op.future.add_done_callback(_log_failed_commit)
         self._queue.put(op)
 
@@ -308,18 +312,36 @@ class SqlLedger(Ledger):
 
     def _writer_loop(self) -> None:
         stop: _Op | None = None
+        held: list[_Op] = []  # deferred commits waiting for a batch somebody waits on
+        held_since = 0.0
         while stop is None:
-            batch = [self._queue.get()]
+            try:
+                timeout = (
+                    max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic()) if held else None
+                )
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:  # nobody else came: write the held records on their own
+                first = None
+            batch = [*held, *([first] if first is not None else [])]
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            stop = next((op for op in batch if op.kind == "stop"), None)
+            if first is not None and stop is None and all(op.deferred for op in batch):
+                # Only deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS) so that
+                # they share the next waited-for batch's transaction and fsync instead of
+                # costing one of their own in front of it.
+                if not held:
+                    held_since = time.monotonic()
+                held = batch
+                continue
+            held = []
             # A caller that gave up (cancelled) before its turn records nothing. (Reading the
             # flag from this thread is a benign race: a caller cancelled after this check has
             # its reservation recorded and never refunded, which is the safe side.)
             work = [op for op in batch if op.future is not None and not op.future.cancelled()]
-            stop = next((op for op in batch if op.kind == "stop"), None)
             if work:
                 self._run_batch(work)
         try:

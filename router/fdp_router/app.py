@@ -317,8 +317,8 @@ async def observe(
     finally:
         elapsed = time.perf_counter() - start
         metrics.in_flight.dec()
-        metrics.requests.labels(route, str(status)).inc()
-        metrics.latency.labels(route).observe(elapsed)
+        metrics.child(metrics.requests, route, str(status)).inc()
+        metrics.child(metrics.latency, route).observe(elapsed)
         if request.app[SETTINGS].access_log:
             access_log.info(
                 "request",

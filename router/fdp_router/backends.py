@@ -163,8 +163,7 @@ class BackendPool:
                 if gone.probe_task is not None:
                     gone.probe_task.cancel()
                 for gauge in (self.metrics.node_healthy, self.metrics.node_in_flight):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(node_id)
+                    self.metrics.remove(gauge, node_id)
         for node_id, cfg in wanted.items():
             ctx = contexts[node_id]
             st = self.nodes.get(node_id)
@@ -207,7 +206,7 @@ class BackendPool:
         body = {**payload, "model": st.cfg.model}
         st.in_flight += 1
         st.requests += 1
-        self.metrics.node_in_flight.labels(node_id).inc()
+        self.metrics.child(self.metrics.node_in_flight, node_id).inc()
         start = time.monotonic()
         try:
             async with self.session.post(
@@ -237,13 +236,13 @@ class BackendPool:
             raise BackendFailure(node_id, f"{type(exc).__name__}: {exc}") from None
         finally:
             st.in_flight -= 1
-            self.metrics.node_in_flight.labels(node_id).dec()
+            self.metrics.child(self.metrics.node_in_flight, node_id).dec()
         elapsed = time.monotonic() - start
         st.ewma_latency_s = (
             elapsed if st.ewma_latency_s == 0 else (1 - EWMA_ALPHA) * st.ewma_latency_s + EWMA_ALPHA * elapsed
         )
         st.consecutive_failures = 0
-        self.metrics.node_latency.labels(node_id).observe(elapsed)
+        self.metrics.child(self.metrics.node_latency, node_id).observe(elapsed)
         return data
 
     def _failed(self, st: NodeState) -> None:

@@ -7,6 +7,9 @@ Created by ``app.py``; updated by the middleware, ``service.py`` and ``backends.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -45,6 +48,24 @@ class Metrics:
         self.queue_depth = Gauge("fdp_queue_depth", "requests waiting for admission", registry=r)
         self.consensus = Counter("fdp_consensus", "consensus outcomes", ["outcome"], registry=r)
         self.reloads = Counter("fdp_config_reloads", "config reloads", ["result"], registry=r)
+
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: the hot path touches ~7 labelled series per
+        request, and prometheus_client validates and locks on every labels() call."""
+        key = (id(metric), labels)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*labels)
+        return got
+
+    def remove(self, metric: Any, *labels: str) -> None:
+        """Drop a labelled series (and its memoised child, which would otherwise stay bound
+        to the removed series)."""
+        self._children.pop((id(metric), labels), None)
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

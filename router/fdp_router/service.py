@@ -157,7 +157,7 @@ class RequestPath:
             },
         )
         hit = rt.cache.get(key)
-        self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+        self.metrics.child(self.metrics.cache, "hit" if hit is not None else "miss").inc()
         self.metrics.cache_hit_ratio.set(rt.cache.stats.hit_ratio)
         if hit is not None:
             remaining = await self._remaining(rt, who.user)
@@ -192,7 +192,7 @@ class RequestPath:
             else:
                 out = await self._single(rt, department, event, epsilon_hint, charge_base, payload)
         text, nodes, res, reached, confidence, remaining = out
-        self.metrics.epsilon_spent.labels(department).inc(res.epsilon)
+        self.metrics.child(self.metrics.epsilon_spent, department).inc(res.epsilon)
         done = Completion(
             text=text,
             node_ids=nodes,

@@ -9,6 +9,7 @@ from fdp_router.cache import AnswerCache, cache_key
 from fdp_router.config import CacheConfig, OverloadConfig
 from fdp_router.consensus import aggregate, normalize_answer
 from fdp_router.errors import Overloaded
+from fdp_router.metrics import Metrics
 from fdp_router.overload import AdmissionController
 
 
@@ -142,3 +143,14 @@ def collections_counter(it: object) -> dict[str, int]:
     import collections
 
     return collections.Counter(it)  # type: ignore[arg-type]
+
+
+def test_memoised_metric_children_follow_removal() -> None:
+    m = Metrics()
+    m.child(m.node_in_flight, "n1").inc()
+    assert m.child(m.node_in_flight, "n1") is m.node_in_flight.labels("n1")
+    m.remove(m.node_in_flight, "n1")
+    assert 'fdp_node_in_flight{node="n1"}' not in m.render().decode()
+    m.child(m.node_in_flight, "n1").inc(2)  # a node that comes back gets a live series again
+    assert 'fdp_node_in_flight{node="n1"} 2.0' in m.render().decode()
+    m.remove(m.node_in_flight, "never-seen")  # removing an unknown series is not an error

@@ -113,6 +113,24 @@ def run_router_without_ledger(config: str) -> None:
     web.run_app(create_app(settings), host="127.0.0.1", port=cfg.server.port, access_log=None, print=None)
 
 
+def serve(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`fdp-router serve` as the benchmark runs it: one worker process, access log off."""
+    return subprocess.Popen(
+        [
+            str(BIN / "fdp-router"),
+            "serve",
+            "--config",
+            str(config),
+            "--no-access-log",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 # --- load generation --------------------------------------------------------------------------
 
 
@@ -238,20 +256,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
-        subprocess.Popen(
-            [
-                str(BIN / "fdp-router"),
-                "serve",
-                "--config",
-                str(cfg_path),
-                "--no-access-log",
-                "--log-level",
-                "WARNING",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
+        serve(cfg_path, env),
     ]
     if args.diagnose:
         procs.append(
@@ -263,42 +268,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
         )
     if args.deferred:
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "fdp-router"),
-                    "serve",
-                    "--config",
-                    str(deferred_path),
-                    "--no-access-log",
-                    "--log-level",
-                    "WARNING",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(serve(deferred_path, env))
         deferred_pid = procs[-1].pid
     if args.baseline:
         # The same router command, importing fdp_router from another source tree (an older
         # revision): before/after compared in one run, under the same machine load.
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "fdp-router"),
-                    "serve",
-                    "--config",
-                    str(base_path),
-                    "--no-access-log",
-                    "--log-level",
-                    "WARNING",
-                ],
-                env={**env, "PYTHONPATH": str(Path(args.baseline).resolve())},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(serve(base_path, {**env, "PYTHONPATH": str(Path(args.baseline).resolve())}))
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")

@@ -394,8 +394,17 @@ async def test_deferred_commit_does_not_wait_and_close_drains_it(
             blocker.rollback() if ledger_env.backend == "postgres" else blocker.execute("ROLLBACK")
             blocker.close()
         assert (await ledger.budget(Scope.USER, "alice")).consumed_epsilon == pytest.approx(spent, rel=1e-12)
+        # With no other traffic to ride with, the held record goes on its own (<= 50 ms).
+        for _ in range(100):
+            if dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations")) == {res.id: "committed"}:
+                break
+            await asyncio.sleep(0.02)
+        assert dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations")) == {res.id: "committed"}
+        deferred_again = await ledger.reserve(_charge(cfg))
+        await ledger.commit(deferred_again.id, ("node-b",))  # written by close() at the latest
     finally:
         await ledger.close()
-    assert dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations")) == {res.id: "committed"}
+    states = dict(_rows(ledger_env, "SELECT id, state FROM fdp_reservations"))
+    assert states == {res.id: "committed", deferred_again.id: "committed"}
     assert "deferred commit failed" in caplog.text
     assert verify_ledger(_driver(ledger_env), parse_keyring(ledger_env.key_file.read_text(), "k")).ok

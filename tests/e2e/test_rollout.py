@@ -358,6 +358,67 @@ def test_an_operator_killed_mid_rollout_resumes_without_going_back(
     assert "Traceback" not in operator_runner.logs()
 
 
+# ---------------------------------------------------------------- strategy switch
+
+
+def test_switching_blue_green_to_canary_with_a_new_image_walks_every_canary_step(
+    cluster, kube, namespace, operator_runner, demo_nodes
+) -> None:
+    """The strategy in the spec that introduces a revision governs its rollout (docs/rollouts.md)."""
+    steps = [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}]
+    setup_router(kube, namespace, demo_nodes, replicas=4, rollout={"strategy": "BlueGreen"})
+    wait_healthy(kube, namespace)
+    old_rev = revision(kube, namespace, "fr-blue")
+    patch(
+        cluster,
+        namespace,
+        {"spec": {"image": "example.org/router:2", "rollout": {"strategy": "Canary", "steps": steps}}},
+    )
+    stable_revs: set[str] = set()
+
+    def at_pause() -> dict[str, Any] | None:
+        stable = kube.get(namespace, "deployment", "fr-stable")
+        if stable is not None:
+            stable_revs.add(stable["metadata"]["annotations"]["fdp.io/revision"])
+        o = fr(kube, namespace)
+        return o if (o.get("status") or {}).get("rollout", {}).get("currentStepIndex") == 1 else None
+
+    paused = eventually(at_pause, timeout=TIMEOUT, interval=0.1, what="indefinite pause step")
+    assert stable_revs == {old_rev}, f"stable ran the new revision before the steps: {stable_revs}"
+    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (1, 3)
+    assert revision(kube, namespace, "fr-canary") != old_rev
+    assert conditions(paused)["Paused"] == ("True", "WaitingForPromotion")
+    assert "fdp.io/color" not in kube.get(namespace, "service", "fr")["spec"]["selector"]
+    eventually(lambda: kube.get(namespace, "deployment", "fr-blue") is None, timeout=30, what="blue pruned")
+    time.sleep(2)
+    assert rollout(kube, namespace)["currentStepIndex"] == 1, "an indefinite pause waits for a promote"
+    ctl(cluster, "promote", "fr", "-n", namespace)
+    seen: list[int] = []
+
+    def at_timed_pause() -> bool:
+        seen.append(int(rollout(kube, namespace).get("currentStepIndex", -1)))
+        return seen[-1] == 3
+
+    eventually(at_timed_pause, timeout=TIMEOUT, interval=0.1, what="timed pause step")
+    assert seen == sorted(seen), f"the step index went backwards (flapping): {seen}"
+    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (2, 2)
+    done = wait_healthy(kube, namespace)
+    assert done["status"]["rollout"]["strategy"] == "Canary"
+    assert done["status"]["rollout"]["stableRevision"] == revision(kube, namespace, "fr-stable") != old_rev
+    eventually(lambda: replicas(kube, namespace, "fr-canary") == 0, timeout=30, what="canary drained")
+    assert replicas(kube, namespace, "fr-stable") == 4
+    assert kube.get(namespace, "deployment", "fr-green") is None
+    eventually(
+        lambda: any(
+            "switched to Canary" in e["message"]
+            for e in kube.items(namespace, "events")
+            if e.get("reason") == "Rollout"
+        ),
+        timeout=20,
+        what="a Rollout event about the switch",
+    )
+
+
 # ---------------------------------------------------------------- HPA
 
 

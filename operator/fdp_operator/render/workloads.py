@@ -39,7 +39,11 @@ is ``<name>``, the blue/green preview Service ``<name>-preview``. A role's pods 
 ``fdp.io/color`` or ``fdp.io/track`` so Services and Deployments select exactly them. For
 progressive strategies ``available`` means "the stable revision serves" (so Ready stays True
 during a rollout and after a rollback) and ``progressing`` that a change is rolling out.
-Switching strategy keeps the old Deployments until the new ones serve, then prunes them.
+Switching strategy (``rollout/switch.py``): the old strategy's serving Deployment, the
+*incumbent*, keeps serving (the active Service keeps selecting it) while the new strategy's
+stable role starts with a copy of its pod template; then the incumbent and every other
+Deployment of the old strategy are pruned and the desired revision rolls out under the new
+strategy. Old-strategy Deployments that do not serve (a preview, a canary) go at once.
 
 Pure: no I/O, no clock, no Kubernetes client.
 """
@@ -58,8 +62,9 @@ from fdp_operator.render import names
 from fdp_operator.rollout import intents
 from fdp_operator.rollout.bluegreen import BLUE, GREEN
 from fdp_operator.rollout.canary import CANARY, STABLE
-from fdp_operator.rollout.revision import REVISION_ANNOTATION, revision_of
-from fdp_operator.rollout.types import Analysis, DeploymentView, RolloutInput, RolloutStatus
+from fdp_operator.rollout.revision import REVISION_ANNOTATION, ROLE_LABELS, revision_of
+from fdp_operator.rollout.switch import PLAIN
+from fdp_operator.rollout.types import Analysis, DeploymentView, Incumbent, RolloutInput, RolloutStatus
 
 __all__ = [
     "REVISION_ANNOTATION",
@@ -242,7 +247,8 @@ ROLES = {BLUE: COLOR_LABEL, GREEN: COLOR_LABEL, STABLE: TRACK_LABEL, CANARY: TRA
 
 
 def role_deployment(router: str, role: str) -> str:
-    return f"{router}-{role}"
+    """The Deployment of a role (``PLAIN``: the RollingUpdate Deployment ``<router>``)."""
+    return names.deployment(router) if role == PLAIN else f"{router}-{role}"
 
 
 def preview_service(router: str) -> str:
@@ -302,9 +308,69 @@ def _scale_object(router: FederatedRouter, name: str, replicas: int) -> dict[str
 
 
 def _role_template(template: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """``template`` for ``role``'s pods: another role's label (a copied template) is dropped."""
     out: dict[str, Any] = json.loads(json.dumps(template))
-    out.setdefault("metadata", {}).setdefault("labels", {})[ROLES[role]] = role
+    labels = out.setdefault("metadata", {}).setdefault("labels", {})
+    for key in ROLE_LABELS:
+        labels.pop(key, None)
+    labels[ROLES[role]] = role
     return out
+
+
+def _annotated_revision(dep: Mapping[str, Any]) -> str | None:
+    rev = ((dep.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    return str(rev) if rev else None
+
+
+def _template_running(observed: ObservedState, revision: str, prefer: str | None) -> Mapping[str, Any] | None:
+    """The pod template of an owned Deployment that runs ``revision`` (``prefer`` first).
+
+    A strategy switch starts the new stable role with the incumbent's revision: its template
+    is copied, exactly as observed, from the Deployment that runs it.
+    """
+    order = ([prefer] if prefer else []) + sorted(observed.deployments)
+    for dep_name in order:
+        dep = observed.deployments.get(dep_name)
+        if dep is not None and _annotated_revision(dep) == revision:
+            return (dep.get("spec") or {}).get("template") or None
+    return None
+
+
+def _intent_template(
+    observed: ObservedState,
+    role: str,
+    revision: str,
+    current: Mapping[str, Any] | None,
+    pod_template: Mapping[str, Any],
+    desired: str,
+    kept: Incumbent | None,
+) -> tuple[dict[str, Any], str]:
+    """The pod template ``role``'s Deployment must run for ``revision``, and its revision."""
+    if revision == desired:
+        return _role_template(pod_template, role), desired
+    own: dict[str, Any] = json.loads(json.dumps(((current or {}).get("spec") or {}).get("template") or {}))
+    if current is not None and _annotated_revision(current) == revision:
+        return own, revision  # keep what it runs: its own template, exactly as observed
+    source = _template_running(observed, revision, kept.view.name if kept else None)
+    if source is not None:  # a strategy switch: another Deployment runs it; copy its template
+        return _role_template(source, role), revision
+    if current is not None:
+        return own, revision
+    return _role_template(pod_template, role), desired
+
+
+def _incumbent(
+    router: FederatedRouter, observed: ObservedState, service_color: str | None
+) -> Incumbent | None:
+    """The previous strategy's Deployment that serves now (after a strategy switch), if any."""
+    name = router.ref.name
+    present = {role for role in (*ROLES, PLAIN) if role_deployment(name, role) in observed.deployments}
+    role = rollout.incumbent_role(router.spec.rollout.strategy, present, service_color)
+    if role is None:
+        return None
+    dep_name = role_deployment(name, role)
+    view = deployment_view(dep_name, observed.deployments[dep_name])
+    return Incumbent(role, view) if view.revision else None
 
 
 def _progressive(
@@ -323,12 +389,14 @@ def _progressive(
     }
     active_svc = observed.services.get(names.service(name)) or {}
     active_color = ((active_svc.get("spec") or {}).get("selector") or {}).get(COLOR_LABEL)
+    incumbent = _incumbent(router, observed, active_color if active_color in (BLUE, GREEN) else None)
     serving = active_color if active_color in views else (STABLE if STABLE in views else None)
-    total = (
-        _hpa_total(router, observed, views[serving].spec_replicas if serving else None)
-        if autoscaled
-        else spec.replicas
+    fallback = (
+        views[serving].spec_replicas
+        if serving
+        else (incumbent.view.spec_replicas if incumbent is not None else None)
     )
+    total = _hpa_total(router, observed, fallback) if autoscaled else spec.replicas
     decision = rollout.decide(
         spec.rollout.strategy,
         RolloutInput(
@@ -342,8 +410,11 @@ def _progressive(
             intents=intents.parse(dict(router.annotations)),
             observed_active_color=active_color if active_color in (BLUE, GREEN) else None,
             analysis=observed.analysis,
+            incumbent=incumbent,
         ),
     )
+    # during a strategy switch's hand-over the incumbent keeps serving, untouched
+    kept = incumbent if decision.keep_incumbent else None
 
     objects: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
@@ -352,12 +423,9 @@ def _progressive(
     for intent in decision.deployments:
         dep_name = role_deployment(name, intent.role)
         current = observed.deployments.get(dep_name)
-        if intent.template_revision == desired or current is None:
-            template = _role_template(pod_template, intent.role)
-            revision = desired
-        else:  # keep what it runs: its own template, exactly as observed
-            template = json.loads(json.dumps((current.get("spec") or {}).get("template") or {}))
-            revision = intent.template_revision
+        template, revision = _intent_template(
+            observed, intent.role, intent.template_revision, current, pod_template, desired, kept
+        )
         replicas = intent.replicas
         if replicas is not None or current is None:
             # the HPA owns the count of its target: sent only once, to create it
@@ -378,9 +446,13 @@ def _progressive(
             for k in counts:
                 counts[k] += c[k]
 
-    plain_still_serves = names.deployment(name) in observed.deployments and not decision.ready
     selector = names.selector_labels(name)
-    if decision.active_role and not plain_still_serves:
+    if kept is not None:
+        # the active Service selects exactly what it selected before the switch
+        color = {COLOR_LABEL: kept.role} if kept.role in (BLUE, GREEN) else {}
+        objects.append(render_service(router, names.service(name), {**selector, **color}))
+        counts = _replica_counts(observed.deployments.get(kept.view.name), kept.view.spec_replicas)
+    elif decision.active_role:
         objects.append(
             render_service(router, names.service(name), {**selector, COLOR_LABEL: decision.active_role})
         )
@@ -391,7 +463,9 @@ def _progressive(
             render_service(router, preview_service(name), {**selector, COLOR_LABEL: decision.preview_role})
         )
     keep = tuple(role_deployment(name, i.role) for i in decision.deployments)
-    prune = [] if plain_still_serves else _stale_progressive(router, observed, keep)
+    if kept is not None:
+        keep += (kept.view.name,)
+    prune = _stale_progressive(router, observed, keep)
 
     return WorkloadPlan(
         objects=objects,

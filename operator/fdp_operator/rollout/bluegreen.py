@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fdp_operator.rollout import common
+from fdp_operator.rollout import common, switch
 from fdp_operator.rollout.types import (
     AnalysisVerdict,
     DeploymentIntent,
+    Incumbent,
     Phase,
     Reason,
     RolloutDecision,
@@ -50,6 +51,44 @@ def decide(inp: RolloutInput) -> RolloutDecision:
     active = inp.observed_active_color or inp.status.active_color
     if active not in (BLUE, GREEN):
         active = BLUE
+    # Right after a strategy switch (switch.py) the active color first takes over the old
+    # strategy's revision; then the desired revision is previewed and promoted as usual.
+    if switch.switching(inp, STRATEGY):
+        inc = switch.incumbent(inp)
+        if inc is not None and not _took_over(inp, active, inc):
+            return _handover(inp, active, inc)
+        return switch.after_handover(inp, _decide(switch.fresh(inp), active), STRATEGY, active)
+    return _decide(inp, active)
+
+
+def _took_over(inp: RolloutInput, active: str, inc: Incumbent) -> bool:
+    act = inp.deployments.get(active)
+    if act is None or inc.view.revision is None:
+        return False
+    n = act.spec_replicas if inp.autoscaled else inp.total_replicas
+    return act.available_at(inc.view.revision, n)
+
+
+def _handover(inp: RolloutInput, active: str, inc: Incumbent) -> RolloutDecision:
+    """Strategy switch: the active color starts at the incumbent's revision, no preview yet."""
+    act = inp.deployments.get(active)
+    ina = inp.deployments.get(other(active))
+    others = (
+        [DeploymentIntent(other(active), ina.revision or inp.desired_revision, 0)] if ina is not None else []
+    )
+    return switch.handover(
+        inp,
+        inc,
+        strategy=STRATEGY,
+        role=active,
+        replicas=_active_replicas(inp),
+        expected=act.spec_replicas if inp.autoscaled and act is not None else inp.total_replicas,
+        others=others,
+        status=inp.status.with_(active_color=active, canary_weight=None),
+    )
+
+
+def _decide(inp: RolloutInput, active: str) -> RolloutDecision:
     act = inp.deployments.get(active)
     # The stable revision is whatever the active color runs (we never change its template
     # while it is active); on the very first reconcile it does not exist yet and the

@@ -26,11 +26,12 @@ is sized in proportion to it (``split.canary_for_stable``).
 from __future__ import annotations
 
 from fdp_operator.models import CanaryStep, parse_duration
-from fdp_operator.rollout import common, split
+from fdp_operator.rollout import common, split, switch
 from fdp_operator.rollout.types import (
     AnalysisVerdict,
     DeploymentIntent,
     DeploymentView,
+    Incumbent,
     Phase,
     Reason,
     RolloutDecision,
@@ -55,7 +56,43 @@ def weight_at(steps: tuple[CanaryStep, ...], index: int) -> int:
 
 
 def decide(inp: RolloutInput) -> RolloutDecision:
-    """One reconcile's decision for a canary router."""
+    """One reconcile's decision for a canary router.
+
+    Right after a strategy switch (``switch.py``) stable first takes over the old strategy's
+    revision; then the desired revision walks every step from the first.
+    """
+    if switch.switching(inp, STRATEGY):
+        inc = switch.incumbent(inp)
+        if inc is not None and not _took_over(inp, inc):
+            return _handover(inp, inc)
+        return switch.after_handover(inp, _decide(switch.fresh(inp)), STRATEGY, STABLE)
+    return _decide(inp)
+
+
+def _took_over(inp: RolloutInput, inc: Incumbent) -> bool:
+    st = inp.deployments.get(STABLE)
+    _, n = _stable_count(inp)
+    return st is not None and inc.view.revision is not None and st.available_at(inc.view.revision, n)
+
+
+def _handover(inp: RolloutInput, inc: Incumbent) -> RolloutDecision:
+    """Strategy switch: stable starts at the incumbent's revision, no canary pods yet."""
+    write_n, n = _stable_count(inp)
+    can = inp.deployments.get(CANARY)
+    others = [DeploymentIntent(CANARY, can.revision or inp.desired_revision, 0)] if can is not None else []
+    return switch.handover(
+        inp,
+        inc,
+        strategy=STRATEGY,
+        role=STABLE,
+        replicas=write_n,
+        expected=n,
+        others=others,
+        status=inp.status.with_(active_color=None, canary_weight=0),
+    )
+
+
+def _decide(inp: RolloutInput) -> RolloutDecision:
     st = inp.deployments.get(STABLE)
     stable = st.revision if st is not None and st.revision else inp.desired_revision
     if stable == inp.desired_revision:

@@ -37,6 +37,7 @@ class Reason(StrEnum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     ANALYSIS_FAILED = "AnalysisFailed"
     STABLE_UNAVAILABLE = "StableUnavailable"
+    SWITCHING_STRATEGY = "SwitchingStrategy"
 
 
 #: Reasons that end a rollout with Stalled=True (the rollout is rolled back to stable).
@@ -128,6 +129,7 @@ _STATUS_KEYS = {
     "abort_reason": "abortReason",
     "handled_promote": "handledPromote",
     "handled_abort": "handledAbort",
+    "switching_from": "switchingFrom",
 }
 _TIME_FIELDS = {"preview_available_since", "scale_down_at", "step_started_at", "last_progress_time"}
 
@@ -171,6 +173,8 @@ class RolloutStatus:
     abort_reason: str | None = None
     handled_promote: str | None = None
     handled_abort: str | None = None
+    #: The previous strategy's Deployment that serves while a strategy switch hands over.
+    switching_from: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> RolloutStatus:
@@ -204,6 +208,18 @@ class RolloutStatus:
 
 
 @dataclass(frozen=True)
+class Incumbent:
+    """The previous strategy's Deployment that serves now (``spec.rollout.strategy`` changed).
+
+    ``role`` is one of the other strategy's roles (``blue``, ``green``, ``stable``) or
+    ``switch.PLAIN`` for the RollingUpdate Deployment; ``view.revision`` is the revision it runs.
+    """
+
+    role: str
+    view: DeploymentView
+
+
+@dataclass(frozen=True)
 class RolloutInput:
     """Everything one decision depends on."""
 
@@ -219,6 +235,9 @@ class RolloutInput:
     #: The color the active Service selects now (what really serves), if it exists.
     observed_active_color: str | None = None
     analysis: Analysis | None = None
+    #: After a strategy switch: the old strategy's Deployment that still serves, if any
+    #: (``rollout.incumbent_role`` finds it; only read while ``status.strategy`` differs).
+    incumbent: Incumbent | None = None
 
 
 @dataclass(frozen=True)
@@ -260,3 +279,6 @@ class RolloutDecision:
     message: str
     requeue_after: float | None = None
     events: tuple[str, ...] = field(default_factory=tuple)
+    #: A strategy switch is handing over: the incumbent keeps serving (the active Service
+    #: keeps selecting it, it is not pruned) until the new strategy's stable role is Available.
+    keep_incumbent: bool = False

@@ -14,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fdp_operator.models import RolloutSpec, RolloutStrategy
-from fdp_operator.rollout import decide
+from fdp_operator.rollout import ROLES, decide, incumbent_role
 from fdp_operator.rollout.types import (
     Analysis,
     DeploymentView,
+    Incumbent,
     Intents,
     RolloutDecision,
     RolloutInput,
@@ -51,6 +52,11 @@ class Sim:
     def strategy(self) -> RolloutStrategy:
         return self.spec.strategy
 
+    def incumbent(self) -> Incumbent | None:
+        """Like the seam: another strategy's Deployment that the active Service still reaches."""
+        role = incumbent_role(self.strategy, set(self.deployments), self.active_color)
+        return Incumbent(role, self.deployments[role]) if role is not None else None
+
     def input(self) -> RolloutInput:
         return RolloutInput(
             now=self.now,
@@ -58,7 +64,8 @@ class Sim:
             desired_revision=self.revision,
             total_replicas=self.replicas,
             autoscaled=self.autoscaled,
-            deployments=dict(self.deployments),
+            # like the seam: the engine sees its own strategy's Deployments only
+            deployments={r: v for r, v in self.deployments.items() if r in ROLES[self.strategy]},
             status=RolloutStatus.from_dict(self.status),
             intents=Intents(
                 promote=self.annotations.get("fdp.io/promote"),
@@ -67,10 +74,12 @@ class Sim:
             ),
             observed_active_color=self.active_color,
             analysis=self.analysis,
+            incumbent=self.incumbent(),
         )
 
     def reconcile(self) -> RolloutDecision:
-        decision = decide(self.strategy, self.input())
+        inp = self.input()
+        decision = decide(self.strategy, inp)
         for intent in decision.deployments:
             old = self.deployments.get(intent.role)
             replicas = intent.replicas
@@ -87,7 +96,12 @@ class Sim:
                 available_replicas=0 if changed_template else (old.available_replicas if old else 0),
             )
             self.deployments[intent.role] = view
-        if decision.active_role is not None:
+        # like the seam: Deployments of another strategy are pruned, except an incumbent that
+        # keeps serving during a hand-over (and the active Service keeps selecting it)
+        keep = inp.incumbent.role if decision.keep_incumbent and inp.incumbent is not None else None
+        for role in [r for r in self.deployments if r not in ROLES[self.strategy] and r != keep]:
+            del self.deployments[role]
+        if keep is None:
             self.active_color = decision.active_role
         self.status = decision.status.to_dict()
         self.last = decision
@@ -106,6 +120,12 @@ class Sim:
                 ready_replicas=n if good else 0,
                 available_replicas=n if good else 0,
             )
+
+    def switch(self, strategy: str, revision: str | None = None, **fields: Any) -> None:
+        """The user edits spec.rollout.strategy (and maybe the image) in one update."""
+        self.spec = rollout_spec(strategy=strategy, **fields)
+        if revision is not None:
+            self.revision = revision
 
     def hpa_scales(self, role: str, replicas: int) -> None:
         dep = self.deployments[role]

@@ -20,7 +20,9 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def template(image: str) -> dict[str, Any]:
-    return {"metadata": {"labels": {"x": "y"}}, "spec": {"containers": [{"name": "router", "image": image}]}}
+    """A pod template as render_pod_template makes it: it already carries the selector labels."""
+    labels = {"x": "y", "app.kubernetes.io/name": "fdp-router", "app.kubernetes.io/instance": "fr1"}
+    return {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "router", "image": image}]}}
 
 
 def router(annotations: dict[str, str] | None = None, **rollout: Any):
@@ -202,6 +204,102 @@ def test_switching_from_rolling_update_keeps_the_plain_deployment_until_the_new_
     plan = render_workloads(r, template("img:1"), ObservedState(now=NOW, deployments=cluster))
     assert ("Deployment", "fr1") in plan.prune
     assert objects(plan)[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
+
+
+def test_switching_blue_green_to_canary_with_a_new_image_hands_over_then_walks_the_steps() -> None:
+    bg = router(strategy="BlueGreen")
+    first = render_workloads(bg, template("img:1"), ObservedState(now=NOW))
+    cluster = settle(first)
+    obs = ObservedState(
+        now=NOW, deployments=cluster, services=services(first), previous_rollout_status=first.rollout_status
+    )
+    steady = render_workloads(bg, template("img:1"), obs)
+    assert steady.available and not steady.progressing
+    blue_rev = cluster["fr1-blue"]["metadata"]["annotations"][REVISION_ANNOTATION]
+
+    cn = router(strategy="Canary", steps=[{"setWeight": 25}, {"pause": {}}])
+    obs = ObservedState(
+        now=NOW, deployments=cluster, services=services(steady), previous_rollout_status=steady.rollout_status
+    )
+    plan = render_workloads(cn, template("img:2"), obs)
+    objs = objects(plan)
+    # hand-over: stable starts with blue's template (the stable revision); no canary yet
+    stable = objs[("Deployment", "fr1-stable")]
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    labels = stable["spec"]["template"]["metadata"]["labels"]
+    assert labels["fdp.io/track"] == "stable" and "fdp.io/color" not in labels
+    assert stable["metadata"]["annotations"][REVISION_ANNOTATION] == blue_rev
+    assert ("Deployment", "fr1-canary") not in objs and scaled(plan) == {"fr1-stable": 4}
+    assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue", "blue serves meanwhile"
+    assert ("Deployment", "fr1-blue") not in plan.prune and plan.hpa_target == "fr1-blue"
+    assert plan.available and plan.progressing and plan.rollout_status["switchingFrom"] == "fr1-blue"
+
+    cluster.update(settle(plan, cluster))
+    obs = ObservedState(
+        now=NOW, deployments=cluster, services=services(plan), previous_rollout_status=plan.rollout_status
+    )
+    plan = render_workloads(cn, template("img:2"), obs)
+    objs = objects(plan)
+    canary = objs[("Deployment", "fr1-canary")]
+    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
+    assert scaled(plan) == {"fr1-stable": 3, "fr1-canary": 1}
+    assert objs[("Deployment", "fr1-stable")]["spec"]["template"] == cluster["fr1-stable"]["spec"]["template"]
+    assert "fdp.io/color" not in objs[("Service", "fr1")]["spec"]["selector"]
+    assert ("Deployment", "fr1-blue") in plan.prune and plan.hpa_target == "fr1-stable"
+    assert plan.rollout_status["currentStepIndex"] == 0 and "switchingFrom" not in plan.rollout_status
+
+
+def test_switching_rolling_update_to_canary_with_a_new_image_hands_the_plain_deployment_over() -> None:
+    plain = render_workloads(router(strategy="RollingUpdate"), template("img:1"), ObservedState(now=NOW))
+    cluster = settle(plain)
+    cn = router(strategy="Canary", steps=[{"setWeight": 50}, {"pause": {}}])
+    obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=plain.rollout_status)
+    plan = render_workloads(cn, template("img:2"), obs)
+    objs = objects(plan)
+    assert objs[("Deployment", "fr1-stable")]["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    assert ("Deployment", "fr1-canary") not in objs and plan.prune == [] and plan.hpa_target == "fr1"
+    assert plan.replicas["available"] == 4, "the plain Deployment serves"
+    cluster.update(settle(plan, cluster))
+    obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=plan.rollout_status)
+    plan = render_workloads(cn, template("img:2"), obs)
+    assert scaled(plan) == {"fr1-stable": 2, "fr1-canary": 2} and ("Deployment", "fr1") in plan.prune
+
+
+def test_switching_canary_to_blue_green_with_a_new_image_keeps_both_tracks_serving_until_blue_is_up() -> None:
+    cn = router(strategy="Canary", steps=[{"setWeight": 50}, {"pause": {}}])
+    first = render_workloads(cn, template("img:1"), ObservedState(now=NOW))
+    cluster = settle(first)
+    steady = render_workloads(cn, template("img:1"), ObservedState(now=NOW, deployments=cluster))
+    obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=steady.rollout_status)
+    rolling = render_workloads(cn, template("img:2"), obs)  # a canary in progress
+    cluster.update(settle(rolling, cluster))
+    bg = router(strategy="BlueGreen")
+    obs = ObservedState(
+        now=NOW,
+        deployments=cluster,
+        services=services(rolling),
+        previous_rollout_status=rolling.rollout_status,
+    )
+    plan = render_workloads(bg, template("img:2"), obs)
+    objs = objects(plan)
+    blue = objs[("Deployment", "fr1-blue")]
+    assert blue["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    labels = blue["spec"]["template"]["metadata"]["labels"]
+    assert labels["fdp.io/color"] == "blue" and "fdp.io/track" not in labels
+    assert "fdp.io/color" not in objs[("Service", "fr1")]["spec"]["selector"], "stable keeps serving"
+    assert plan.prune == [("Deployment", "fr1-canary")], "the canary of the abandoned rollout goes at once"
+    assert ("Service", "fr1-preview") not in objs and ("Deployment", "fr1-green") not in objs
+    del cluster["fr1-canary"]
+    cluster.update(settle(plan, cluster))
+    obs = ObservedState(
+        now=NOW, deployments=cluster, services=services(plan), previous_rollout_status=plan.rollout_status
+    )
+    plan = render_workloads(bg, template("img:2"), obs)
+    objs = objects(plan)
+    assert objs[("Deployment", "fr1-green")]["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
+    assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
+    assert objs[("Service", "fr1-preview")]["spec"]["selector"]["fdp.io/color"] == "green"
+    assert plan.prune == [("Deployment", "fr1-stable")] and plan.hpa_target == "fr1-blue"
 
 
 def test_with_an_hpa_its_count_is_sent_once_to_create_the_deployment_and_never_again() -> None:

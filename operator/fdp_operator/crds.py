@@ -552,6 +552,10 @@ _ROLLOUT_STATUS = _obj(
         "currentStepIndex": _i("Canary: index of the current step", minimum=0),
         "canaryWeight": _i("Canary: percentage of replicas on the canary", minimum=0, maximum=100),
         "pauseReason": _s("why the rollout waits"),
+        "switchingFrom": _s(
+            "during a strategy switch: the previous strategy's serving Deployment, kept serving "
+            "until the new strategy's stable Deployment runs its revision"
+        ),
         "message": _s(""),
     },
     **{"x-kubernetes-preserve-unknown-fields": True},

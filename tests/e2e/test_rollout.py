@@ -252,6 +252,22 @@ def test_abort_ends_stalled_with_the_stable_color_untouched(
 # ---------------------------------------------------------------- canary
 
 
+def promote_to_the_timed_pause(cluster, kube, namespace: str) -> None:
+    """From the indefinite pause of steps [25 %, pause, 50 %, timed pause] on 4 replicas:
+    promote, then the step index must climb (never flap back) to the timed pause at step 3
+    with the 2/2 split."""
+    ctl(cluster, "promote", "fr", "-n", namespace)
+    seen: list[int] = []
+
+    def at_timed_pause() -> bool:
+        seen.append(int(rollout(kube, namespace).get("currentStepIndex", -1)))
+        return seen[-1] == 3
+
+    eventually(at_timed_pause, timeout=TIMEOUT, interval=0.1, what="timed pause step")
+    assert seen == sorted(seen), f"the step index went backwards (flapping): {seen}"
+    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (2, 2)
+
+
 def test_canary_walks_every_step_with_the_expected_split_and_pauses(
     cluster, kube, namespace, operator_runner, demo_nodes, kstatus_tool
 ) -> None:
@@ -272,16 +288,7 @@ def test_canary_walks_every_step_with_the_expected_split_and_pauses(
     assert verdicts(at_pause) == ("Suspended", "InProgress")
     time.sleep(3)
     assert rollout(kube, namespace)["currentStepIndex"] == 1, "an indefinite pause waits for a promote"
-    ctl(cluster, "promote", "fr", "-n", namespace)
-    seen: list[int] = []
-
-    def at_timed_pause() -> bool:
-        seen.append(int(rollout(kube, namespace).get("currentStepIndex", -1)))
-        return seen[-1] == 3
-
-    eventually(at_timed_pause, timeout=TIMEOUT, interval=0.1, what="timed pause step")
-    assert seen == sorted(seen), f"the step index went backwards (flapping): {seen}"
-    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (2, 2)
+    promote_to_the_timed_pause(cluster, kube, namespace)
     svc = kube.get(namespace, "service", "fr")["spec"]["selector"]
     assert "fdp.io/track" not in svc, "one Service selects both tracks"
     done = wait_healthy(kube, namespace)
@@ -392,16 +399,7 @@ def test_switching_blue_green_to_canary_with_a_new_image_walks_every_canary_step
     eventually(lambda: kube.get(namespace, "deployment", "fr-blue") is None, timeout=30, what="blue pruned")
     time.sleep(2)
     assert rollout(kube, namespace)["currentStepIndex"] == 1, "an indefinite pause waits for a promote"
-    ctl(cluster, "promote", "fr", "-n", namespace)
-    seen: list[int] = []
-
-    def at_timed_pause() -> bool:
-        seen.append(int(rollout(kube, namespace).get("currentStepIndex", -1)))
-        return seen[-1] == 3
-
-    eventually(at_timed_pause, timeout=TIMEOUT, interval=0.1, what="timed pause step")
-    assert seen == sorted(seen), f"the step index went backwards (flapping): {seen}"
-    assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (2, 2)
+    promote_to_the_timed_pause(cluster, kube, namespace)
     done = wait_healthy(kube, namespace)
     assert done["status"]["rollout"]["strategy"] == "Canary"
     assert done["status"]["rollout"]["stableRevision"] == revision(kube, namespace, "fr-stable") != old_rev

@@ -79,6 +79,17 @@ def services(plan: WorkloadPlan) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in plan.objects if o["kind"] == "Service"}
 
 
+def after(plan: WorkloadPlan, cluster: dict[str, dict[str, Any]]) -> ObservedState:
+    """What the next reconcile observes once `plan` was applied and settled into `cluster`."""
+    return ObservedState(
+        now=NOW, deployments=cluster, services=services(plan), previous_rollout_status=plan.rollout_status
+    )
+
+
+def image(deployment: dict[str, Any]) -> str:
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
 def test_blue_green_renders_a_colored_deployment_an_active_and_a_preview_service() -> None:
     r = router(strategy="BlueGreen")
     plan = render_workloads(r, template("img:1"), ObservedState(now=NOW))
@@ -210,22 +221,18 @@ def test_switching_blue_green_to_canary_with_a_new_image_hands_over_then_walks_t
     bg = router(strategy="BlueGreen")
     first = render_workloads(bg, template("img:1"), ObservedState(now=NOW))
     cluster = settle(first)
-    obs = ObservedState(
-        now=NOW, deployments=cluster, services=services(first), previous_rollout_status=first.rollout_status
-    )
+    obs = after(first, cluster)
     steady = render_workloads(bg, template("img:1"), obs)
     assert steady.available and not steady.progressing
     blue_rev = cluster["fr1-blue"]["metadata"]["annotations"][REVISION_ANNOTATION]
 
     cn = router(strategy="Canary", steps=[{"setWeight": 25}, {"pause": {}}])
-    obs = ObservedState(
-        now=NOW, deployments=cluster, services=services(steady), previous_rollout_status=steady.rollout_status
-    )
+    obs = after(steady, cluster)
     plan = render_workloads(cn, template("img:2"), obs)
     objs = objects(plan)
     # hand-over: stable starts with blue's template (the stable revision); no canary yet
     stable = objs[("Deployment", "fr1-stable")]
-    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    assert image(stable) == "img:1"
     labels = stable["spec"]["template"]["metadata"]["labels"]
     assert labels["fdp.io/track"] == "stable" and "fdp.io/color" not in labels
     assert stable["metadata"]["annotations"][REVISION_ANNOTATION] == blue_rev
@@ -235,13 +242,11 @@ def test_switching_blue_green_to_canary_with_a_new_image_hands_over_then_walks_t
     assert plan.available and plan.progressing and plan.rollout_status["switchingFrom"] == "fr1-blue"
 
     cluster.update(settle(plan, cluster))
-    obs = ObservedState(
-        now=NOW, deployments=cluster, services=services(plan), previous_rollout_status=plan.rollout_status
-    )
+    obs = after(plan, cluster)
     plan = render_workloads(cn, template("img:2"), obs)
     objs = objects(plan)
     canary = objs[("Deployment", "fr1-canary")]
-    assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
+    assert image(canary) == "img:2"
     assert scaled(plan) == {"fr1-stable": 3, "fr1-canary": 1}
     assert objs[("Deployment", "fr1-stable")]["spec"]["template"] == cluster["fr1-stable"]["spec"]["template"]
     assert "fdp.io/color" not in objs[("Service", "fr1")]["spec"]["selector"]
@@ -256,7 +261,7 @@ def test_switching_rolling_update_to_canary_with_a_new_image_hands_the_plain_dep
     obs = ObservedState(now=NOW, deployments=cluster, previous_rollout_status=plain.rollout_status)
     plan = render_workloads(cn, template("img:2"), obs)
     objs = objects(plan)
-    assert objs[("Deployment", "fr1-stable")]["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    assert image(objs[("Deployment", "fr1-stable")]) == "img:1"
     assert ("Deployment", "fr1-canary") not in objs and plan.prune == [] and plan.hpa_target == "fr1"
     assert plan.replicas["available"] == 4, "the plain Deployment serves"
     cluster.update(settle(plan, cluster))
@@ -274,16 +279,11 @@ def test_switching_canary_to_blue_green_with_a_new_image_keeps_both_tracks_servi
     rolling = render_workloads(cn, template("img:2"), obs)  # a canary in progress
     cluster.update(settle(rolling, cluster))
     bg = router(strategy="BlueGreen")
-    obs = ObservedState(
-        now=NOW,
-        deployments=cluster,
-        services=services(rolling),
-        previous_rollout_status=rolling.rollout_status,
-    )
+    obs = after(rolling, cluster)
     plan = render_workloads(bg, template("img:2"), obs)
     objs = objects(plan)
     blue = objs[("Deployment", "fr1-blue")]
-    assert blue["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    assert image(blue) == "img:1"
     labels = blue["spec"]["template"]["metadata"]["labels"]
     assert labels["fdp.io/color"] == "blue" and "fdp.io/track" not in labels
     assert "fdp.io/color" not in objs[("Service", "fr1")]["spec"]["selector"], "stable keeps serving"
@@ -291,12 +291,10 @@ def test_switching_canary_to_blue_green_with_a_new_image_keeps_both_tracks_servi
     assert ("Service", "fr1-preview") not in objs and ("Deployment", "fr1-green") not in objs
     del cluster["fr1-canary"]
     cluster.update(settle(plan, cluster))
-    obs = ObservedState(
-        now=NOW, deployments=cluster, services=services(plan), previous_rollout_status=plan.rollout_status
-    )
+    obs = after(plan, cluster)
     plan = render_workloads(bg, template("img:2"), obs)
     objs = objects(plan)
-    assert objs[("Deployment", "fr1-green")]["spec"]["template"]["spec"]["containers"][0]["image"] == "img:2"
+    assert image(objs[("Deployment", "fr1-green")]) == "img:2"
     assert objs[("Service", "fr1")]["spec"]["selector"]["fdp.io/color"] == "blue"
     assert objs[("Service", "fr1-preview")]["spec"]["selector"]["fdp.io/color"] == "green"
     assert plan.prune == [("Deployment", "fr1-stable")] and plan.hpa_target == "fr1-blue"

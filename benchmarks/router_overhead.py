@@ -13,7 +13,9 @@ durable SQLite ledger reservation + commit with the hash-chained encrypted audit
 balancer, Prometheus metrics, cache lookup (every prompt is unique, so every request
 misses and is charged), admission control. The JSON access log is off (``--no-access-log``).
 The load generator is this process (asyncio + aiohttp), so it competes for the same cores:
-numbers are a floor for the machine, comparable between the three targets.
+numbers are a floor for the machine, comparable between the three targets. CPU per request
+is reported for the whole serving process and for its main thread (the event loop); the
+rest is other threads (the router's ledger writer).
 """
 
 from __future__ import annotations
@@ -167,11 +169,16 @@ async def load(
     return lat, errors, elapsed
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all threads), from /proc: independent of how
-    busy the rest of the machine is, unlike wall-clock throughput."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu(path: Path) -> float:
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time of a process (all threads) and of its main thread (the event
+    loop), from /proc: independent of how busy the rest of the machine is, unlike wall-clock
+    throughput. The difference is the other threads' (for the router: the ledger writer)."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat")), _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def summarize(lat: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -328,11 +335,14 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             # the machine hits all of them alike; latencies pooled, throughput = total/time.
             acc: dict[str, tuple[list[float], int, float]] = {name: ([], 0, 0.0) for name in targets}
             cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+            loop_cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(args.rounds):
                 for name, (url, headers) in targets.items():
-                    before = cpu_seconds(pids[name])
+                    total0, loop0 = cpu_seconds(pids[name])
                     lat, errs, elapsed = await load(url, headers, c, args.seconds / args.rounds)
-                    cpu[name] += cpu_seconds(pids[name]) - before
+                    total1, loop1 = cpu_seconds(pids[name])
+                    cpu[name] += total1 - total0
+                    loop_cpu[name] += loop1 - loop0
                     a_lat, a_err, a_el = acc[name]
                     acc[name] = (a_lat + lat, a_err + errs, a_el + elapsed)
             base = summarize(*acc["direct"])
@@ -347,6 +357,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                         # CPU of the serving process per request (includes warm-up requests,
                         # c of them per round: a small overestimate).
                         "cpu_us_per_request": cpu[name] / (r["requests"] + c * args.rounds) * 1e6,
+                        "loop_cpu_us_per_request": loop_cpu[name] / (r["requests"] + c * args.rounds) * 1e6,
                     }
                 )
                 rows.append(r)
@@ -354,7 +365,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"c={c:<3} {name:<24} {r['rps']:8.0f} req/s"
                     f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                     f"  added p50 {r['added_p50_ms']:+6.2f} ms  p99 {r['added_p99_ms']:+6.2f} ms"
-                    f"  cpu {r['cpu_us_per_request']:6.0f} us/req  errors {r['errors']}",
+                    f"  cpu {r['cpu_us_per_request']:6.0f} us/req"
+                    f" (event loop {r['loop_cpu_us_per_request']:4.0f})  errors {r['errors']}",
                     flush=True,
                 )
         return rows

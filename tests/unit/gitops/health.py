@@ -6,6 +6,7 @@ objects read from the API server at each rollout phase).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -27,9 +28,24 @@ def _to_lua(runtime: Any, value: Any) -> Any:
     return value
 
 
+@cache
+def _generator() -> Any:
+    spec = importlib.util.spec_from_file_location("fdp_argocd_generate", ARGOCD / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lua_script(kind: str) -> str:
+    """The check Argo CD gets for `kind`: the shared prelude plus health/<kind>.lua."""
+    return str(_generator().script(kind))
+
+
 def lua_health(obj: dict[str, Any]) -> tuple[str, str]:
-    """(status, message) from health/<kind>.lua, run in Lua 5.1 like Argo CD's gopher-lua."""
-    script = (ARGOCD / "health" / f"{obj['kind']}.lua").read_text()
+    """(status, message) from the shipped check for obj's kind, run in Lua 5.1 like Argo
+    CD's gopher-lua."""
+    script = lua_script(obj["kind"])
     runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
     runtime.globals().obj = _to_lua(runtime, obj)
     hs = runtime.execute(script)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from . import recorded
-from .health import lua_health
+from .health import lua_health, lua_script
 
 REPO = Path(__file__).resolve().parents[3]
 ARGOCD = REPO / "charts" / "federated-dp-llm" / "argocd"
@@ -60,4 +60,5 @@ def test_the_argocd_cm_snippet_embeds_exactly_the_shipped_lua() -> None:
     data = cm["data"]
     for kind in KINDS:
         key = f"resource.customizations.health.fdp.io_{kind}"
-        assert data[key] == (ARGOCD / "health" / f"{kind}.lua").read_text(), key
+        assert data[key] == lua_script(kind), key
+        assert "local function not_observed" in data[key], "each script carries the prelude"

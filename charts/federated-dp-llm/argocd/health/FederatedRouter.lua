@@ -1,36 +1,10 @@
 -- Argo CD health check for fdp.io/FederatedRouter (federated-dp-llm).
 -- Order matters: a status the operator has not caught up with says nothing about the spec
 -- Argo CD just synced, so observedGeneration is compared with metadata.generation first.
-local hs = {}
-local function condition(ctype)
-  if obj.status == nil or obj.status.conditions == nil then
-    return nil
-  end
-  for _, c in ipairs(obj.status.conditions) do
-    if c.type == ctype then
-      return c
-    end
-  end
-  return nil
+local waiting = not_observed("Waiting for the fdp operator to observe the FederatedRouter")
+if waiting ~= nil then
+  return waiting
 end
-local function msg(c, fallback)
-  if c ~= nil and c.message ~= nil and c.message ~= "" then
-    return c.message
-  end
-  return fallback
-end
-
-if obj.status == nil or obj.status.observedGeneration == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to observe the FederatedRouter"
-  return hs
-end
-if obj.metadata.generation ~= nil and obj.status.observedGeneration < obj.metadata.generation then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to observe generation " .. tostring(obj.metadata.generation)
-  return hs
-end
-
 local rollout = obj.status.rollout or {}
 local stalled = condition("Stalled")
 if stalled ~= nil and stalled.status == "True" then

@@ -1,28 +1,9 @@
 -- Argo CD health check for fdp.io/HospitalNode (federated-dp-llm).
 -- Ready reflects the operator's health probe of the hospital's LLM endpoint; after
 -- failureThreshold failed probes the node is Ready=False and leaves every router's config.
-local hs = {}
-local function condition(ctype)
-  if obj.status == nil or obj.status.conditions == nil then
-    return nil
-  end
-  for _, c in ipairs(obj.status.conditions) do
-    if c.type == ctype then
-      return c
-    end
-  end
-  return nil
-end
-
-if obj.status == nil or obj.status.observedGeneration == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to observe the HospitalNode"
-  return hs
-end
-if obj.metadata.generation ~= nil and obj.status.observedGeneration < obj.metadata.generation then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to observe generation " .. tostring(obj.metadata.generation)
-  return hs
+local waiting = not_observed("Waiting for the fdp operator to observe the HospitalNode")
+if waiting ~= nil then
+  return waiting
 end
 local stalled = condition("Stalled")
 if stalled ~= nil and stalled.status == "True" then

@@ -1,28 +1,9 @@
 -- Argo CD health check for fdp.io/PrivacyPolicy (federated-dp-llm).
 -- Healthy once the operator validated the policy and stated its guarantee; an invalid
 -- policy is Degraded (routers using it keep their last good config).
-local hs = {}
-local function condition(ctype)
-  if obj.status == nil or obj.status.conditions == nil then
-    return nil
-  end
-  for _, c in ipairs(obj.status.conditions) do
-    if c.type == ctype then
-      return c
-    end
-  end
-  return nil
-end
-
-if obj.status == nil or obj.status.observedGeneration == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to validate the PrivacyPolicy"
-  return hs
-end
-if obj.metadata.generation ~= nil and obj.status.observedGeneration < obj.metadata.generation then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the fdp operator to observe generation " .. tostring(obj.metadata.generation)
-  return hs
+local waiting = not_observed("Waiting for the fdp operator to validate the PrivacyPolicy")
+if waiting ~= nil then
+  return waiting
 end
 local stalled = condition("Stalled")
 if stalled ~= nil and stalled.status == "True" then

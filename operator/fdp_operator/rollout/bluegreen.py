@@ -178,27 +178,21 @@ def _steady(inp: RolloutInput, active: str) -> RolloutDecision:
         last_progress_time=last,
         progress_marker=marker,
     )
-    return RolloutDecision(
-        deployments=tuple(intents),
+    return common.decision(
+        intents=intents,
         active_role=active,
         preview_role=other(active),
         hpa_role=active,
         status=status,
-        conditions=common.conditions(
-            ready=ready or (act is not None and act.serving() and status.stable_revision is not None),
-            ready_message=message,
-            reconciling=not ready,
-            reason=reason,
-            message=message,
-            stalled=stalled,
-            paused=None,
-        ),
         ready=ready,
-        progressing=not ready and stalled is None,
-        stalled_reason=stalled,
+        ready_condition=ready or (act is not None and act.serving() and status.stable_revision is not None),
+        ready_message=message,
+        reconciling=not ready,
+        reason=reason,
         message=message,
-        requeue_after=requeue,
-        events=tuple(events),
+        stalled=stalled,
+        requeue=requeue,
+        events=events,
     )
 
 
@@ -241,28 +235,20 @@ def _failed(
     if ina is not None:
         intents.append(DeploymentIntent(inactive, ina.revision or rev, 0))
     serving = act is not None and act.serving()
-    return RolloutDecision(
-        deployments=tuple(intents),
+    return common.decision(
+        intents=intents,
         active_role=active,
         preview_role=inactive,
         hpa_role=active,
         status=status,
-        conditions=common.conditions(
-            ready=serving,
-            ready_message=f"active color {active} serves stable revision {stable}"
-            if serving
-            else f"active color {active} has no available pods",
-            reconciling=False,
-            reason=why,
-            message=message,
-            stalled=why,
-            paused=None,
-        ),
         ready=serving,
-        progressing=False,
-        stalled_reason=str(why),
+        ready_message=f"active color {active} serves stable revision {stable}"
+        if serving
+        else f"active color {active} has no available pods",
+        reconciling=False,
+        reason=why,
         message=message,
-        requeue_after=None,
+        stalled=why,
         events=events + tuple(more),
     )
 
@@ -391,8 +377,8 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
     )
     serving = act is not None and act.serving()
     reason = paused or (Reason.SCALING_UP_PREVIEW if promoting else Reason.PREVIEW_NOT_AVAILABLE)
-    return RolloutDecision(
-        deployments=(
+    return common.decision(
+        intents=(
             DeploymentIntent(active, stable, _active_replicas(inp)),
             DeploymentIntent(inactive, rev, target_n),
         ),
@@ -400,21 +386,14 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
         preview_role=inactive,
         hpa_role=active,
         status=status,
-        conditions=common.conditions(
-            ready=serving,
-            ready_message=f"active color {active} serves stable revision {stable}",
-            reconciling=True,
-            reason=reason,
-            message=message,
-            stalled=None,
-            paused=paused,
-        ),
         ready=serving,
-        progressing=True,
-        stalled_reason=None,
+        ready_message=f"active color {active} serves stable revision {stable}",
+        reconciling=True,
+        reason=reason,
         message=message,
-        requeue_after=requeue,
-        events=tuple(events),
+        paused=paused,
+        requeue=requeue,
+        events=events,
     )
 
 
@@ -446,8 +425,8 @@ def _switch(
         last_progress_time=inp.now,
         progress_marker=f"{rev}|switched",
     )
-    return RolloutDecision(
-        deployments=(
+    return common.decision(
+        intents=(
             DeploymentIntent(new_active, rev, None if inp.autoscaled else n),
             DeploymentIntent(active, stable, old_n),
         ),
@@ -455,19 +434,11 @@ def _switch(
         preview_role=active,
         hpa_role=new_active,
         status=status,
-        conditions=common.conditions(
-            ready=True,
-            ready_message=f"active color {new_active} serves revision {rev}",
-            reconciling=False,
-            reason=Reason.HEALTHY,
-            message=message,
-            stalled=None,
-            paused=None,
-        ),
         ready=True,
-        progressing=False,
-        stalled_reason=None,
+        ready_message=f"active color {new_active} serves revision {rev}",
+        reconciling=False,
+        reason=Reason.HEALTHY,
         message=message,
-        requeue_after=common.seconds_until(inp.now, at),
+        requeue=common.seconds_until(inp.now, at),
         events=(*events, f"switched active Service to {new_active} (revision {rev})"),
     )

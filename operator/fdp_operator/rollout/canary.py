@@ -133,27 +133,21 @@ def _decision(
     requeue: float | None = None,
     events: list[str] | tuple[str, ...] = (),
 ) -> RolloutDecision:
-    return RolloutDecision(
-        deployments=tuple(intents),
+    return common.decision(
+        intents=intents,
         active_role=None,
         preview_role=None,
         hpa_role=STABLE,
         status=status.with_(message=message),
-        conditions=common.conditions(
-            ready=ready,
-            ready_message=ready_message,
-            reconciling=reconciling,
-            reason=reason,
-            message=message,
-            stalled=stalled,
-            paused=paused,
-        ),
         ready=ready,
-        progressing=reconciling and stalled is None,
-        stalled_reason=str(stalled) if stalled else None,
+        ready_message=ready_message,
+        reconciling=reconciling,
+        reason=reason,
         message=message,
-        requeue_after=requeue,
-        events=tuple(events),
+        stalled=stalled,
+        paused=paused,
+        requeue=requeue,
+        events=events,
     )
 
 

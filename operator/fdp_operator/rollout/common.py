@@ -11,9 +11,19 @@ deadline or a failed analysis (and then ``Reconciling`` is False, so kstatus say
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from fdp_operator.rollout.types import FAILURE_REASONS, Condition, Phase, Reason, RolloutInput, RolloutStatus
+from fdp_operator.rollout.types import (
+    FAILURE_REASONS,
+    Condition,
+    DeploymentIntent,
+    Phase,
+    Reason,
+    RolloutDecision,
+    RolloutInput,
+    RolloutStatus,
+)
 
 
 def progress_clock(prev: RolloutStatus, marker: str, now: datetime, *, paused: bool) -> tuple[datetime, str]:
@@ -73,6 +83,53 @@ def conditions(
             paused or Reason.HEALTHY,
             message if paused else "rollout is not paused",
         ),
+    )
+
+
+def decision(
+    *,
+    intents: Iterable[DeploymentIntent],
+    active_role: str | None,
+    preview_role: str | None,
+    hpa_role: str,
+    status: RolloutStatus,
+    ready: bool,
+    ready_message: str,
+    reconciling: bool,
+    reason: Reason,
+    message: str,
+    stalled: Reason | None = None,
+    paused: Reason | None = None,
+    requeue: float | None = None,
+    events: Iterable[str] = (),
+    ready_condition: bool | None = None,
+    keep_incumbent: bool = False,
+) -> RolloutDecision:
+    """A decision with its conditions. `progressing` and `stalled_reason` follow from
+    `reconciling` and `stalled`, so every strategy derives them the same way; the Ready
+    condition is `ready` unless `ready_condition` says otherwise."""
+    return RolloutDecision(
+        deployments=tuple(intents),
+        active_role=active_role,
+        preview_role=preview_role,
+        hpa_role=hpa_role,
+        status=status,
+        conditions=conditions(
+            ready=ready if ready_condition is None else ready_condition,
+            ready_message=ready_message,
+            reconciling=reconciling,
+            reason=reason,
+            message=message,
+            stalled=stalled,
+            paused=paused,
+        ),
+        ready=ready,
+        progressing=reconciling and stalled is None,
+        stalled_reason=str(stalled) if stalled else None,
+        message=message,
+        requeue_after=requeue,
+        events=tuple(events),
+        keep_incumbent=keep_incumbent,
     )
 
 

@@ -167,28 +167,21 @@ def handover(
         progress_marker=marker,
     )
     serving = inc.view.serving()
-    return RolloutDecision(
-        deployments=(DeploymentIntent(role, old, replicas), *others),
+    return common.decision(
+        intents=(DeploymentIntent(role, old, replicas), *others),
         active_role=None,
         preview_role=None,
         hpa_role=inc.role,
         status=status,
-        conditions=common.conditions(
-            ready=serving,
-            ready_message=f"{inc.view.name} serves revision {old}"
-            if serving
-            else f"{inc.view.name} has no available pods",
-            reconciling=True,
-            reason=Reason.SWITCHING_STRATEGY,
-            message=message,
-            stalled=stalled,
-            paused=None,
-        ),
         ready=serving,
-        progressing=stalled is None,
-        stalled_reason=str(stalled) if stalled else None,
+        ready_message=f"{inc.view.name} serves revision {old}"
+        if serving
+        else f"{inc.view.name} has no available pods",
+        reconciling=True,
+        reason=Reason.SWITCHING_STRATEGY,
         message=message,
-        requeue_after=requeue,
-        events=tuple(events),
+        stalled=stalled,
+        requeue=requeue,
+        events=events,
         keep_incumbent=True,
     )

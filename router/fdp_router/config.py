@@ -11,6 +11,7 @@ the same file by hand (see ``examples/standalone/``).
 from __future__ import annotations
 
 import json
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,6 +46,40 @@ class HealthCheck(_Frozen):
     failure_threshold: int = Field(3, ge=1)
 
 
+class DataClass(StrEnum):
+    """What a node's answers come from (DESIGN section 5)."""
+
+    PHI = "phi"  # patient data: every answer must come from the node's DP mechanism
+    PUBLIC = "public"  # no patient data (e.g. a general medical model): answers cost 0 epsilon
+
+
+class NodeMechanism(StrEnum):
+    """The DP mechanism a node runs, calibrated to the (epsilon, delta) the router sends it.
+
+    The name fixes how the router accounts for the node's releases:
+    ``pure_dp``: any epsilon-DP mechanism (Laplace, discrete Laplace, report-noisy-max,
+    exponential), delta 0; ``gaussian``: Gaussian noise on an L2-sensitivity-1 query with the
+    analytic-Gaussian sigma for (epsilon, delta); ``none``: no mechanism (a PHI node with
+    ``none`` is never used for a release).
+    """
+
+    NONE = "none"
+    PURE_DP = "pure_dp"
+    GAUSSIAN = "gaussian"
+
+
+class NodePrivacy(_Frozen):
+    """What the node's endpoint is, as its HospitalNode declares (``spec.privacy``)."""
+
+    data_class: DataClass = DataClass.PHI
+    mechanism: NodeMechanism = NodeMechanism.NONE
+
+    @property
+    def releasable(self) -> bool:
+        """May an answer of this node be released to a clinician (outside consensus)?"""
+        return self.data_class is DataClass.PUBLIC or self.mechanism is not NodeMechanism.NONE
+
+
 class HospitalNodeConfig(_Frozen):
     """One hospital's OpenAI-compatible LLM endpoint (a HospitalNode CR, rendered)."""
 
@@ -59,6 +94,11 @@ class HospitalNodeConfig(_Frozen):
     security_level: str = "standard"
     tls: NodeTLS = NodeTLS()
     health_check: HealthCheck = HealthCheck()
+    privacy: NodePrivacy = Field(
+        NodePrivacy(),
+        description="data class and DP mechanism of the endpoint; the default (PHI, no mechanism) "
+        "is never used for a release",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -96,19 +136,61 @@ class Mechanism(StrEnum):
     LAPLACE = "laplace"
 
 
-class ConsensusConfig(_Frozen):
-    """DP consensus over several hospitals' answers (PATE's GNMax)."""
+MAX_OPTIONS = 32
+MAX_OPTION_LENGTH = 500
 
-    nodes: int = Field(3, ge=2, le=32, description="how many nodes to fan out to")
-    min_answers: int = Field(2, ge=1, description="fewer answers than this: error, nothing charged")
-    sigma: PositiveFloat = Field(2.0, description="std-dev of Gaussian noise added to each vote count")
+
+class ConsensusConfig(_Frozen):
+    """DP consensus over public candidate answers (PATE's GNMax, one vote per hospital)."""
+
+    nodes: int = Field(3, ge=2, le=32, description="how many hospitals to ask (one node each)")
+    min_answers: int = Field(
+        2, ge=1, description="fewer hospitals answering than this: 502, nothing charged"
+    )
+    sigma: PositiveFloat = Field(
+        2.0, description="std-dev of the discrete Gaussian noise added to each option's vote count"
+    )
     candidate_mapping: Literal["normalized_exact"] = "normalized_exact"
+    candidate_sets: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="named public candidate sets a request may use instead of sending `options`",
+    )
 
     @model_validator(mode="after")
     def _min_le_nodes(self) -> ConsensusConfig:
         if self.min_answers > self.nodes:
             raise ValueError("consensus.min_answers must be <= consensus.nodes")
+        for name, options in self.candidate_sets.items():
+            check_options(options, f"consensus.candidate_sets.{name}")
         return self
+
+
+def normalize_answer(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed, trailing punctuation stripped: how a hospital's
+    answer is matched to a candidate option, and how duplicate options are found."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = " ".join(t.split())
+    return t.rstrip(" .!;:,")
+
+
+def check_options(options: tuple[str, ...] | list[str], field_name: str = "options") -> tuple[str, ...]:
+    """Public candidate answers: 2..MAX_OPTIONS distinct (after normalisation), non-empty
+    strings of at most MAX_OPTION_LENGTH characters. ValueError naming the field and why."""
+    if not isinstance(options, list | tuple) or not all(isinstance(o, str) for o in options):
+        raise ValueError(f"{field_name}: must be a list of strings")
+    if not 2 <= len(options) <= MAX_OPTIONS:
+        raise ValueError(f"{field_name}: needs 2 to {MAX_OPTIONS} options, got {len(options)}")
+    seen: dict[str, int] = {}
+    for i, o in enumerate(options):
+        norm = normalize_answer(o)
+        if not norm:
+            raise ValueError(f"{field_name}[{i}]: must not be empty")
+        if len(o) > MAX_OPTION_LENGTH:
+            raise ValueError(f"{field_name}[{i}]: longer than {MAX_OPTION_LENGTH} characters")
+        if norm in seen:
+            raise ValueError(f"{field_name}[{i}]: duplicates option {seen[norm]} ({o!r})")
+        seen[norm] = i
+    return tuple(options)
 
 
 class PrivacyConfig(_Frozen):
@@ -118,13 +200,29 @@ class PrivacyConfig(_Frozen):
     delta: float = Field(1e-5, gt=0, le=1e-3, allow_inf_nan=False)
     default_epsilon_per_query: PositiveFloat = 0.1
     max_epsilon_per_query: PositiveFloat = 1.0
-    mechanism: Mechanism = Mechanism.GAUSSIAN
+    min_epsilon_per_query: PositiveFloat | None = Field(
+        None, description="smallest epsilon a request may ask; unset: default_epsilon_per_query"
+    )
+    mechanism: Mechanism = Field(
+        Mechanism.GAUSSIAN,
+        description="deprecated: each node declares its own mechanism (nodes[].privacy.mechanism); "
+        "kept so that existing configs load, used for nothing else",
+    )
     budgets: Budgets = Budgets()
     window: BudgetWindow = BudgetWindow()
     consensus: ConsensusConfig = ConsensusConfig()
 
+    @property
+    def min_epsilon(self) -> float:
+        """The effective lower bound on a request's epsilon."""
+        if self.min_epsilon_per_query is None:
+            return self.default_epsilon_per_query
+        return self.min_epsilon_per_query
+
     @model_validator(mode="after")
     def _default_le_max(self) -> PrivacyConfig:
+        if self.min_epsilon_per_query is not None and self.min_epsilon_per_query > self.default_epsilon_per_query:
+            raise ValueError("min_epsilon_per_query must be <= default_epsilon_per_query")
         if self.default_epsilon_per_query > self.max_epsilon_per_query:
             raise ValueError("default_epsilon_per_query must be <= max_epsilon_per_query")
         if self.max_epsilon_per_query > self.budgets.per_user:

@@ -14,8 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from fdp_router.config import MAX_OPTION_LENGTH, MAX_OPTIONS, Mechanism, Strategy
 
-from fdp_operator.models import DEFAULT_ROUTER_IMAGE, GROUP, VERSION
+from fdp_operator.models import (
+    DEFAULT_ROUTER_IMAGE,
+    GROUP,
+    PHI_NEEDS_A_MECHANISM,
+    VERSION,
+    DataClassName,
+    MechanismName,
+)
 
 Schema = dict[str, Any]
 
@@ -165,8 +173,38 @@ HOSPITAL_NODE_SPEC = _obj(
                 ]
             },
         ),
+        "privacy": _obj(
+            "what the endpoint is: the data its answers come from and the DP mechanism it runs "
+            "(docs/privacy.md, the contract a hospital implements)",
+            {
+                "dataClass": _s(
+                    "PHI: answers from patient data, released only through the node's DP mechanism "
+                    "at the ε the router reserved; Public: no patient data (e.g. a general medical "
+                    "model), answers cost no ε",
+                    enum=[d.value for d in DataClassName],
+                ),
+                "mechanism": _s(
+                    "the DP mechanism the endpoint runs, calibrated to the (ε, δ) the router sends: "
+                    "PureDP (any ε-DP mechanism, δ = 0), Gaussian (Gaussian noise on an "
+                    "L2-sensitivity-1 query at the analytic sigma for (ε, δ)), None (no mechanism: only "
+                    "for dataClass Public)",
+                    enum=[m.value for m in MechanismName],
+                    default=MechanismName.NONE.value,
+                ),
+            },
+            required=["dataClass"],
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.dataClass != 'PHI' || (has(self.mechanism) && self.mechanism != 'None')",
+                        PHI_NEEDS_A_MECHANISM,
+                        fieldPath=".mechanism",
+                    )
+                ]
+            },
+        ),
     },
-    required=["endpoint", "hospital"],
+    required=["endpoint", "hospital", "privacy"],
     **{
         "x-kubernetes-validations": [
             _rule(
@@ -193,6 +231,36 @@ HOSPITAL_NODE_STATUS = _status(
 # ---------------------------------------------------------------- PrivacyPolicy
 
 POSITIVE = "self > 0.0"
+MAX_CANDIDATE_SETS = 64
+CANDIDATE_SET_NAME = r"^[a-z0-9]([-_a-z0-9]{0,61}[a-z0-9])?$"
+
+CANDIDATE_SETS: Schema = {
+    "type": "object",
+    "description": "named public candidate answers (e.g. triage: [Admit to ICU, Admit to ward, "
+    "Discharge with follow-up]); a consensus request names a set instead of sending its options. "
+    f"Each set has 2 to {MAX_OPTIONS} options of 1 to {MAX_OPTION_LENGTH} characters; options equal "
+    "after normalisation (Unicode NFKC, case, spaces, trailing punctuation) are refused by the "
+    "operator (Ready=False)",
+    "maxProperties": MAX_CANDIDATE_SETS,
+    "additionalProperties": {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_OPTION_LENGTH},
+        "minItems": 2,
+        "maxItems": MAX_OPTIONS,
+        "x-kubernetes-list-type": "set",
+    },
+    "x-kubernetes-validations": [
+        _rule(
+            f"self.all(name, name.matches('{CANDIDATE_SET_NAME}'))",
+            "consensus.candidateSets names are 1-63 lowercase letters, digits, '-' or '_' "
+            "(a request names the set)",
+        ),
+        _rule(
+            "self.all(name, self[name].all(option, option.trim() != ''))",
+            "consensus.candidateSets options must not be blank",
+        ),
+    ],
+}
 
 PRIVACY_POLICY_SPEC = _obj(
     "the differential-privacy contract a router enforces",
@@ -200,8 +268,14 @@ PRIVACY_POLICY_SPEC = _obj(
         "delta": _n("δ of the (ε, δ)-DP guarantee, in (0, 1e-3]", default=1e-5),
         "defaultEpsilonPerQuery": _n("ε charged when a request does not say", default=0.1),
         "maxEpsilonPerQuery": _n("largest ε one request may spend", default=1.0),
+        "minEpsilonPerQuery": _n(
+            "smallest ε a request may ask for (below: 400); unset: defaultEpsilonPerQuery"
+        ),
         "mechanism": _s(
-            "noise mechanism for released values", enum=["gaussian", "laplace"], default="gaussian"
+            "deprecated: each HospitalNode declares the mechanism its endpoint runs "
+            "(spec.privacy.mechanism); kept so that existing policies still apply",
+            enum=[m.value for m in Mechanism],
+            default=Mechanism.GAUSSIAN.value,
         ),
         "budgets": _obj(
             "total ε per privacy unit; a request must fit all three",
@@ -239,11 +313,14 @@ PRIVACY_POLICY_SPEC = _obj(
             },
         ),
         "consensus": _obj(
-            "DP consensus over several hospitals' answers (GNMax)",
+            "DP consensus over public candidate answers (PATE GNMax, one vote per hospital)",
             {
-                "nodes": _i("nodes to fan out to", minimum=2, maximum=32, default=3),
-                "minAnswers": _i("fewer answers: error, nothing charged", minimum=1, default=2),
-                "sigma": _n("std-dev of the Gaussian noise on each vote count", default=2.0),
+                "nodes": _i("hospitals to ask (one node each)", minimum=2, maximum=32, default=3),
+                "minAnswers": _i("fewer hospitals answering: error, nothing charged", minimum=1, default=2),
+                "sigma": _n(
+                    "std-dev of the discrete Gaussian noise on each option's vote count", default=2.0
+                ),
+                "candidateSets": CANDIDATE_SETS,
             },
             default={},
             **{
@@ -266,6 +343,12 @@ PRIVACY_POLICY_SPEC = _obj(
                 "spec.defaultEpsilonPerQuery must be <= spec.maxEpsilonPerQuery",
             ),
             _rule(
+                "!has(self.minEpsilonPerQuery) || (self.minEpsilonPerQuery > 0.0"
+                " && self.minEpsilonPerQuery <= self.defaultEpsilonPerQuery)",
+                "spec.minEpsilonPerQuery must be > 0 and <= spec.defaultEpsilonPerQuery",
+                fieldPath=".minEpsilonPerQuery",
+            ),
+            _rule(
                 "self.maxEpsilonPerQuery <= self.budgets.perUser",
                 "spec.maxEpsilonPerQuery must be <= spec.budgets.perUser (one query could not fit otherwise)",
             ),
@@ -276,6 +359,7 @@ PRIVACY_POLICY_SPEC = _obj(
 PRIVACY_POLICY_STATUS = _status(
     {
         "guarantee": _s("the guarantee this policy gives, in words"),
+        "protects": _s("what one unit of the guarantee is (a patient record, a hospital's data)"),
         "epsilonPerUser": _n("ε per user per window"),
         "delta": _n("δ"),
         "usedBy": _strings("FederatedRouters that reference this policy"),
@@ -401,15 +485,7 @@ FEDERATED_ROUTER_SPEC = _obj(
             "how requests are spread over nodes",
             {
                 "strategy": _s(
-                    "balancer",
-                    enum=[
-                        "round_robin",
-                        "least_request",
-                        "latency_aware",
-                        "privacy_aware",
-                        "quantum_inspired",
-                    ],
-                    default="quantum_inspired",
+                    "balancer", enum=[s.value for s in Strategy], default=Strategy.QUANTUM_INSPIRED.value
                 ),
                 "maxAttempts": _i("failover attempts", minimum=1, maximum=10, default=2),
                 "connectTimeoutSeconds": _n("", default=2.0, minimum=0.01),
@@ -664,6 +740,8 @@ def all_crds() -> list[Schema]:
             [
                 _READY,
                 _col("Hospital", ".spec.hospital"),
+                _col("Data", ".spec.privacy.dataClass", desc="PHI or Public"),
+                _col("Mechanism", ".spec.privacy.mechanism", desc="DP mechanism the endpoint runs"),
                 _col("Endpoint", ".spec.endpoint"),
                 _col("Latency-ms", ".status.latencyMs", "number"),
                 _col("Failures", ".status.consecutiveFailures", "integer"),

@@ -6,6 +6,12 @@ reconcile and the rollout engine never read raw dicts. Field names follow the CR
 (camelCase in YAML, snake_case here via aliases). The CRD schema (crds.py) already
 defaulted and validated the object at admission; these models re-check the same rules so
 that a CR written before a schema change still fails with a message naming the field.
+
+The router's rules are the router's: enums come from ``fdp_router.config`` and a spec that
+maps onto a router config model (PrivacyPolicy -> ``PrivacyConfig``, a node's privacy and
+health check) is validated by building that model, so the operator accepts nothing the
+router would refuse. ``tests/unit/operator/test_crd_matches_models.py`` walks every CRD
+field against these models (alias, default, enum, required).
 """
 
 from __future__ import annotations
@@ -15,6 +21,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+from fdp_router.config import Budgets as BudgetsConfig
+from fdp_router.config import BudgetWindow as WindowConfig
+from fdp_router.config import (
+    ConsensusConfig,
+    DataClass,
+    HealthCheck,
+    Mechanism,
+    NodeMechanism,
+    NodePrivacy,
+    PrivacyConfig,
+    Strategy,
+    check_options,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -46,18 +65,59 @@ Duration = Annotated[str, Field(pattern=_DURATION_RE.pattern)]
 
 
 class SpecModel(BaseModel):
-    """Base: frozen, camelCase aliases, unknown fields ignored (the CRD schema prunes them)."""
+    """Base: frozen, camelCase aliases, unknown fields refused.
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    The API server prunes fields the CRD does not declare, so an unknown field here means
+    the CRD and this model spell a field differently: an error naming it, never a field
+    silently dropped (``targetCPUUtilizationPercentage`` once was, and the HPA got 70)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
-class SecretKeyRef(SpecModel):
-    name: str = Field(..., min_length=1)
-    key: str = Field(..., min_length=1)
+_ROUTER_FIELD_NAMES = {
+    "period_seconds": "period",  # the router counts seconds; the CRD takes a duration
+}
+
+
+def in_crd_words(text: str) -> str:
+    """A router config message with the CRD's field names (``budgets.per_user`` ->
+    ``budgets.perUser``): only names of the router's privacy config fields are renamed."""
+    names: dict[str, str] = {}
+    for model in (PrivacyConfig, BudgetsConfig, WindowConfig, ConsensusConfig, HealthCheck, NodePrivacy):
+        names.update({n: _ROUTER_FIELD_NAMES.get(n, to_camel(n)) for n in model.model_fields if "_" in n})
+    return re.sub(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b", lambda m: names.get(m.group(0), m.group(0)), text)
+
+
+def router_rules(exc: ValidationError) -> ValueError:
+    """The router config model's refusal, as a ValueError in the CRD's words."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(in_crd_words(f"{loc}: {msg}" if loc else msg))
+    return ValueError("; ".join(parts))
 
 
 class SecretRef(SpecModel):
     name: str = Field(..., min_length=1)
+
+
+class SecretKeyRef(SecretRef):
+    """A key of a Secret; each use has its own default key (the CRD spells the same)."""
+
+    key: str = Field(..., min_length=1)
+
+
+class Hs256SecretRef(SecretKeyRef):
+    key: str = Field("secret", min_length=1)
+
+
+class DsnSecretRef(SecretKeyRef):
+    key: str = Field("dsn", min_length=1)
+
+
+class AuditKeySecretRef(SecretKeyRef):
+    key: str = Field("key", min_length=1)
 
 
 # ---------------------------------------------------------------- HospitalNode
@@ -87,8 +147,70 @@ class HealthCheckSpec(SpecModel):
     @model_validator(mode="after")
     def _timeout_le_interval(self) -> HealthCheckSpec:
         if self.timeout_seconds > self.interval_seconds:
-            raise ValueError("healthCheck.timeoutSeconds must be <= healthCheck.intervalSeconds")
+            raise ValueError("healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds")
+        try:
+            self.config()
+        except ValidationError as exc:
+            raise router_rules(exc) from None
         return self
+
+    def config(self) -> HealthCheck:
+        """The router's health check settings for this node."""
+        return HealthCheck(
+            path=self.path,
+            interval_seconds=self.interval_seconds,
+            timeout_seconds=self.timeout_seconds,
+            failure_threshold=self.failure_threshold,
+        )
+
+
+class DataClassName(StrEnum):
+    """``spec.privacy.dataClass`` as the CRD spells it; ``.config`` is the router's value
+    (members are named as ``fdp_router.config.DataClass``'s, a test keeps them equal)."""
+
+    PHI = "PHI"
+    PUBLIC = "Public"
+
+    @property
+    def config(self) -> DataClass:
+        return DataClass[self.name]
+
+
+class MechanismName(StrEnum):
+    """``spec.privacy.mechanism`` as the CRD spells it; ``.config`` is the router's
+    ``NodeMechanism`` (same member names)."""
+
+    NONE = "None"
+    PURE_DP = "PureDP"
+    GAUSSIAN = "Gaussian"
+
+    @property
+    def config(self) -> NodeMechanism:
+        return NodeMechanism[self.name]
+
+
+PHI_NEEDS_A_MECHANISM = (
+    "a PHI node must declare the DP mechanism its endpoint runs (PureDP or Gaussian); "
+    "None is only for dataClass Public"
+)
+
+
+class NodePrivacySpec(SpecModel):
+    """What the node's endpoint is: its data class and the DP mechanism it runs."""
+
+    data_class: DataClassName
+    mechanism: MechanismName = MechanismName.NONE
+
+    @model_validator(mode="after")
+    def _phi_runs_a_mechanism(self) -> NodePrivacySpec:
+        if not self.config.releasable:
+            raise ValueError(PHI_NEEDS_A_MECHANISM)
+        return self
+
+    @property
+    def config(self) -> NodePrivacy:
+        """The router's view: ``nodes[].privacy`` in the rendered config."""
+        return NodePrivacy(data_class=self.data_class.config, mechanism=self.mechanism.config)
 
 
 class SecurityLevel(StrEnum):
@@ -108,6 +230,7 @@ class HospitalNodeSpec(SpecModel):
     weight: float = Field(1.0, gt=0, le=1000)
     tls: NodeTLSSpec = NodeTLSSpec()
     health_check: HealthCheckSpec = HealthCheckSpec()
+    privacy: NodePrivacySpec
 
     @model_validator(mode="after")
     def _https(self) -> HospitalNodeSpec:
@@ -149,16 +272,63 @@ class ConsensusSpec(SpecModel):
     nodes: int = Field(3, ge=2, le=32)
     min_answers: int = Field(2, ge=1)
     sigma: float = Field(2.0, gt=0)
+    candidate_sets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _candidate_sets(self) -> ConsensusSpec:
+        """Each set as a request's ``options`` are checked (duplicates after normalisation)."""
+        for name, options in self.candidate_sets.items():
+            check_options(options, f"consensus.candidateSets.{name}")
+        return self
 
 
 class PrivacyPolicySpec(SpecModel):
     delta: float = Field(1e-5, gt=0, le=1e-3)
     default_epsilon_per_query: float = Field(0.1, gt=0)
     max_epsilon_per_query: float = Field(1.0, gt=0)
-    mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    min_epsilon_per_query: float | None = Field(None, gt=0)
+    mechanism: Mechanism = Mechanism.GAUSSIAN  # deprecated: nodes declare theirs
     budgets: BudgetsSpec = BudgetsSpec()
     window: WindowSpec = WindowSpec()
     consensus: ConsensusSpec = ConsensusSpec()
+
+    @model_validator(mode="after")
+    def _router_accepts(self) -> PrivacyPolicySpec:
+        """The router's config model decides (min <= default <= max <= perUser, minAnswers
+        <= nodes, ...); its budget check (``check_policy``) runs in reconcile, see guarantee.py."""
+        try:
+            self.config()
+        except ValidationError as exc:
+            raise router_rules(exc) from None
+        return self
+
+    def config(self, policy_name: str = "default") -> PrivacyConfig:
+        """The router's ``privacy`` section for this policy."""
+        window = (
+            WindowConfig(kind="period", period_seconds=self.window.period_seconds)
+            if self.window.kind == "period"
+            else WindowConfig()
+        )
+        return PrivacyConfig(
+            policy_name=policy_name,
+            delta=self.delta,
+            default_epsilon_per_query=self.default_epsilon_per_query,
+            max_epsilon_per_query=self.max_epsilon_per_query,
+            min_epsilon_per_query=self.min_epsilon_per_query,
+            mechanism=self.mechanism,
+            budgets=BudgetsConfig(
+                per_user=self.budgets.per_user,
+                per_department=self.budgets.per_department,
+                per_hospital=self.budgets.per_hospital,
+            ),
+            window=window,
+            consensus=ConsensusConfig(
+                nodes=self.consensus.nodes,
+                min_answers=self.consensus.min_answers,
+                sigma=self.consensus.sigma,
+                candidate_sets=self.consensus.candidate_sets,
+            ),
+        )
 
 
 # ---------------------------------------------------------------- FederatedRouter
@@ -211,9 +381,9 @@ class PolicyRef(SpecModel):
 
 
 class RoutingSpec(SpecModel):
-    strategy: Literal[
-        "round_robin", "least_request", "latency_aware", "privacy_aware", "quantum_inspired"
-    ] = "quantum_inspired"  # the balancer benchmark winner (docs/benchmarks/router.md)
+    strategy: Strategy = (
+        Strategy.QUANTUM_INSPIRED
+    )  # the balancer benchmark winner (docs/benchmarks/router.md)
     max_attempts: int = Field(2, ge=1, le=10)
     connect_timeout_seconds: float = Field(2.0, gt=0)
     read_timeout_seconds: float = Field(60.0, gt=0)
@@ -224,13 +394,13 @@ class AuthSpec(SpecModel):
     audience: str = "federated-dp-llm"
     algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("HS256",)
     jwks_url: str | None = None
-    hs256_secret_ref: SecretKeyRef | None = None
+    hs256_secret_ref: Hs256SecretRef | None = None
 
 
 class LedgerSpec(SpecModel):
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    dsn_secret_ref: SecretKeyRef | None = None
-    audit_key_secret_ref: SecretKeyRef | None = None
+    dsn_secret_ref: DsnSecretRef | None = None
+    audit_key_secret_ref: AuditKeySecretRef | None = None
     commit_mode: Literal["Durable", "Deferred"] = "Durable"  # see the CRD description (crds.py)
 
     @model_validator(mode="after")
@@ -291,7 +461,10 @@ class AutoscalingSpec(SpecModel):
     enabled: bool = False
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(3, ge=1)
-    target_cpu_utilization_percentage: int | None = Field(70, ge=1, le=100)
+    # "CPU", as the CRD and autoscaling/v1 spell it (to_camel would give "Cpu")
+    target_cpu_utilization_percentage: int | None = Field(
+        70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
     target_memory_utilization_percentage: int | None = Field(None, ge=1, le=100)
     behavior: dict[str, Any] | None = None
 

@@ -338,6 +338,7 @@ def hospital_node(
             "hospital": f"{name}-hospital",
             "endpoint": endpoint,
             "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+            "privacy": {"dataClass": "PHI", "mechanism": "PureDP"},  # what a demo node runs
             **spec,
         },
     }

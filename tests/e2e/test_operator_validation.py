@@ -26,6 +26,27 @@ CASES = [
         "healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds",
     ),
     ("zero weight", _with(NODE, weight=0), "spec.weight must be in (0, 1000]"),
+    (
+        "PHI node without a mechanism",
+        _with(NODE, privacy={"dataClass": "PHI", "mechanism": "None"}),
+        'spec.privacy.mechanism: Invalid value: "object": a PHI node must declare the DP mechanism its '
+        "endpoint runs (PureDP or Gaussian); None is only for dataClass Public",
+    ),
+    (
+        "PHI node, mechanism left to its default",
+        _with(NODE, privacy={"dataClass": "PHI"}),
+        "a PHI node must declare the DP mechanism its endpoint runs",
+    ),
+    (
+        "node without privacy",
+        {**NODE, "spec": {k: v for k, v in NODE["spec"].items() if k != "privacy"}},
+        "spec.privacy: Required value",
+    ),
+    (
+        "unknown data class",
+        _with(NODE, privacy={"dataClass": "Confidential", "mechanism": "PureDP"}),
+        'spec.privacy.dataClass: Unsupported value: "Confidential"',
+    ),
     ("delta too large", _with(POLICY, delta=0.01), "spec.delta must be in (0, 1e-3]"),
     ("delta zero", _with(POLICY, delta=0), "spec.delta must be in (0, 1e-3]"),
     ("epsilon zero", _with(POLICY, defaultEpsilonPerQuery=0), "epsilon must be > 0"),
@@ -35,6 +56,32 @@ CASES = [
         "spec.defaultEpsilonPerQuery must be <= spec.maxEpsilonPerQuery",
     ),
     ("negative budget", _with(POLICY, budgets={"perUser": -1}), "every budget"),
+    (
+        "min epsilon above the default",
+        _with(POLICY, minEpsilonPerQuery=0.5),
+        "spec.minEpsilonPerQuery must be > 0 and <= spec.defaultEpsilonPerQuery",
+    ),
+    (
+        "a candidate set of one option",
+        _with(POLICY, consensus={"candidateSets": {"triage": ["Admit to ICU"]}}),
+        "spec.consensus.candidateSets.triage: Invalid value: 1: spec.consensus.candidateSets.triage in body "
+        "should have at least 2 items",
+    ),
+    (
+        "a candidate set with the same option twice",
+        _with(POLICY, consensus={"candidateSets": {"triage": ["Admit", "Admit"]}}),
+        "spec.consensus.candidateSets.triage[1]: Duplicate value",
+    ),
+    (
+        "a blank option",
+        _with(POLICY, consensus={"candidateSets": {"triage": ["Admit", " "]}}),
+        "consensus.candidateSets options must not be blank",
+    ),
+    (
+        "a candidate set name a request cannot use",
+        _with(POLICY, consensus={"candidateSets": {"Triage Set": ["Admit", "Discharge"]}}),
+        "consensus.candidateSets names are 1-63 lowercase letters",
+    ),
     ("period window without period", _with(POLICY, window={"kind": "period"}), "window.period (at least 1m)"),
     (
         "consensus minAnswers > nodes",
@@ -96,6 +143,31 @@ def test_invalid_custom_resources_are_rejected_with_their_message(cluster, names
     assert not failures, "\n".join(failures)
 
 
+VALID = [
+    NODE,
+    POLICY,
+    ROUTER,
+    _with(NODE, privacy={"dataClass": "PHI", "mechanism": "Gaussian"}),
+    _with(NODE, privacy={"dataClass": "Public"}),
+    _with(
+        POLICY,
+        minEpsilonPerQuery=0.05,
+        consensus={
+            "candidateSets": {"triage": ["Admit to ICU", "Admit to ward", "Discharge with follow-up"]}
+        },
+    ),
+]
+
+
 def test_the_valid_bases_are_accepted(cluster, namespace, fdp_crds) -> None:
-    for body in (NODE, POLICY, ROUTER):
+    for body in VALID:
         cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+
+
+def test_a_public_node_defaults_to_no_mechanism_and_kubectl_shows_both(cluster, namespace, fdp_crds) -> None:
+    body = _with(NODE, privacy={"dataClass": "Public"})
+    body["metadata"]["name"] = "guidelines"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    header, row = cluster.kubectl("get", "hn", "guidelines", "-n", namespace).stdout.splitlines()
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert columns["DATA"] == "Public" and columns["MECHANISM"] == "None"

@@ -1,8 +1,9 @@
 """Reconcile one FederatedRouter: ordered idempotent steps ending in one status write.
 
-Steps: parse the spec (edge) -> resolve the PrivacyPolicy -> resolve HospitalNodes (only
-healthy, selected ones reach the config) -> TLS -> observe owned children -> render (pure)
--> apply and prune -> conditions (pure chain) -> write status if it changed.
+Steps: parse the spec (edge) -> resolve the PrivacyPolicy (it must parse and pass the
+router's own policy check, guarantee.py) -> resolve HospitalNodes (only healthy, selected
+ones reach the config) -> TLS -> observe owned children -> render (pure) -> apply and
+prune -> conditions (pure chain) -> write status if it changed.
 A step that cannot proceed (invalid spec, missing/invalid policy, missing TLS Secret)
 returns early *without touching the children*, so running pods keep their last good
 config; the status then says why. Called by handlers.py on create/update/resume and on
@@ -21,6 +22,7 @@ from typing import Any
 from fdp_operator import conditions as cond
 from fdp_operator.analysis import fetch_analysis
 from fdp_operator.apply import apply_all, delete_all, write_status
+from fdp_operator.guarantee import PolicyRefused, assess
 from fdp_operator.kube import ApiError, Kube
 from fdp_operator.models import (
     HospitalNode,
@@ -114,7 +116,9 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         return await finish(_failed(body, replace(obs, policy_found=False), now, gen))
     try:
         policy = parse_policy(policy_body)
-    except SpecError as exc:
+        # the pods would refuse it at start-up (their ledger runs the same check)
+        await asyncio.to_thread(assess, policy.spec.config(policy.ref.name))
+    except (SpecError, PolicyRefused) as exc:
         return await finish(_failed(body, replace(obs, policy_error=str(exc)), now, gen))
 
     # 3.-5. the nodes, TLS and the children we own: independent reads, done concurrently

@@ -14,20 +14,14 @@ from collections.abc import Sequence
 
 from fdp_router.config import (
     AuthConfig,
-    Budgets,
-    BudgetWindow,
-    ConsensusConfig,
-    HealthCheck,
     HospitalNodeConfig,
     LedgerConfig,
     ManagedBy,
-    Mechanism,
     NodeTLS,
     PrivacyConfig,
     RouterConfig,
     RoutingConfig,
     ServerConfig,
-    Strategy,
     dump_config,
 )
 
@@ -45,28 +39,8 @@ def node_tls_mount(secret_name: str) -> str:
 
 
 def privacy_config(policy: PrivacyPolicy) -> PrivacyConfig:
-    p = policy.spec
-    window = (
-        BudgetWindow(kind="period", period_seconds=p.window.period_seconds)
-        if p.window.kind == "period"
-        else BudgetWindow()
-    )
-    return PrivacyConfig(
-        policy_name=policy.ref.name,
-        delta=p.delta,
-        default_epsilon_per_query=p.default_epsilon_per_query,
-        max_epsilon_per_query=p.max_epsilon_per_query,
-        mechanism=Mechanism(p.mechanism),
-        budgets=Budgets(
-            per_user=p.budgets.per_user,
-            per_department=p.budgets.per_department,
-            per_hospital=p.budgets.per_hospital,
-        ),
-        window=window,
-        consensus=ConsensusConfig(
-            nodes=p.consensus.nodes, min_answers=p.consensus.min_answers, sigma=p.consensus.sigma
-        ),
-    )
+    """The policy's ``privacy`` section (built by the model, which validated it the same way)."""
+    return policy.spec.config(policy.ref.name)
 
 
 def node_config(node: HospitalNode) -> HospitalNodeConfig:
@@ -97,12 +71,8 @@ def node_config(node: HospitalNode) -> HospitalNodeConfig:
         max_concurrent_requests=s.capacity.max_concurrent_requests,
         security_level=s.security_level.value,
         tls=tls,
-        health_check=HealthCheck(
-            path=s.health_check.path,
-            interval_seconds=s.health_check.interval_seconds,
-            timeout_seconds=s.health_check.timeout_seconds,
-            failure_threshold=s.health_check.failure_threshold,
-        ),
+        health_check=s.health_check.config(),
+        privacy=s.privacy.config,
     )
 
 
@@ -154,7 +124,7 @@ def router_config(
         nodes=tuple(node_config(n) for n in selected_nodes(router, nodes) if n.healthy),
         privacy=privacy_config(policy),
         routing=RoutingConfig(
-            strategy=Strategy(s.routing.strategy),
+            strategy=s.routing.strategy,
             max_attempts=s.routing.max_attempts,
             connect_timeout_seconds=s.routing.connect_timeout_seconds,
             read_timeout_seconds=s.routing.read_timeout_seconds,

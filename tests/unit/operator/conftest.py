@@ -17,10 +17,18 @@ def router_body(name: str = "fr1", namespace: str = "ns", **spec: Any) -> dict[s
     }
 
 
+PHI_PURE_DP = {"dataClass": "PHI", "mechanism": "PureDP"}
+
+
 def node_body(name: str, hospital: str = "h", labels: dict[str, str] | None = None, **spec: Any):
     return {
         "metadata": {"name": name, "namespace": "ns", "labels": labels or {}, "uid": f"u-{name}"},
-        "spec": {"endpoint": f"https://{name}.example:8443", "hospital": hospital, **spec},
+        "spec": {
+            "endpoint": f"https://{name}.example:8443",
+            "hospital": hospital,
+            "privacy": PHI_PURE_DP,
+            **spec,
+        },
     }
 
 

@@ -107,3 +107,39 @@ def test_the_crd_reference_doc_is_generated_from_the_same_source() -> None:
     doc = (REPO / "docs" / "crd-reference.md").read_text()
     assert doc == reference(), "docs/crd-reference.md is stale: run `python -m fdp_operator.crds --write`"
     assert "`rollout.steps[].setWeight`" in doc and "spec.delta must be in (0, 1e-3]" in doc
+
+
+def _spec(kind: str) -> dict:
+    crd = next(c for c in all_crds() if c["spec"]["names"]["kind"] == kind)
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def test_kubectl_get_hn_shows_the_data_class_and_the_mechanism() -> None:
+    hn = next(c for c in all_crds() if c["spec"]["names"]["kind"] == "HospitalNode")
+    cols = {c["name"]: c["jsonPath"] for c in hn["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert cols["Data"] == ".spec.privacy.dataClass" and cols["Mechanism"] == ".spec.privacy.mechanism"
+
+
+def test_every_node_declares_its_privacy_and_a_phi_node_its_mechanism() -> None:
+    spec = _spec("HospitalNode")
+    assert "privacy" in spec["required"]
+    privacy = spec["properties"]["privacy"]
+    assert privacy["required"] == ["dataClass"]
+    assert privacy["properties"]["dataClass"]["enum"] == ["PHI", "Public"]
+    assert privacy["properties"]["mechanism"]["enum"] == ["None", "PureDP", "Gaussian"]
+    [rule] = privacy["x-kubernetes-validations"]
+    assert rule["message"].startswith("a PHI node must declare the DP mechanism its endpoint runs")
+
+
+def test_candidate_sets_carry_the_routers_option_limits() -> None:
+    from fdp_router.config import MAX_OPTION_LENGTH, MAX_OPTIONS
+
+    sets = _spec("PrivacyPolicy")["properties"]["consensus"]["properties"]["candidateSets"]
+    options = sets["additionalProperties"]
+    assert (options["minItems"], options["maxItems"]) == (2, MAX_OPTIONS)
+    assert options["items"]["maxLength"] == MAX_OPTION_LENGTH and options["items"]["minLength"] == 1
+    assert options["x-kubernetes-list-type"] == "set"  # exact duplicates: refused by the API server
+
+
+def test_the_policy_mechanism_is_marked_deprecated() -> None:
+    assert _spec("PrivacyPolicy")["properties"]["mechanism"]["description"].startswith("deprecated")

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from fdp_operator.models import LabelSelector, SpecError, parse_duration, parse_policy, parse_router
+from fdp_operator.models import (
+    DataClassName,
+    LabelSelector,
+    MechanismName,
+    SpecError,
+    in_crd_words,
+    parse_duration,
+    parse_node,
+    parse_policy,
+    parse_router,
+)
+from fdp_router.config import DataClass, NodeMechanism
 
 from .conftest import router_body
 
@@ -93,3 +104,106 @@ def test_a_label_selector_becomes_the_api_servers_query_string() -> None:
     )
     assert sel.to_query() == "a=1,net=x,t in (p,q),u notin (r),v,!w"
     assert LabelSelector().to_query() == ""
+
+
+# ---------------------------------------------------------------- the router's rules, at the edge
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ({"consensus": {"nodes": 2, "minAnswers": 3}}, "consensus.minAnswers must be <= consensus.nodes"),
+        (
+            {"defaultEpsilonPerQuery": 2, "maxEpsilonPerQuery": 1},
+            "defaultEpsilonPerQuery must be <= maxEpsilonPerQuery",
+        ),
+        (
+            {"defaultEpsilonPerQuery": 0.5, "maxEpsilonPerQuery": 3, "budgets": {"perUser": 2}},
+            "maxEpsilonPerQuery must be <= budgets.perUser",
+        ),
+    ],
+)
+def test_a_policy_the_router_config_refuses_is_refused_when_parsed(spec, needle) -> None:
+    """These parsed before, and render then raised inside reconcile (issue 13)."""
+    with pytest.raises(SpecError) as exc:
+        parse_policy({"metadata": {"name": "p"}, "spec": spec})
+    assert needle in str(exc.value)
+
+
+def test_a_policy_with_a_minimum_above_its_default_is_refused() -> None:
+    with pytest.raises(SpecError, match="minEpsilonPerQuery must be <= defaultEpsilonPerQuery"):
+        parse_policy({"metadata": {"name": "p"}, "spec": {"minEpsilonPerQuery": 0.5}})
+    p = parse_policy({"metadata": {"name": "p"}, "spec": {"minEpsilonPerQuery": 0.05}})
+    assert p.spec.config().min_epsilon == 0.05
+    assert parse_policy({"metadata": {"name": "p"}, "spec": {}}).spec.config().min_epsilon == 0.1
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (["Admit to ICU"], "consensus.candidateSets.triage: needs 2 to 32 options, got 1"),
+        (["Admit to ICU", "admit to  ICU."], "consensus.candidateSets.triage[1]: duplicates option 0"),
+        (["Admit", "   "], "consensus.candidateSets.triage[1]: must not be empty"),
+        (["Admit", "x" * 501], "consensus.candidateSets.triage[1]: longer than 500 characters"),
+        ([f"option {i}" for i in range(33)], "needs 2 to 32 options, got 33"),
+    ],
+)
+def test_candidate_sets_follow_the_routers_option_rules(options, needle) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_policy(
+            {"metadata": {"name": "p"}, "spec": {"consensus": {"candidateSets": {"triage": options}}}}
+        )
+    assert needle in str(exc.value)
+
+
+def test_a_field_the_model_does_not_know_is_an_error_not_silently_dropped() -> None:
+    with pytest.raises(SpecError, match=r"spec\.autoscaling\.targetCpuUtilizationPercentage"):
+        parse_router(router_body(autoscaling={"targetCpuUtilizationPercentage": 50}))
+
+
+# ---------------------------------------------------------------- HospitalNode privacy
+
+
+def _node(**spec):
+    return parse_node(
+        {"metadata": {"name": "n"}, "spec": {"endpoint": "https://n.example", "hospital": "h", **spec}}
+    )
+
+
+def test_a_phi_node_without_a_mechanism_is_refused_in_words_a_person_understands() -> None:
+    with pytest.raises(SpecError) as exc:
+        _node(privacy={"dataClass": "PHI"})
+    assert str(exc.value) == (
+        "spec.privacy: a PHI node must declare the DP mechanism its endpoint runs (PureDP or Gaussian); "
+        "None is only for dataClass Public"
+    )
+    with pytest.raises(SpecError, match=r"spec\.privacy: Field required"):
+        _node()
+    with pytest.raises(SpecError, match=r"spec\.privacy\.dataClass"):
+        _node(privacy={"dataClass": "phi", "mechanism": "PureDP"})
+
+
+@pytest.mark.parametrize(
+    ("privacy", "data_class", "mechanism"),
+    [
+        ({"dataClass": "PHI", "mechanism": "PureDP"}, DataClass.PHI, NodeMechanism.PURE_DP),
+        ({"dataClass": "PHI", "mechanism": "Gaussian"}, DataClass.PHI, NodeMechanism.GAUSSIAN),
+        ({"dataClass": "Public"}, DataClass.PUBLIC, NodeMechanism.NONE),
+    ],
+)
+def test_a_nodes_privacy_becomes_the_routers(privacy, data_class, mechanism) -> None:
+    config = _node(privacy=privacy).spec.privacy.config
+    assert (config.data_class, config.mechanism) == (data_class, mechanism)
+    assert config.releasable
+
+
+def test_the_crd_spellings_cover_every_router_data_class_and_mechanism() -> None:
+    assert {m.name for m in DataClassName} == {m.name for m in DataClass}
+    assert {m.name for m in MechanismName} == {m.name for m in NodeMechanism}
+
+
+def test_router_messages_are_translated_into_the_crds_field_names() -> None:
+    assert in_crd_words("budgets.per_user: max_epsilon_per_query=1 from a pure_dp node") == (
+        "budgets.perUser: maxEpsilonPerQuery=1 from a pure_dp node"
+    )
+    assert in_crd_words("window.period_seconds is required") == "window.period is required"

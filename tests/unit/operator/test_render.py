@@ -168,3 +168,42 @@ def test_the_ledger_commit_mode_reaches_the_router_config(make_router, make_poli
         _render(make_router(ledger={"commitMode": "Deferred"}), make_policy(), [make_node("a")])
     )
     assert (default.ledger.commit_mode, deferred.ledger.commit_mode) == ("durable", "deferred")
+
+
+def test_the_hpa_cpu_target_is_the_one_the_crd_spells(make_router, make_policy, make_node) -> None:
+    """`targetCPUUtilizationPercentage` (CRD, docs, example) was dropped: the HPA always got 70."""
+    router = make_router(
+        ledger=PG,
+        autoscaling={"enabled": True, "maxReplicas": 4, "targetCPUUtilizationPercentage": 50},
+    )
+    hpa = _kinds(_render(router, make_policy(), [make_node("a")]))[("HorizontalPodAutoscaler", "fr1")]
+    cpu = next(m for m in hpa["spec"]["metrics"] if m["resource"]["name"] == "cpu")
+    assert cpu["resource"]["target"]["averageUtilization"] == 50
+
+
+def test_each_node_declares_its_data_class_and_mechanism_in_the_config(
+    make_router, make_policy, make_node
+) -> None:
+    nodes = [
+        make_node("phi-gauss", privacy={"dataClass": "PHI", "mechanism": "Gaussian"}),
+        make_node("phi-pure", privacy={"dataClass": "PHI", "mechanism": "PureDP"}),
+        make_node("public", privacy={"dataClass": "Public"}),
+    ]
+    r = _render(make_router(), make_policy(), nodes)
+    raw = json.loads(_kinds(r)[("ConfigMap", r.config_map_name)]["data"][names.CONFIG_FILE])
+    assert {n["id"]: n["privacy"] for n in raw["nodes"]} == {
+        "phi-gauss": {"data_class": "phi", "mechanism": "gaussian"},
+        "phi-pure": {"data_class": "phi", "mechanism": "pure_dp"},
+        "public": {"data_class": "public", "mechanism": "none"},
+    }
+
+
+def test_the_policy_minimum_and_candidate_sets_reach_the_config(make_router, make_policy, make_node) -> None:
+    triage = ["Admit to ICU", "Admit to ward", "Discharge with follow-up"]
+    policy = make_policy(minEpsilonPerQuery=0.05, consensus={"candidateSets": {"triage": triage}})
+    r = _render(make_router(), policy, [make_node("a")])
+    raw = json.loads(_kinds(r)[("ConfigMap", r.config_map_name)]["data"][names.CONFIG_FILE])
+    assert raw["privacy"]["min_epsilon_per_query"] == 0.05
+    assert raw["privacy"]["consensus"]["candidate_sets"] == {"triage": triage}
+    unset = _config(_render(make_router(), make_policy(), [make_node("a")])).privacy
+    assert unset.min_epsilon_per_query is None and unset.min_epsilon == unset.default_epsilon_per_query

@@ -13,7 +13,12 @@ from fdp_operator.reconcile.router import node_is_healthy
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = HospitalNodeSpec.model_validate(
-    {"endpoint": "https://a:1", "hospital": "h", "healthCheck": {"failureThreshold": 2}}
+    {
+        "endpoint": "https://a:1",
+        "hospital": "h",
+        "healthCheck": {"failureThreshold": 2},
+        "privacy": {"dataClass": "PHI", "mechanism": "PureDP"},
+    }
 )
 OK = ProbeResult(True, 12.5)
 FAIL = ProbeResult(False, None, "connection refused")
@@ -70,3 +75,18 @@ def test_status_patch_is_none_when_equal_and_nulls_removed_keys() -> None:
     assert status_patch(old, dict(old)) is None
     new = {"a": 1, "rollout": {"x": 2}}
     assert status_patch(old, new) == {"rollout": {"x": 2, "pauseReason": None}, "gone": None}
+
+
+def test_a_policy_the_router_refuses_is_not_ready_and_names_the_budget() -> None:
+    """perUser = max = 1 passes the CRD and the config model, but the router's own check
+    (a budget that cannot admit one query at maxEpsilonPerQuery) refuses it: every router
+    pod would stop. It showed Ready=True (issue 13)."""
+    body = {
+        "metadata": {"name": "p", "namespace": "ns", "generation": 2},
+        "spec": {"defaultEpsilonPerQuery": 1, "maxEpsilonPerQuery": 1, "budgets": {"perUser": 1}},
+    }
+    st = policy_status(body, [], NOW)
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PolicyInvalid"
+    assert "budgets.perUser" in ready["message"] and "maxEpsilonPerQuery" in ready["message"]
+    assert "guarantee" not in st

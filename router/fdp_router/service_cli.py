@@ -37,16 +37,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--audience")
     t.set_defaults(func=_token)
 
-    d = sub.add_parser("demo-node", help="run a DEMO OpenAI-compatible hospital node (canned answers)")
+    d = sub.add_parser(
+        "demo-node",
+        help="run a DEMO OpenAI-compatible hospital node: synthetic patients behind a DP mechanism "
+        "(phi) or a table of general medical answers (public)",
+    )
     d.add_argument("--port", type=int, required=True)
     d.add_argument("--name", required=True)
     d.add_argument("--host", default="127.0.0.1")
+    d.add_argument(
+        "--data-class",
+        choices=("phi", "public"),
+        default="phi",
+        help="phi: answers questions about its synthetic patients under record-level DP (model "
+        "patient-stats); public: general medical answers at 0 epsilon (model medical-guidelines)",
+    )
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic patient table (phi)")
+    d.add_argument("--hospital", help="hospital whose synthetic patients this node holds (default: --name)")
+    d.add_argument(
+        "--patients", type=int, default=3000, help="synthetic patients (phi; also fixes the shard count)"
+    )
     d.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
     d.add_argument("--key", help="key of --cert")
     d.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
     d.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     d.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests answered with 503")
-    d.add_argument("--table", help="JSON object keyword -> answer replacing the built-in table")
+    d.add_argument("--table", help="JSON object keyword -> answer replacing the built-in public table")
     d.set_defaults(func=_demo_node)
 
     s = sub.add_parser("config-schema", help="print the JSON schema of the router config")
@@ -124,6 +140,7 @@ def _token(args: argparse.Namespace) -> int:
 def _demo_node(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from fdp_router.demo_data import MAX_PATIENTS, MIN_PATIENTS
     from fdp_router.demo_node import DemoState, create_demo_app, load_table, server_ssl_context
 
     if bool(args.cert) != bool(args.key):
@@ -135,13 +152,31 @@ def _demo_node(args: argparse.Namespace) -> int:
     if not 0.0 <= args.failure_rate <= 1.0:
         print("demo-node: --failure-rate must be in [0, 1]", file=sys.stderr)
         return 2
+    if not MIN_PATIENTS <= args.patients <= MAX_PATIENTS:
+        print(f"demo-node: --patients must be in [{MIN_PATIENTS}, {MAX_PATIENTS}]", file=sys.stderr)
+        return 2
     state = DemoState(
-        name=args.name, delay=args.delay, failure_rate=args.failure_rate, table=load_table(args.table)
+        name=args.name,
+        delay=args.delay,
+        failure_rate=args.failure_rate,
+        table=load_table(args.table),
+        data_class=args.data_class,
+        seed=args.seed,
+        hospital=args.hospital,
+        patients=args.patients,
     )
+    if state.data_class == "phi":
+        t = state.patient_table  # built now: a bad setting fails at start, not on the first query
+        what = (
+            f"synthetic patients of {t.hospital!r} (seed {t.seed}, {t.patients} records, {t.shards} shards)"
+        )
+    else:
+        what = "public table of general medical answers"
     ctx = server_ssl_context(args.cert, args.key, args.client_ca) if args.cert else None
     scheme = "https" if ctx else "http"
     print(
-        f"DEMO hospital node {args.name!r} on {scheme}://{args.host}:{args.port} (canned answers)", flush=True
+        f"DEMO hospital node {args.name!r} ({state.data_class}: {what}) on {scheme}://{args.host}:{args.port}",
+        flush=True,
     )
     web.run_app(
         create_demo_app(state), host=args.host, port=args.port, ssl_context=ctx, access_log=None, print=None

@@ -1,8 +1,9 @@
 """Noise mechanisms with secure samplers, and their calibration.
 
-Called by the router's request path (Gaussian/Laplace noise on numeric outputs, GNMax
-report-noisy-max for consensus) and by ``events.py`` (calibrating a policy's mechanism to a
-per-query epsilon).
+Called by the router's consensus (``report_noisy_max``: GNMax over the integer vote
+histogram), by node-side mechanisms (``noisy_counts``, ``report_noisy_max`` on counts of
+records), by ``events.py`` (calibrating a mechanism to a per-query epsilon, checking
+numbers) and by the ledger and CLI (``check_positive``, ``check_delta``).
 
 Sampling: every noise draw comes from OpenDP's samplers, which sample exactly on a discrete
 grid (discrete Gaussian / discrete Laplace scaled by 2^k) using OS randomness, so they are
@@ -18,6 +19,7 @@ Everything here is pure math except the samplers (which only read OS randomness)
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -41,16 +43,26 @@ def _dp() -> Any:
 
 
 def check_positive(name: str, value: float) -> float:
-    """A finite number > 0, else InvalidPrivacyRequest naming the field and why."""
+    """A finite, normal float > 0, else InvalidPrivacyRequest naming the field and why.
+
+    Refused: bool (JSON ``true``), strings and other non-numbers, NaN, +-inf, integers too
+    large for a float, values <= 0 and subnormal floats (below 2.2e-308: they have lost
+    precision, and nothing calibrated to them means anything).
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidPrivacyRequest(name, f"must be a number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise InvalidPrivacyRequest(name, "must be finite") from None
     if math.isnan(v):
         raise InvalidPrivacyRequest(name, "must be a number, got NaN")
     if math.isinf(v):
         raise InvalidPrivacyRequest(name, "must be finite")
     if v <= 0:
         raise InvalidPrivacyRequest(name, f"must be > 0, got {v:g}")
+    if v < sys.float_info.min:
+        raise InvalidPrivacyRequest(name, f"must be a normal floating-point number, got subnormal {v!r}")
     return v
 
 
@@ -156,17 +168,13 @@ def add_gaussian(value: float, sigma: float) -> float:
     return float(_gaussian_measurement(check_positive("sigma", sigma))(float(value)))
 
 
-def add_laplace(value: float, scale: float) -> float:
-    return float(_laplace_measurement(check_positive("scale", scale))(float(value)))
+def noisy_counts(counts: Sequence[int], sigma: float) -> list[int]:
+    """The integer vector `counts` plus independent discrete Gaussian noise N_Z(0, sigma^2) on
+    each entry (OpenDP's exact sampler on integers: no floating point anywhere).
 
-
-def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
-    """GNMax (PATE): add discrete Gaussian noise N_Z(0, sigma^2) to each vote count, return the argmax.
-
-    One hospital changing its vote moves two counts by one (L2 sensitivity sqrt 2), so the
-    noisy histogram is a Gaussian mechanism with noise multiplier sigma/sqrt(2): RDP
-    eps(alpha) = alpha / sigma^2 (``events.gnmax_event``). The argmax is post-processing.
-    Ties between noisy counts go to the lowest index (data-independent rule).
+    On a vector whose entries one unit moves by at most Delta_2 in L2 norm this is the
+    discrete Gaussian mechanism (Canonne, Kamath & Steinke 2020): the same RDP bound as the
+    continuous Gaussian with that sigma, eps(alpha) <= alpha Delta_2^2 / (2 sigma^2).
     """
     s = check_positive("sigma", sigma)
     if len(counts) == 0:
@@ -176,7 +184,18 @@ def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
         if isinstance(c, bool) or not isinstance(c, int) or c < 0:
             raise InvalidPrivacyRequest("counts", f"must be non-negative integers, got {c!r}")
         ints.append(c)
-    noisy = _int_vector_gaussian(s)(ints)
+    return [int(v) for v in _int_vector_gaussian(s)(ints)]
+
+
+def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
+    """GNMax (PATE): ``noisy_counts`` on the vote histogram, return the argmax.
+
+    One hospital changing its vote moves two counts by one (L2 sensitivity sqrt 2), so the
+    noisy histogram is a Gaussian mechanism with noise multiplier sigma/sqrt(2): RDP
+    eps(alpha) = alpha / sigma^2 (``events.gnmax_event``). The argmax is post-processing.
+    Ties between noisy counts go to the lowest index (data-independent rule).
+    """
+    noisy = noisy_counts(counts, sigma)
     best = 0
     for i, v in enumerate(noisy):
         if v > noisy[best]:

@@ -1,13 +1,16 @@
 """A privacy policy turned into what it guarantees, and into budget windows.
 
 ``guarantee(cfg)`` states, in words and numbers, the DP guarantee a policy actually gives
-(the operator writes it on PrivacyPolicy status; the router shows it in budget documents).
-With a refreshing window the guarantee is per (unit, window), not per person forever, and
-per-user budgets assume users do not collude: both are said, not hidden.
+(the operator writes it on PrivacyPolicy status; the router shows it in budget documents),
+and what it protects (DESIGN section 5): a patient record at a hospital for node-side
+mechanisms, a hospital's whole data for consensus votes. With a refreshing window the
+guarantee is per (unit, window), not per person forever; per-user budgets assume clinicians
+do not collude, and the per-hospital budget is what bounds all clinicians together: all of
+it is said, not hidden.
 
 ``window_of(cfg, t)`` maps a time to its window (window id = floor(t / period); one window
 for a lifetime budget). ``check_policy(cfg)`` refuses a policy whose budgets cannot admit
-even one query at ``max_epsilon_per_query``.
+even one query at ``max_epsilon_per_query`` from a node running either supported mechanism.
 
 Called by the ledger, the router and the operator. Pure: no I/O.
 """
@@ -17,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from fdp_router.config import PrivacyConfig
+from fdp_router.config import NodeMechanism, PrivacyConfig
 from fdp_router.privacy.api import InvalidPrivacyRequest, Scope
-from fdp_router.privacy.events import event_for_request
+from fdp_router.privacy.events import event_for_node
 from fdp_router.privacy.filter import admits, rdp_curve, zero
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,16 +52,23 @@ def format_period(seconds: int) -> str:
     return f"{seconds}s"
 
 
+PROTECTS = (
+    "a patient record at a hospital (record-level DP) for answers from a node-side mechanism; "
+    "a hospital's whole data for consensus votes (one vote per hospital)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Guarantee:
     epsilon: float  # per-user budget
     delta: float
-    unit: str  # "user"
+    unit: str  # "user": whose budget the headline epsilon is
     window: str  # "lifetime" or e.g. "24h"
     window_seconds: int | None
     text: str
     budgets: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    protects: str = PROTECTS  # what one DP unit (neighbouring data sets) is
 
 
 def guarantee(cfg: PrivacyConfig) -> Guarantee:
@@ -73,10 +83,14 @@ def guarantee(cfg: PrivacyConfig) -> Guarantee:
         window, where, seconds = "lifetime", "over the lifetime of the ledger", None
     text = f"({eps:g}, {delta:g})-DP per user {where}"
     notes = [
+        f"protects {PROTECTS}",
         "admission by a Rényi-DP filter valid for adaptively chosen per-query epsilon",
         f"also ({cfg.budgets.per_department:g}, {delta:g})-DP per department and "
         f"({cfg.budgets.per_hospital:g}, {delta:g})-DP per hospital (data source) {where}",
-        "per-user budgets assume users do not collude",
+        "per-user budgets bound what one clinician learns and assume clinicians do not collude; "
+        "the per-hospital budget bounds what all clinicians together learn about one hospital's patients",
+        "answers of Public nodes cost 0 epsilon: they hold no patient data",
+        f"each query spends between {cfg.min_epsilon:g} and {cfg.max_epsilon_per_query:g} epsilon",
     ]
     if seconds is not None:
         notes.append(
@@ -115,13 +129,17 @@ def window_of(cfg: PrivacyConfig, now: datetime) -> Window:
 
 
 def check_policy(cfg: PrivacyConfig) -> None:
-    """Refuse a policy whose budgets cannot admit even one query at max_epsilon_per_query."""
-    cost = rdp_curve(event_for_request(cfg, cfg.max_epsilon_per_query))
-    for scope in Scope:
-        if not admits(zero(), cost, budget_of(cfg, scope), cfg.delta):
-            raise InvalidPrivacyRequest(
-                _budget_field(scope),
-                f"a budget of {budget_of(cfg, scope):g} cannot admit even one query at "
-                f"max_epsilon_per_query={cfg.max_epsilon_per_query:g} (delta {cfg.delta:g}) under the "
-                "Rényi filter; raise the budget or lower max_epsilon_per_query",
-            )
+    """Refuse a policy whose budgets cannot admit even one query at max_epsilon_per_query,
+    whichever supported node mechanism answers it (``gaussian`` at the policy delta, or
+    ``pure_dp``); the message names the scope's budget and the mechanism."""
+    for mechanism in (NodeMechanism.GAUSSIAN, NodeMechanism.PURE_DP):
+        cost = rdp_curve(event_for_node(mechanism, cfg.max_epsilon_per_query, cfg.delta))
+        for scope in Scope:
+            if not admits(zero(), cost, budget_of(cfg, scope), cfg.delta):
+                raise InvalidPrivacyRequest(
+                    _budget_field(scope),
+                    f"a budget of {budget_of(cfg, scope):g} cannot admit even one query at "
+                    f"max_epsilon_per_query={cfg.max_epsilon_per_query:g} from a {mechanism.value} node "
+                    f"(delta {cfg.delta:g}) under the Rényi filter; raise the budget or lower "
+                    "max_epsilon_per_query",
+                )

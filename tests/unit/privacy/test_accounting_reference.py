@@ -3,6 +3,8 @@
 Closed forms are computed here from their formulas (Balle & Wang's analytic Gaussian with
 math.erfc; basic composition; the Gaussian RDP curve alpha/(2 z^2) and GNMax's alpha/sigma^2),
 and dp-accounting's accountants are called directly in the test, independently of our code.
+The admission filter's conversion is checked against dp-accounting's ``compute_epsilon`` and
+its admitted counts against dp-accounting's fixed-sequence accountants.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fdp_router.privacy.events import (
     event_for_request,
     from_dict,
     to_dict,
+    to_dp_accounting,
 )
 from fdp_router.privacy.mechanisms import epsilon_for_sigma, gaussian_delta, sigma_for
 
@@ -111,13 +114,18 @@ def test_rdp_curves_match_closed_forms() -> None:
         assert r == pytest.approx(a / (2 * z * z) + 3 * a / (sigma * sigma), rel=1e-9)
 
 
+def improved_budget(eps: float, delta: float, alpha: float) -> float:
+    """B(alpha) of the filter: the improved RDP -> DP conversion at delta/|ORDERS|."""
+    n = len(flt.ORDERS)
+    return eps + (math.log(delta / n) + math.log(alpha)) / (alpha - 1) - math.log(1 - 1 / alpha)
+
+
 @pytest.mark.parametrize("z", [1.0, 2.0, 5.0])
 def test_filter_admitted_count_matches_a_brute_force_of_the_rule(z: float) -> None:
     eps, delta = 10.0, 1e-5
-    n_orders = len(flt.ORDERS)
 
     def fits(k: int) -> bool:
-        return any(k * a / (2 * z * z) <= eps - math.log(n_orders / delta) / (a - 1) for a in flt.ORDERS)
+        return any(k * a / (2 * z * z) <= improved_budget(eps, delta, a) for a in flt.ORDERS)
 
     expected = 0
     while fits(expected + 1):
@@ -129,6 +137,71 @@ def test_filter_admitted_count_matches_a_brute_force_of_the_rule(z: float) -> No
     while flt.admits(spent, cost, eps, delta):
         spent, admitted = flt.add(spent, cost), admitted + 1
     assert admitted == expected
+
+
+@pytest.mark.parametrize(("eps", "delta"), [(10.0, 1e-5), (1.0, 1e-6), (3.0, 1e-3)])
+def test_filter_budget_is_dp_accountings_improved_conversion_at_delta_over_the_orders(
+    eps: float, delta: float
+) -> None:
+    """At each order, an RDP spend of exactly B(alpha) converts back to epsilon at
+    delta/|ORDERS| by dp-accounting's own (improved) conversion."""
+    per_order = delta / len(flt.ORDERS)
+    checked = 0
+    for a, b in zip(flt.ORDERS, flt.budget_curve(eps, delta), strict=True):
+        assert b == pytest.approx(improved_budget(eps, delta, a), rel=1e-12)
+        if b <= 0:  # this order admits nothing (compute_epsilon refuses a negative divergence)
+            continue
+        back, _ = rdp_privacy_accountant.compute_epsilon([a], [b], per_order)
+        assert back == pytest.approx(eps, rel=1e-9)
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("alpha", [1.25, 2.0, 8.0, 64.0, 256.0])
+def test_the_hockey_stick_bound_per_order_is_delta_over_the_orders(alpha: float) -> None:
+    """Step 3 of the filter's proof: sup_x (1 - e^(eps-x)) e^(-(alpha-1)(x-B)) = delta/|A|."""
+    eps, delta = 10.0, 1e-5
+    b = improved_budget(eps, delta, alpha)
+
+    def term(x: float) -> float:
+        return (1 - math.exp(eps - x)) * math.exp(-(alpha - 1) * (x - b))
+
+    x_star = eps - math.log(1 - 1 / alpha)  # where the derivative vanishes
+    assert term(x_star) == pytest.approx(delta / len(flt.ORDERS), rel=1e-9)
+    grid = [eps + i * 1e-3 for i in range(1, 20000)]
+    assert max(term(x) for x in grid) <= term(x_star) * (1 + 1e-12)
+
+
+def test_filter_admits_what_issue_10_asks_and_more_than_the_classic_conversion() -> None:
+    eps, delta = 10.0, 1e-5
+    n = len(flt.ORDERS)
+
+    def classic(z: float) -> int:
+        return max(math.floor((eps - math.log(n / delta) / (a - 1)) / (a / (2 * z * z))) for a in flt.ORDERS)
+
+    assert (classic(5.0), classic(2.0)) == (64, 10)  # the old rule, for the record
+    assert flt.admitted_count(GaussianEvent(5.0), eps, delta) >= 72
+    assert flt.admitted_count(GaussianEvent(2.0), eps, delta) >= 11
+
+
+@pytest.mark.parametrize(
+    "single",
+    [GaussianEvent(1.0), GaussianEvent(2.0), GaussianEvent(5.0), GNMaxEvent(3.0), LaplaceEvent(10.0)],
+)
+def test_the_filter_never_admits_more_than_a_fixed_sequence_accountant_allows(single: object) -> None:
+    """Sanity check against over-admission: the k events the filter admits under (10, 1e-5),
+    taken as a fixed sequence, are (10, 1e-5)-DP by dp-accounting's RDP and PLD accountants
+    (which, for a fixed sequence, need no delta split and so are never stricter)."""
+    eps, delta = 10.0, 1e-5
+    k = flt.admitted_count(single, eps, delta)  # type: ignore[arg-type]
+    assert k >= 1
+    dp_event = dp_accounting.SelfComposedDpEvent(to_dp_accounting(single), k)
+    rdp = rdp_privacy_accountant.RdpAccountant(neighboring_relation=REL)
+    rdp.compose(dp_event)
+    assert rdp.get_epsilon(delta) <= eps
+    pld = pld_privacy_accountant.PLDAccountant(REL)
+    pld.compose(dp_event)
+    assert pld.get_epsilon(delta) <= eps
 
 
 def test_filter_admits_several_times_more_than_basic_composition() -> None:

@@ -23,6 +23,7 @@ from fdp_router.privacy.events import (
     GaussianEvent,
     LaplaceEvent,
     SelfComposedEvent,
+    check_epsilon,
     event_for_request,
     gnmax_event,
     to_dp_accounting,
@@ -41,8 +42,15 @@ from fdp_router.privacy.policy import check_policy, guarantee
         (math.inf, "finite"),
         (-math.inf, "finite"),
         (5.0, "max_epsilon_per_query"),
+        (0.05, "min_epsilon_per_query"),  # unset: the default epsilon (0.1) is the minimum
+        (1e-300, "min_epsilon_per_query"),
+        (1e-310, "subnormal"),
+        (5e-324, "subnormal"),
+        (10**400, "finite"),
         ("0.1", "number"),
         (True, "number"),
+        (False, "number"),
+        ([0.1], "number"),
     ],
 )
 def test_bad_epsilon_is_rejected_naming_the_field(epsilon: object, reason: str) -> None:
@@ -50,6 +58,23 @@ def test_bad_epsilon_is_rejected_naming_the_field(epsilon: object, reason: str) 
         event_for_request(PrivacyConfig(), epsilon)  # type: ignore[arg-type]
     assert info.value.field == "privacy_budget"
     assert reason in info.value.reason
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        check_epsilon(epsilon, PrivacyConfig(), field_name="options_budget")  # type: ignore[arg-type]
+    assert info.value.field == "options_budget"
+
+
+def test_epsilon_bounds_come_from_the_policy() -> None:
+    cfg = PrivacyConfig(min_epsilon_per_query=0.01, default_epsilon_per_query=0.1, max_epsilon_per_query=1.0)
+    assert check_epsilon(None, cfg) == 0.1
+    assert check_epsilon(0.01, cfg) == 0.01  # the bounds themselves are allowed
+    assert check_epsilon(1, cfg) == 1.0
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        check_epsilon(0.009, cfg)
+    assert info.value.field == "privacy_budget"
+    assert "below the policy's min_epsilon_per_query 0.01" in info.value.reason
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        check_epsilon(0.05, PrivacyConfig())
+    assert "min_epsilon_per_query (default: default_epsilon_per_query) 0.1" in info.value.reason
 
 
 @pytest.mark.parametrize("delta", [0.0, 1.0, -0.1, 1.5, math.nan, math.inf])
@@ -90,6 +115,22 @@ def test_a_budget_that_cannot_admit_one_request_is_refused() -> None:
         check_policy(cfg)
     assert info.value.field == "budgets.per_user"
     assert "cannot admit even one query" in info.value.reason
+    assert "gaussian node" in info.value.reason
+
+
+def test_a_budget_is_checked_against_the_costliest_node_mechanism() -> None:
+    """At a small epsilon a pure-DP release costs the filter more than a Gaussian one: a budget
+    between the two is refused, naming pure_dp."""
+    cfg = PrivacyConfig(
+        default_epsilon_per_query=0.01,
+        max_epsilon_per_query=0.01,
+        budgets={"per_user": 0.036, "per_department": 100.0, "per_hospital": 100.0},
+    )
+    with pytest.raises(InvalidPrivacyRequest) as info:
+        check_policy(cfg)
+    assert info.value.field == "budgets.per_user"
+    assert "pure_dp node" in info.value.reason
+    check_policy(cfg.model_copy(update={"budgets": cfg.budgets.model_copy(update={"per_user": 0.04})}))
 
 
 async def test_a_ledger_with_such_a_policy_refuses_to_open(tmp_path: Path) -> None:
@@ -106,6 +147,11 @@ def test_report_noisy_max_rejects_bad_counts() -> None:
     for counts in ([], [1, -1], [1.5, 2], [True, 1]):
         with pytest.raises(InvalidPrivacyRequest):
             mechanisms.report_noisy_max(counts, 1.0)  # type: ignore[arg-type]
+        with pytest.raises(InvalidPrivacyRequest):
+            mechanisms.noisy_counts(counts, 1.0)  # type: ignore[arg-type]
+    for sigma in (0.0, math.nan, 1e-310):
+        with pytest.raises(InvalidPrivacyRequest):
+            mechanisms.noisy_counts([1, 2], sigma)
 
 
 # --- samplers --------------------------------------------------------------------------------
@@ -125,6 +171,16 @@ def test_laplace_sampler_scale() -> None:
     draws = [mechanisms.laplace_noise(b) for _ in range(N)]
     assert abs(statistics.fmean(draws)) < 4 * b * math.sqrt(2) / math.sqrt(N)
     assert statistics.fmean(abs(x) for x in draws) == pytest.approx(b, rel=0.06)  # E|X| = b
+
+
+def test_noisy_counts_are_integers_with_discrete_gaussian_noise_of_the_right_scale() -> None:
+    sigma, n = 3.0, 1500
+    draws = [mechanisms.noisy_counts([10, 0, 5], sigma) for _ in range(n)]
+    assert all(len(d) == 3 and all(type(v) is int for v in d) for d in draws)
+    for i, true in enumerate((10, 0, 5)):
+        col = [d[i] for d in draws]
+        assert abs(statistics.fmean(col) - true) < 4 * sigma / math.sqrt(n)
+        assert statistics.pstdev(col) == pytest.approx(sigma, rel=0.08)
 
 
 def test_report_noisy_max_prefers_clear_winners_and_is_noisy_for_ties() -> None:
@@ -156,8 +212,19 @@ def test_guarantee_states_unit_and_window_honestly() -> None:
     assert g.text == "(10, 1e-05)-DP per user per 24h window"
     assert (g.epsilon, g.delta, g.unit, g.window_seconds) == (10.0, 1e-5, "user", 86400)
     assert any("per (person, window)" in n for n in g.notes)
-    assert any("do not collude" in n for n in g.notes)
+    assert any("clinicians do not collude" in n for n in g.notes)
     assert "lifetime" in guarantee(PrivacyConfig()).text
+
+
+def test_guarantee_says_what_is_protected_and_by_which_budget() -> None:
+    g = guarantee(PrivacyConfig(min_epsilon_per_query=0.05))
+    assert "a patient record at a hospital" in g.protects
+    assert "a hospital's whole data for consensus votes" in g.protects
+    notes = " | ".join(g.notes)
+    assert g.protects in notes
+    assert "the per-hospital budget bounds what all clinicians together learn" in notes
+    assert "Public nodes cost 0 epsilon" in notes
+    assert "between 0.05 and 1 epsilon" in notes
 
 
 def test_query_hash_is_keyed_and_hides_the_text() -> None:
@@ -226,7 +293,7 @@ def test_cli_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert (out["admitted"], out["basic_composition"]) == (10, 4)  # see docs/benchmarks/privacy.md
+    assert (out["admitted"], out["basic_composition"]) == (11, 4)  # see docs/benchmarks/privacy.md
     assert out["pld_fixed_sequence"] >= out["admitted"]
 
 

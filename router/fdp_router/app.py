@@ -49,11 +49,12 @@ from fdp_router.errors import (
     Unauthorized,
 )
 from fdp_router.jsonlog import request_id_var
+from fdp_router.ledger_health import LEDGER_HEALTH, LedgerHealth
 from fdp_router.metrics import Metrics
 from fdp_router.models import ChatRequest, InferenceRequest, parse
 from fdp_router.overload import AdmissionController
 from fdp_router.privacy.api import InvalidPrivacyRequest, Ledger, Scope
-from fdp_router.service import Completion, CompletionRequest, RequestPath, Runtime
+from fdp_router.request_path import Completion, CompletionRequest, RequestPath, Runtime
 
 log = logging.getLogger("fdp_router.app")
 access_log = logging.getLogger("fdp_router.access")
@@ -252,7 +253,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         raise
     if settings.probes:
         pool.start_probes()
-    tasks = [asyncio.create_task(_refresh_hospital_budgets(app))]
+    ledger_health = app[LEDGER_HEALTH] = LedgerHealth(app[METRICS])
+    ledger_health.attach(rt.ledger)
+    holder = app[HOLDER]
+    tasks = [
+        asyncio.create_task(_refresh_hospital_budgets(app)),
+        asyncio.create_task(ledger_health.run(lambda: holder.current.ledger if holder.current else None)),
+    ]
     if settings.config_path:
         tasks.append(asyncio.create_task(_watch_config(app)))
     try:
@@ -374,6 +381,7 @@ def _privacy_doc(c: Completion, rt: Runtime) -> dict[str, Any]:
         "confidence": c.confidence,
         "nodes": list(c.node_ids),
         "policy": rt.config.privacy.policy_name,
+        "basis": c.basis,
     }
 
 
@@ -405,6 +413,9 @@ async def inference(request: web.Request) -> web.Response:
             priority=body.priority,
             department=body.department,
             request_id=request_id_var.get(),
+            model=body.model,
+            options=tuple(body.options) if body.options is not None else None,
+            candidate_set=body.candidate_set,
         )
         c = await request.app[PATH].complete(rt, who, creq)
         doc = {
@@ -441,6 +452,9 @@ async def chat_completions(request: web.Request) -> web.Response:
             priority=body.priority,
             department=body.department,
             request_id=request_id_var.get(),
+            model=body.model,
+            options=tuple(body.options) if body.options is not None else None,
+            candidate_set=body.candidate_set,
         )
         c = await request.app[PATH].complete(rt, who, creq)
         prompt_words = sum(len(m["content"].split()) for m in creq.messages)
@@ -502,11 +516,16 @@ def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
     rt = app[HOLDER].current
     nodes = app[POOL].describe()
     healthy = sum(1 for n in nodes if n["healthy"])
-    ready = rt is not None and healthy > 0
+    # The ledger's cached state (ledger_health.py; refreshed about every second, never waited
+    # for here): without a ledger that can record a spend, no request can be answered.
+    ledger_health = app.get(LEDGER_HEALTH)
+    ledger = ledger_health.state if ledger_health is not None else None
+    ready = rt is not None and healthy > 0 and (ledger is None or ledger.up)
     return ready, {
         "status": "ready" if ready else "not_ready",
         "config_generation": rt.generation if rt else None,
         "nodes": {"configured": len(nodes), "healthy": healthy},
+        "ledger": ledger.doc(time.monotonic()) if ledger is not None else None,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import orjson
 from fdp_router.balancers import NodeView
 from fdp_router.config import HospitalNodeConfig, NodeTLS, RoutingConfig
 from fdp_router.metrics import Metrics
+from fdp_router.node_contract import PrivacyReport, SentPrivacy, parse_report
 
 log = logging.getLogger("fdp_router.backends")
 EWMA_ALPHA = 0.2
@@ -47,13 +49,54 @@ def _call_timeout(routing: RoutingConfig) -> aiohttp.ClientTimeout:
 
 class BackendFailure(Exception):
     """One backend call failed. `timeout` says which status the client gets (504 vs 502);
-    `retryable` says whether another node may be tried."""
+    `retryable` says whether another node may be tried; `client_error` marks a node's 400/413/
+    422 for the client's own input (the client's 400, never the node's fault); `code` is the
+    node's error code when it sent a short machine-readable one (never its message: a node's
+    error text may echo the prompt)."""
 
-    def __init__(self, node_id: str, message: str, *, timeout: bool = False, retryable: bool = True) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        message: str,
+        *,
+        timeout: bool = False,
+        retryable: bool = True,
+        client_error: bool = False,
+        code: str | None = None,
+    ) -> None:
         super().__init__(f"node {node_id}: {message}")
         self.node_id = node_id
         self.timeout = timeout
         self.retryable = retryable
+        self.client_error = client_error
+        self.code = code
+
+
+# A node's answer to input the client chose: the client's 400, nothing charged, no ejection.
+_CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
+_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReply:
+    """A node's completion and the privacy spend it reported (None: it reported nothing)."""
+
+    data: dict[str, Any]
+    report: PrivacyReport | None
+
+    @property
+    def text(self) -> str:
+        return str(self.data["choices"][0]["message"]["content"])
+
+
+def _error_code(body: bytes) -> str | None:
+    """The node's `error.code` if it is a short token; anything else is dropped unread."""
+    try:
+        err = orjson.loads(body).get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return code if isinstance(code, str) and _CODE.match(code) else None
 
 
 def ssl_context_for(tls: NodeTLS) -> ssl.SSLContext:
@@ -198,12 +241,18 @@ class BackendPool:
                 kw["server_hostname"] = st.cfg.tls.server_name
         return kw
 
-    async def chat(self, node_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST the OpenAI chat payload to one node; the parsed completion or BackendFailure."""
+    async def chat(self, node_id: str, payload: dict[str, Any], privacy: SentPrivacy) -> NodeReply:
+        """POST the OpenAI chat payload to one node with the privacy parameters the router
+        reserved (body ``fdp_privacy`` and ``X-FDP-Privacy-*`` headers, the wire contract in
+        docs/privacy.md); the parsed completion and the spend it reported, or BackendFailure.
+
+        Only failures that are the node's (5xx, resets, timeouts, unparseable answers) count
+        towards ejection; a 4xx for the client's input never does, so no client can take a
+        node out of rotation by sending bad requests."""
         st = self.nodes.get(node_id)
         if st is None or self.session is None:
             raise BackendFailure(node_id, "node is not configured")
-        body = {**payload, "model": st.cfg.model}
+        body = {**payload, "model": st.cfg.model, "fdp_privacy": privacy.body()}
         st.in_flight += 1
         st.requests += 1
         self.metrics.child(self.metrics.node_in_flight, node_id).inc()
@@ -212,26 +261,44 @@ class BackendPool:
             async with self.session.post(
                 f"{st.cfg.endpoint}/v1/chat/completions",
                 data=orjson.dumps(body),
-                headers=_JSON,
+                headers={**_JSON, **privacy.headers()},
                 timeout=self._timeout,
                 **self._request_kwargs(st),
             ) as resp:
-                if resp.status >= 500 or resp.status == 429:
+                if resp.status >= 500:
+                    self._failed(st)
                     raise BackendFailure(node_id, f"HTTP {resp.status}")
-                if resp.status >= 400:
-                    # Status only: a node's error body may echo the prompt (never logged).
+                if resp.status in _CLIENT_ERROR_STATUSES:
+                    code = _error_code(await resp.read())
                     raise BackendFailure(
-                        node_id, f"HTTP {resp.status} (request refused by the node)", retryable=False
+                        node_id,
+                        f"HTTP {resp.status} (the node refused the request's input"
+                        + (f": {code})" if code else ")"),
+                        retryable=False,
+                        client_error=True,
+                        code=code,
                     )
+                if resp.status >= 400:
+                    # 401/403/404/429...: not the client's input and not a node outage; try
+                    # another node, do not eject. Status only: the body may echo the prompt.
+                    raise BackendFailure(node_id, f"HTTP {resp.status} (request refused by the node)")
                 data: dict[str, Any] = orjson.loads(await resp.read())
                 _ = data["choices"][0]["message"]["content"]
+                report = parse_report(resp.headers, data.get("privacy"))
         except BackendFailure:
-            self._failed(st)
             raise
         except TimeoutError:
             self._failed(st)
             raise BackendFailure(node_id, "timed out", timeout=True) from None
-        except (aiohttp.ClientError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (
+            aiohttp.ClientError,
+            OSError,
+            ValueError,
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+        ) as exc:
             self._failed(st)
             raise BackendFailure(node_id, f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -243,7 +310,7 @@ class BackendPool:
         )
         st.consecutive_failures = 0
         self.metrics.child(self.metrics.node_latency, node_id).observe(elapsed)
-        return data
+        return NodeReply(data, report)
 
     def _failed(self, st: NodeState) -> None:
         st.failures += 1

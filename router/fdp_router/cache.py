@@ -20,11 +20,11 @@ from typing import Any
 from fdp_router.config import CacheConfig
 
 
-def cache_key(department: str, prompt: str, params: dict[str, Any]) -> tuple[str, str]:
-    """(department, digest of the normalised request). The prompt is hashed, never stored."""
-    norm = " ".join(prompt.split()).casefold()
-    blob = repr((norm, sorted(params.items()))).encode()
-    return department, hashlib.sha256(blob).hexdigest()
+def cache_key(department: str, canonical_request: str) -> tuple[str, str]:
+    """(department, digest of the exact request). `canonical_request` is the canonical JSON
+    of the messages and parameters (``request_path.canonical_request``): two conversations,
+    or the same words in another case, never share an entry. Hashed, never stored."""
+    return department, hashlib.sha256(canonical_request.encode()).hexdigest()
 
 
 @dataclass

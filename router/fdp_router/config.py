@@ -77,7 +77,7 @@ class NodePrivacy(_Frozen):
     @property
     def releasable(self) -> bool:
         """May an answer of this node be released to a clinician (outside consensus)?"""
-        return self.data_class is DataClass.PUBLIC or self.mechanism is not NodeMechanism.NONE
+        return self.data_class == DataClass.PUBLIC or self.mechanism != NodeMechanism.NONE
 
 
 class HospitalNodeConfig(_Frozen):
@@ -144,9 +144,7 @@ class ConsensusConfig(_Frozen):
     """DP consensus over public candidate answers (PATE's GNMax, one vote per hospital)."""
 
     nodes: int = Field(3, ge=2, le=32, description="how many hospitals to ask (one node each)")
-    min_answers: int = Field(
-        2, ge=1, description="fewer hospitals answering than this: 502, nothing charged"
-    )
+    min_answers: int = Field(2, ge=1, description="fewer hospitals answering than this: 502, nothing charged")
     sigma: PositiveFloat = Field(
         2.0, description="std-dev of the discrete Gaussian noise added to each option's vote count"
     )
@@ -221,7 +219,10 @@ class PrivacyConfig(_Frozen):
 
     @model_validator(mode="after")
     def _default_le_max(self) -> PrivacyConfig:
-        if self.min_epsilon_per_query is not None and self.min_epsilon_per_query > self.default_epsilon_per_query:
+        if (
+            self.min_epsilon_per_query is not None
+            and self.min_epsilon_per_query > self.default_epsilon_per_query
+        ):
             raise ValueError("min_epsilon_per_query must be <= default_epsilon_per_query")
         if self.default_epsilon_per_query > self.max_epsilon_per_query:
             raise ValueError("default_epsilon_per_query must be <= max_epsilon_per_query")
@@ -248,6 +249,11 @@ class RoutingConfig(_Frozen):
     outlier_consecutive_failures: int = Field(5, ge=1)
     outlier_ejection_seconds: PositiveFloat = 30.0
     seed: int | None = Field(None, description="seed for randomised balancers (tests, simulations)")
+    default_model: str | None = Field(
+        None,
+        description="the node model a request that names none (or 'default'/'fdp-router') goes to; "
+        "unset: any node the department may use",
+    )
 
 
 class AuthConfig(_Frozen):
@@ -261,6 +267,45 @@ class AuthConfig(_Frozen):
     jwks_file: str | None = None
     jwks_url: str | None = None
     leeway_seconds: int = Field(30, ge=0, le=300)
+
+
+class LedgerTimeouts(_Frozen):
+    """Bounds on every ledger operation: a ledger database that is down, frozen, full or
+    failing over costs a client a 503 ``ledger_unavailable`` within a few seconds, never a
+    hang. lock_seconds <= statement_seconds <= operation_seconds."""
+
+    connect_seconds: int = Field(
+        2,
+        ge=2,
+        le=60,
+        description="PostgreSQL connect_timeout, per host of the DSN (libpq: whole seconds, >= 2)",
+    )
+    lock_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="wait for the ledger's write lock: PostgreSQL lock_timeout, SQLite busy timeout",
+    )
+    statement_seconds: float = Field(
+        3.0,
+        gt=0,
+        le=120,
+        description="PostgreSQL statement_timeout; also the router-side cap on one ledger transaction on both "
+        "backends (a frozen database server cannot enforce its own timeout)",
+    )
+    operation_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="overall deadline of one ledger operation (a reservation, its commit or release, a budget "
+        "read), waiting in the group-commit queue included",
+    )
+
+    @model_validator(mode="after")
+    def _nested(self) -> LedgerTimeouts:
+        if not self.lock_seconds <= self.statement_seconds <= self.operation_seconds:
+            raise ValueError("ledger.timeouts: need lock_seconds <= statement_seconds <= operation_seconds")
+        return self
 
 
 class LedgerConfig(_Frozen):
@@ -277,6 +322,7 @@ class LedgerConfig(_Frozen):
         "itself is durable before any node is called in both modes, and a crash before the commit "
         "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
     )
+    timeouts: LedgerTimeouts = LedgerTimeouts()
 
 
 class CacheConfig(_Frozen):

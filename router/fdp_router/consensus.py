@@ -1,79 +1,92 @@
-"""DP consensus over several hospitals' answers (PATE's GNMax), pure apart from the noise.
+"""DP consensus over public candidate answers (PATE's GNMax), pure apart from the noise.
 
-Called by ``service.py`` after fanning a request out to k nodes. Steps:
+Called by the request path after asking k hospitals (one node each) to pick one of the
+request's public `options`. Steps:
 
-1. **Candidate mapping: normalised exact match.** Each answer is normalised (Unicode
-   NFKC, case-folded, whitespace collapsed, trailing punctuation stripped); answers with
-   equal normal forms are one candidate. No embeddings: two paraphrases are two candidates.
-2. **Votes.** Each hospital answering casts one vote for its candidate (the privacy unit
-   is one hospital's vote).
-3. **Noisy histogram.** Gaussian noise N(0, sigma^2) from the privacy core's secure
-   sampler (``privacy.mechanisms.add_gaussian``, OpenDP) is added to each count. That is
-   exactly the GNMax mechanism: one hospital changing its vote moves two counts by one,
-   RDP eps(alpha) = alpha / sigma^2 (``privacy.events.gnmax_event``), which is what the
-   request is charged.
-4. **Release.** The argmax of the noisy counts is released. ``confidence`` (noisy winner
-   count / answers, clipped to [0, 1]) and ``consensus_reached`` (noisy winner count above
-   half the answers) are computed from the *noisy* counts only, so they are
-   post-processing and cost nothing extra. Raw counts are never released.
-
-Limit, stated honestly: with free text the candidate set is itself data-dependent (PATE
-assumes a fixed label set); the released winner is one of the hospitals' answers.
+1. **Votes.** Each hospital's answer is mapped to an option by normalised exact match
+   (``config.normalize_answer``: NFKC, case-folded, whitespace collapsed, trailing
+   punctuation stripped); anything else abstains. One vote per hospital: the request path
+   asks at most one node of each hospital.
+2. **Noisy histogram over all options.** Discrete Gaussian noise N_Z(0, sigma^2) from
+   OpenDP (``privacy.mechanisms.noisy_counts``) is added to every option's integer vote
+   count, including options nobody voted for. One hospital changing its vote moves two
+   counts by one: RDP eps(alpha) = alpha / sigma^2 per hospital
+   (``privacy.events.gnmax_event``), which is what the user, the department and every asked
+   hospital are charged.
+3. **Release.** Only the text of the option with the largest noisy count is released (ties to
+   the lowest index, a data-independent rule): never a hospital's own text, so whatever the
+   nodes answer, the output is one of the public options. ``confidence`` (noisy winner count /
+   hospitals asked, clipped to [0, 1]) and ``consensus_reached`` (noisy winner count above
+   half) come from the noisy counts only: post-processing, no extra cost.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fdp_router.privacy.mechanisms import add_gaussian
+from fdp_router.config import normalize_answer
+from fdp_router.privacy.mechanisms import noisy_counts
+
+NoisyCounts = Callable[[Sequence[int], float], list[int]]
 
 
-def normalize_answer(text: str) -> str:
-    t = unicodedata.normalize("NFKC", text).casefold()
-    t = " ".join(t.split())
-    return t.rstrip(" .!;:,")
+def vote_of(answer: str, options: Sequence[str]) -> int | None:
+    """The option an answer names (normalised exact match), or None: the hospital abstains."""
+    key = normalize_answer(answer)
+    for i, option in enumerate(options):
+        if normalize_answer(option) == key:
+            return i
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class ConsensusResult:
-    answer: str  # the released candidate's text (first answer that mapped to it)
-    winner_node: str
-    candidates: int
-    answers: int
+    winner: int  # index into the options
+    answer: str  # the winning option's text: the only text released
+    hospitals: int  # hospitals that answered (votes plus abstentions)
+    abstained: int
     consensus_reached: bool
     confidence: float
 
 
 def aggregate(
-    answers: Sequence[tuple[str, str]],
+    answers: Sequence[str],
+    options: Sequence[str],
     sigma: float,
-    noise: Callable[[float, float], float] = add_gaussian,
+    noise: NoisyCounts = noisy_counts,
 ) -> ConsensusResult:
-    """`answers` are (node_id, text) pairs, at least one. Releases the GNMax winner."""
+    """GNMax over `options` given one answer text per hospital (at least one)."""
     if not answers:
-        raise ValueError("answers: need at least one answer")
-    order: list[str] = []
-    first: dict[str, tuple[str, str]] = {}
-    counts: dict[str, int] = {}
-    for node_id, text in answers:
-        key = normalize_answer(text)
-        if key not in counts:
-            order.append(key)
-            first[key] = (node_id, text)
-            counts[key] = 0
-        counts[key] += 1
-    noisy = [noise(float(counts[k]), sigma) for k in order]
-    best = max(range(len(order)), key=lambda i: (noisy[i], -i))
+        raise ValueError("answers: need at least one hospital's answer")
+    if len(options) < 2:
+        raise ValueError("options: need at least two")
+    counts = [0] * len(options)
+    abstained = 0
+    for text in answers:
+        vote = vote_of(text, options)
+        if vote is None:
+            abstained += 1
+        else:
+            counts[vote] += 1
+    noisy = noise(counts, sigma)
+    best = max(range(len(options)), key=lambda i: (noisy[i], -i))
     n = len(answers)
     top = noisy[best]
-    node_id, text = first[order[best]]
     return ConsensusResult(
-        answer=text,
-        winner_node=node_id,
-        candidates=len(order),
-        answers=n,
+        winner=best,
+        answer=options[best],
+        hospitals=n,
+        abstained=abstained,
         consensus_reached=top > n / 2,
         confidence=round(min(1.0, max(0.0, top / n)), 4),
+    )
+
+
+def vote_instruction(options: Sequence[str]) -> str:
+    """The system message that asks a node to pick one option (sent with ``fdp_options``)."""
+    listed = "\n".join(f"- {o}" for o in options)
+    return (
+        "Answer with exactly one of the following options, copied verbatim, and nothing else. "
+        "If none applies, answer: abstain.\n" + listed
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fdp_router.privacy.api import LedgerUnavailable
+
 
 class ApiError(Exception):
     status: int = 500
@@ -54,6 +56,10 @@ class NotFound(ApiError):
     type = "not_found"
 
 
+class ModelNotFound(NotFound):
+    type = "model_not_found"
+
+
 class Conflict(ApiError):
     status = 409
     type = "managed_by_operator"
@@ -89,3 +95,22 @@ class NoNodeAvailable(ApiError):
 class GatewayTimeout(ApiError):
     status = 504
     type = "backend_timeout"
+
+
+class LedgerUnavailableError(ApiError, LedgerUnavailable):
+    """503 ``ledger_unavailable``: the privacy ledger cannot record a spend right now, so no
+    node was called and no answer was released. Both an API error (the middleware renders it,
+    with ``Retry-After``) and the privacy core's `LedgerUnavailable` (what the ledger raises):
+    the ledger raises this class, so no layer in between has to translate it. The database's
+    own message (host names, paths) goes to the log, never to the client."""
+
+    status = 503
+    type = "ledger_unavailable"
+    RETRY_AFTER_SECONDS = 2
+
+    def __init__(self, kind: str, detail: str) -> None:
+        LedgerUnavailable.__init__(self, kind, detail)
+        secs = self.RETRY_AFTER_SECONDS
+        self.message = f"the privacy ledger is unavailable right now ({self.kind}); no answer was released"
+        self.headers = {"Retry-After": str(secs)}
+        self.extra = {"kind": self.kind, "retry_after_seconds": secs}

@@ -13,6 +13,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A ledger operation is a durable write: sub-millisecond on a fast disk, seconds only when the
+# database is in trouble (then it ends at ledger.timeouts.operation_seconds).
+LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
@@ -42,12 +45,36 @@ class Metrics:
         )
         self.node_in_flight = Gauge("fdp_node_in_flight", "requests in flight per node", ["node"], registry=r)
         self.node_failures = Counter("fdp_node_failures", "failed backend calls", ["node"], registry=r)
+        self.contract_violations = Counter(
+            "fdp_node_contract_violations",
+            "node answers not released because the node's privacy report did not fit the reservation",
+            ["node", "reason"],
+            registry=r,
+        )
         self.cache = Counter("fdp_cache_lookups", "answer cache lookups", ["result"], registry=r)
         self.cache_hit_ratio = Gauge("fdp_cache_hit_ratio", "answer cache hit ratio since start", registry=r)
         self.in_flight = Gauge("fdp_in_flight_requests", "requests being served", registry=r)
         self.queue_depth = Gauge("fdp_queue_depth", "requests waiting for admission", registry=r)
         self.consensus = Counter("fdp_consensus", "consensus outcomes", ["outcome"], registry=r)
         self.reloads = Counter("fdp_config_reloads", "config reloads", ["result"], registry=r)
+        # The privacy ledger (ledger_health.py feeds these).
+        self.ledger_up = Gauge(
+            "fdp_ledger_up", "1 if the privacy ledger's last write or check succeeded, else 0", registry=r
+        )
+        self.ledger_latency = Histogram(
+            "fdp_ledger_operation_seconds",
+            "ledger operation latency (reserve, commit, release, read, check), queueing included",
+            ["op"],
+            buckets=LEDGER_BUCKETS,
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "fdp_ledger_errors",
+            "ledger operations refused because the ledger was unavailable, by kind "
+            "(timeout, connection, busy, disk_full, read_only, io)",
+            ["kind"],
+            registry=r,
+        )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -8,23 +8,46 @@ ride as extra body fields (``extra_body=`` in the ``openai`` SDK).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from fdp_router.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
 
 
+# Strict: JSON `true`, strings and nulls where a number is expected are 400, not coerced.
+Number = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+
+
 class PrivacyFields(BaseModel):
-    privacy_budget: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="epsilon for this query; default: the policy's default"
+    privacy_budget: Number | None = Field(
+        None,
+        description="epsilon for this query (policy min <= epsilon <= max); default: the policy's "
+        "default. Not used with require_consensus (a consensus is charged by its noise)",
     )
-    require_consensus: bool = Field(
-        False, description="fan out to k hospitals and release the DP vote winner"
+    require_consensus: StrictBool = Field(
+        False,
+        description="ask one node of each of k hospitals to pick one of `options`; release the "
+        "GNMax winner (only an option's text is ever released)",
     )
-    priority: int = Field(5, ge=0, le=10, description="admission priority, 10 most urgent")
+    options: list[str] | None = Field(
+        None, description="public candidate answers for a consensus (2..32 distinct strings)"
+    )
+    candidate_set: str | None = Field(
+        None, min_length=1, max_length=128, description="a candidate set named in the privacy policy"
+    )
+    priority: StrictInt = Field(5, ge=0, le=10, description="admission priority, 10 most urgent")
     department: str | None = Field(None, min_length=1, max_length=128, description="must match the token's")
 
 
@@ -32,8 +55,9 @@ class InferenceRequest(PrivacyFields):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(..., min_length=1, max_length=32_000)
-    max_tokens: int = Field(256, ge=1, le=8192)
-    temperature: float = Field(0.7, ge=0, le=2, allow_inf_nan=False)
+    model: str | None = Field(None, max_length=256, description="a node model; default: any node")
+    max_tokens: StrictInt = Field(256, ge=1, le=8192)
+    temperature: Number = Field(0.7, ge=0, le=2)
 
 
 class ChatMessage(BaseModel):
@@ -48,13 +72,21 @@ class ChatRequest(PrivacyFields):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: str | None = Field(None, max_length=256)
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=8192)
-    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
-    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=8192)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=8192)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    stream: StrictBool = False
+    n: StrictInt = Field(1, ge=1, le=1)
+
+    @model_validator(mode="after")
+    def _has_user_message(self) -> ChatRequest:
+        # A chat with no user turn asks the node nothing; nodes answer it 400, and such
+        # requests must never reach a node (they used to count as node failures).
+        if not any(m.role == "user" and m.content.strip() for m in self.messages):
+            raise ValueError("messages: needs at least one non-empty message with role 'user'")
+        return self
 
 
 def parse(model: type[M], data: Any) -> M:
@@ -64,5 +96,8 @@ def parse(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise InvalidRequest(field, err["msg"]) from None
+        field = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("float", "int"))) or "body"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if field == "body" and ": " in msg:  # a model-level rule names its own field
+            field, _, msg = msg.partition(": ")
+        raise InvalidRequest(field, msg) from None

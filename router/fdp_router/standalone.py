@@ -1,11 +1,14 @@
-"""`fdp-router standalone-demo`: three DEMO hospital nodes and the router on 127.0.0.1.
+"""`fdp-router standalone-demo`: DEMO hospital nodes and the router on 127.0.0.1.
 
-Uses ``examples/standalone/router.yaml`` (or ``--config``). Everything runs in this one
+Uses ``examples/standalone/router.yaml`` (or ``--config``): three PHI nodes, each answering
+from its own synthetic patient table through a pure-DP mechanism, and one Public node. Each
+configured node becomes a demo node of its declared data class. Everything runs in this one
 process; the ledger and a fresh dev JWT secret go to a temporary directory (unless
 ``$FDP_JWT_SECRET`` is set), so a demo never touches real state. Prints a working ``curl``
-and an ``openai`` SDK snippet. With ``--smoke`` it uses free ports, sends a few queries
-(plain, OpenAI SDK, consensus, a cache hit, the budget), prints them and exits 0 only if
-all succeeded.
+and an ``openai`` SDK snippet. With ``--smoke`` it uses free ports, sends queries (a PHI
+answer, a cache hit, accuracy at a small and a large epsilon, a consensus over public options,
+a Public node, an unsupported question, the budget, the OpenAI SDK), prints them and exits 0
+only if each got the status it should.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from fdp_router.auth import mint_token
 from fdp_router.config import RouterConfig, load_config
 from fdp_router.demo_node import DemoState, create_demo_app
 
+PHI_QUESTION = "What is the most common first-line treatment for hypertension among our patients?"
+CONSENSUS_QUESTION = "Most common first-line treatment for type 2 diabetes among our patients?"
 REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "standalone" / "router.yaml"
 
 
@@ -44,73 +49,118 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
 
 def _snippets(base: str, token: str) -> str:
     return f"""
-Router: {base}   (DEMO nodes, canned answers; Ctrl-C to stop)
+Router: {base}   (DEMO nodes on synthetic data; Ctrl-C to stop)
 
-curl:
+A PHI node answers from its patients through a DP mechanism at the epsilon you ask:
   curl -s {base}/v1/inference \\
     -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
-    -d '{{"prompt": "First-line treatment for hypertension?", "privacy_budget": 0.1}}'
+    -d '{{"prompt": "{PHI_QUESTION}", "privacy_budget": 0.5}}'
 
-openai SDK (pip install openai):
+A consensus over public options (one vote per hospital, GNMax):
+  curl -s {base}/v1/inference \\
+    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
+    -d '{{"prompt": "{CONSENSUS_QUESTION}", "require_consensus": true, \\
+          "candidate_set": "diabetes-first-line", "model": "patient-stats"}}'
+
+openai SDK (pip install openai); model "medical-guidelines" is the Public node (0 epsilon):
   from openai import OpenAI
   client = OpenAI(base_url="{base}/v1", api_key="{token}")
   r = client.chat.completions.create(
-      model="demo",
-      messages=[{{"role": "user", "content": "How is sepsis managed?"}}],
-      extra_body={{"privacy_budget": 0.2, "require_consensus": False}},
+      model="patient-stats",
+      messages=[{{"role": "user", "content": "{PHI_QUESTION}"}}],
+      extra_body={{"privacy_budget": 0.5}},
   )
   print(r.choices[0].message.content, r.model_extra["privacy"])
 """
+
+
+Step = tuple[str, str, str, dict[str, Any] | None, int]
+
+
+def _steps() -> list[Step]:
+    """(name, method, path, body, expected status): what the smoke run shows."""
+    steps: list[Step] = [
+        (
+            "PHI node, epsilon 0.5",
+            "POST",
+            "/v1/inference",
+            {"prompt": PHI_QUESTION, "privacy_budget": 0.5},
+            200,
+        ),
+        (
+            "same request again (cache hit, 0)",
+            "POST",
+            "/v1/inference",
+            {"prompt": PHI_QUESTION, "privacy_budget": 0.5},
+            200,
+        ),
+    ]
+    for eps in (0.02, 2.0):
+        for i in range(4):
+            steps.append(
+                (
+                    f"accuracy at epsilon {eps:g} #{i + 1}",
+                    "POST",
+                    "/v1/inference",
+                    {
+                        "prompt": f"{PHI_QUESTION} (run {eps}-{i})",
+                        "privacy_budget": eps,
+                        "model": "patient-stats",
+                    },
+                    200,
+                )
+            )
+    steps += [
+        (
+            "consensus over public options",
+            "POST",
+            "/v1/inference",
+            {
+                "prompt": CONSENSUS_QUESTION,
+                "require_consensus": True,
+                "candidate_set": "diabetes-first-line",
+                "model": "patient-stats",
+            },
+            200,
+        ),
+        (
+            "Public node (no patient data)",
+            "POST",
+            "/v1/inference",
+            {"prompt": "How is sepsis managed?", "model": "medical-guidelines"},
+            200,
+        ),
+        (
+            "a question no DP mechanism answers",
+            "POST",
+            "/v1/inference",
+            {"prompt": "Tell me about patient Jane Roe", "model": "patient-stats"},
+            400,
+        ),
+        ("budget", "GET", "/v1/privacy/budget/dr-demo", None, 200),
+    ]
+    return steps
+
+
+_SHOW = ("response", "privacy_cost", "remaining_budget", "node_id", "cached", "consensus_reached")
 
 
 async def _smoke(base: str, token: str) -> bool:
     ok = True
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        steps: list[tuple[str, str, str, dict[str, Any] | None]] = [
-            (
-                "inference",
-                "POST",
-                "/v1/inference",
-                {"prompt": "Treatment of hypertension?", "privacy_budget": 0.1},
-            ),
-            (
-                "cache hit",
-                "POST",
-                "/v1/inference",
-                {"prompt": "Treatment of hypertension?", "privacy_budget": 0.1},
-            ),
-            (
-                "consensus",
-                "POST",
-                "/v1/inference",
-                {"prompt": "Diabetes first-line drug?", "require_consensus": True},
-            ),
-            ("budget", "GET", "/v1/privacy/budget/dr-demo", None),
-        ]
-        for name, method, path, body in steps:
+        for name, method, path, body, expected in _steps():
             async with http.request(method, base + path, json=body) as resp:
                 doc = await resp.json()
-                good = resp.status == 200
+                good = resp.status == expected
                 ok &= good
-                show = (
-                    {
-                        k: doc.get(k)
-                        for k in (
-                            "response",
-                            "privacy_cost",
-                            "remaining_budget",
-                            "node_id",
-                            "cached",
-                            "consensus_reached",
-                            "confidence_score",
-                            "remaining_budget",
-                        )
-                        if k in doc
-                    }
-                    if path != "/v1/privacy/budget/dr-demo"
-                    else doc
-                )
+                if "error" in doc:
+                    show: Any = doc["error"].get("message", doc["error"])
+                elif path.startswith("/v1/privacy/budget"):
+                    show = {k: doc.get(k) for k in ("total_budget", "consumed_budget", "remaining_budget")}
+                else:
+                    show = {k: doc.get(k) for k in _SHOW if k in doc}
+                    show["basis"] = doc.get("privacy", {}).get("basis")
                 print(f"[{'ok' if good else 'FAILED'}] {name}: HTTP {resp.status} {json.dumps(show)[:400]}")
     try:
         from openai import AsyncOpenAI
@@ -120,9 +170,9 @@ async def _smoke(base: str, token: str) -> bool:
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key=token, max_retries=0)
     try:
         r = await client.chat.completions.create(
-            model="demo",
-            messages=[{"role": "user", "content": "How is sepsis managed?"}],
-            extra_body={"privacy_budget": 0.2},
+            model="patient-stats",
+            messages=[{"role": "user", "content": PHI_QUESTION + " (SDK)"}],
+            extra_body={"privacy_budget": 0.5},
         )
         privacy = (r.model_extra or {}).get("privacy")
         print(f"[ok] openai SDK: {r.choices[0].message.content!r} privacy={json.dumps(privacy)}")
@@ -143,9 +193,10 @@ async def run_standalone(config_path: str | None = None, smoke: bool = False) ->
     runners: list[web.AppRunner] = []
     nodes = []
     try:
-        for n in cfg.nodes:
+        for i, n in enumerate(cfg.nodes):
             port = 0 if smoke else (urlsplit(n.endpoint).port or 80)
-            runner, real_port = await _start(create_demo_app(DemoState(name=n.id)), host, port)
+            state = DemoState(name=n.id, hospital=n.hospital, seed=i, data_class=n.privacy.data_class.value)
+            runner, real_port = await _start(create_demo_app(state), host, port)
             runners.append(runner)
             nodes.append(n.model_copy(update={"endpoint": f"http://{host}:{real_port}"}))
         data = cfg.model_dump()

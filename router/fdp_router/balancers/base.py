@@ -73,26 +73,26 @@ class Balancer(abc.ABC):
         return self._choose(candidates, ctx)
 
     def pick_many(self, nodes: Sequence[NodeView], ctx: PickContext, k: int) -> list[NodeView]:
-        """Up to k distinct nodes (consensus fan-out), preferring distinct hospitals."""
+        """Up to k nodes of k distinct hospitals (consensus fan-out).
+
+        At most one node per hospital: a consensus vote is one hospital's, and GNMax is
+        charged one vote per hospital; a second node of the same hospital would be a second
+        vote on the same data, which the charge does not cover."""
         chosen: list[NodeView] = []
-        excluded = set(ctx.exclude)
-        hospitals: set[str] = set()
-        for prefer_new_hospital in (True, False):
-            while len(chosen) < k:
-                sub = PickContext(
-                    department=ctx.department,
-                    epsilon=ctx.epsilon,
-                    hospital_remaining=ctx.hospital_remaining,
-                    exclude=frozenset(excluded),
-                    exclude_hospitals=ctx.exclude_hospitals
-                    | (frozenset(hospitals) if prefer_new_hospital else frozenset()),
-                )
-                node = self.pick(nodes, sub)
-                if node is None:
-                    break
-                chosen.append(node)
-                excluded.add(node.id)
-                hospitals.add(node.hospital)
+        hospitals: set[str] = set(ctx.exclude_hospitals)
+        while len(chosen) < k:
+            sub = PickContext(
+                department=ctx.department,
+                epsilon=ctx.epsilon,
+                hospital_remaining=ctx.hospital_remaining,
+                exclude=ctx.exclude,
+                exclude_hospitals=frozenset(hospitals),
+            )
+            node = self.pick(nodes, sub)
+            if node is None:
+                break
+            chosen.append(node)
+            hospitals.add(node.hospital)
         return chosen
 
     @abc.abstractmethod

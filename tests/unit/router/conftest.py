@@ -20,6 +20,13 @@ from fdp_router.config import RouterConfig
 from fdp_router.demo_node import DemoState, create_demo_app
 
 SECRET = b"test-secret-" + b"x" * 40
+PHI_MODEL = "patient-stats"
+
+
+def q(tag: object = "", condition: str = "hypertension") -> str:
+    """A question the demo PHI nodes answer through their DP mechanism; `tag` makes it unique
+    (the answer cache is keyed by the exact request)."""
+    return f"Most common first-line treatment for {condition} among our patients? {tag}".strip()
 
 
 def token(
@@ -63,11 +70,18 @@ class Cluster:
         """A router config over the live demo nodes; `overrides` replace top-level sections."""
         data: dict[str, Any] = {
             "nodes": [
-                {"id": f"node-{i}", "hospital": f"hospital-{i}", "endpoint": n.url, "model": "demo"}
+                {
+                    "id": f"node-{i}",
+                    "hospital": f"hospital-{i}",
+                    "endpoint": n.url,
+                    "model": PHI_MODEL,
+                    "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+                }
                 for i, n in enumerate(self.nodes)
             ],
             "privacy": {
                 "default_epsilon_per_query": 0.1,
+                "min_epsilon_per_query": 0.01,
                 "max_epsilon_per_query": 1.0,
                 "budgets": {"per_user": 2.0, "per_department": 50.0, "per_hospital": 500.0},
                 "consensus": {"nodes": 3, "min_answers": 2, "sigma": 1.0},
@@ -109,7 +123,7 @@ class Cluster:
 async def demo_cluster(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path) -> Cluster:
     nodes = []
     for i in range(3):
-        state = DemoState(name=f"node-{i}")
+        state = DemoState(name=f"node-{i}", hospital=f"hospital-{i}", seed=i)
         server = await aiohttp_server(create_demo_app(state))
         nodes.append(DemoNode(state, server))
     return Cluster(nodes=nodes, tmp=tmp_path)

@@ -7,14 +7,25 @@ import json
 import re
 
 from fdp_router.app import HOLDER
+from fdp_router.demo_data import CONDITIONS
 from fdp_router.privacy.api import Scope
 
-from .conftest import Cluster, RouterFactory, auth, token
+from .conftest import Cluster, RouterFactory, auth, q, token
 
 CONSENSUS_PRIVACY = {
     "budgets": {"per_user": 10.0, "per_department": 50.0, "per_hospital": 500.0},
     "consensus": {"nodes": 3, "min_answers": 2, "sigma": 2.0},
 }
+DIABETES = next(c for c in CONDITIONS if c.name == "type 2 diabetes")
+DIABETES_OPTIONS = list(DIABETES.treatments)
+
+
+def consensus_body(tag: object = "") -> dict[str, object]:
+    return {
+        "prompt": q(tag, condition="type 2 diabetes"),
+        "require_consensus": True,
+        "options": DIABETES_OPTIONS,
+    }
 
 
 async def test_inference_returns_the_original_shape_and_charges_the_requested_epsilon(
@@ -22,7 +33,9 @@ async def test_inference_returns_the_original_shape_and_charges_the_requested_ep
 ) -> None:
     client = await router()
     resp = await client.post(
-        "/v1/inference", json={"prompt": "How to treat hypertension?", "privacy_budget": 0.3}, headers=auth()
+        "/v1/inference",
+        json={"prompt": q("How to treat hypertension?"), "privacy_budget": 0.3},
+        headers=auth(),
     )
     assert resp.status == 200, await resp.text()
     doc = await resp.json()
@@ -50,7 +63,7 @@ async def test_budget_exhaustion_is_403_and_no_node_is_contacted(
     statuses = []
     for i in range(40):
         r = await client.post(
-            "/v1/inference", json={"prompt": f"q{i} hypertension", "privacy_budget": 1.0}, headers=auth()
+            "/v1/inference", json={"prompt": q(f"q{i} hypertension"), "privacy_budget": 1.0}, headers=auth()
         )
         statuses.append(r.status)
         if r.status == 403:
@@ -66,18 +79,18 @@ async def test_budget_exhaustion_is_403_and_no_node_is_contacted(
     # Once exhausted, further requests are refused before any backend call.
     for _ in range(3):
         r = await client.post(
-            "/v1/inference", json={"prompt": "again", "privacy_budget": 1.0}, headers=auth()
+            "/v1/inference", json={"prompt": q("again"), "privacy_budget": 1.0}, headers=auth()
         )
         assert r.status == 403
     assert sum(n.state.completions for n in demo_cluster.nodes) == seen
     # Another user still has budget: the refusal is per unit.
-    r = await client.post("/v1/inference", json={"prompt": "fever"}, headers=auth(token(user="bob")))
+    r = await client.post("/v1/inference", json={"prompt": q("fever")}, headers=auth(token(user="bob")))
     assert r.status == 200
 
 
 async def test_cache_hit_costs_nothing_and_says_so(router: RouterFactory, demo_cluster: Cluster) -> None:
     client = await router()
-    body = {"prompt": "Sepsis bundle?", "privacy_budget": 0.5}
+    body = {"prompt": q("Sepsis bundle?"), "privacy_budget": 0.5}
     first = await (await client.post("/v1/inference", json=body, headers=auth())).json()
     second_resp = await client.post("/v1/inference", json=body, headers=auth())
     second = await second_resp.json()
@@ -101,10 +114,10 @@ async def test_invalid_input_is_400_naming_the_field_and_charges_nothing(router:
     client = await router()
     cases = [
         ({"prompt": ""}, "prompt"),
-        ({"prompt": "x", "privacy_budget": -1}, "privacy_budget"),
-        ({"prompt": "x", "privacy_budget": 5.0}, "privacy_budget"),  # above max_epsilon_per_query
-        ({"prompt": "x", "priority": 99}, "priority"),
-        ({"prompt": "x", "surprise": 1}, "surprise"),
+        ({"prompt": q("x"), "privacy_budget": -1}, "privacy_budget"),
+        ({"prompt": q("x"), "privacy_budget": 5.0}, "privacy_budget"),  # above max_epsilon_per_query
+        ({"prompt": q("x"), "priority": 99}, "priority"),
+        ({"prompt": q("x"), "surprise": 1}, "surprise"),
         ({"max_tokens": 3}, "prompt"),
     ]
     for body, field in cases:
@@ -121,7 +134,7 @@ async def test_invalid_input_is_400_naming_the_field_and_charges_nothing(router:
 
 async def test_missing_token_is_401_with_json_error(router: RouterFactory) -> None:
     client = await router()
-    r = await client.post("/v1/inference", json={"prompt": "x"})
+    r = await client.post("/v1/inference", json={"prompt": q("x")})
     assert r.status == 401
     assert (await r.json())["error"]["type"] == "unauthorized"
     assert "Bearer" in r.headers["WWW-Authenticate"]
@@ -140,7 +153,7 @@ async def test_budget_of_another_user_needs_auditor_or_admin(router: RouterFacto
 
 async def test_department_in_body_must_match_the_token(router: RouterFactory) -> None:
     client = await router()
-    r = await client.post("/v1/inference", json={"prompt": "x", "department": "oncology"}, headers=auth())
+    r = await client.post("/v1/inference", json={"prompt": q("x"), "department": "oncology"}, headers=auth())
     assert r.status == 403
     assert "department" in (await r.json())["error"]["message"]
 
@@ -153,9 +166,11 @@ async def test_node_not_allowed_for_department_is_never_used(
     nodes[2] = cfg.nodes[2].model_copy(update={"departments": ("cardiology",)})
     client = await router(cfg.model_copy(update={"nodes": tuple(nodes)}))
     for i in range(6):
-        r = await client.post("/v1/inference", json={"prompt": f"asthma {i}"}, headers=auth())
+        r = await client.post("/v1/inference", json={"prompt": q(f"asthma {i}")}, headers=auth())
         assert (await r.json())["node_id"] == "node-2"
-    r = await client.post("/v1/inference", json={"prompt": "x"}, headers=auth(token(department="radiology")))
+    r = await client.post(
+        "/v1/inference", json={"prompt": q("x")}, headers=auth(token(department="radiology"))
+    )
     assert r.status == 503
     assert "radiology" in (await r.json())["error"]["message"]
 
@@ -165,7 +180,9 @@ async def test_backend_failure_fails_over_and_charges_once(
 ) -> None:
     demo_cluster.nodes[0].state.failure_rate = 1.0
     client = await router(demo_cluster.config(routing={"strategy": "round_robin", "max_attempts": 3}))
-    r = await client.post("/v1/inference", json={"prompt": "diabetes", "privacy_budget": 0.2}, headers=auth())
+    r = await client.post(
+        "/v1/inference", json={"prompt": q("diabetes"), "privacy_budget": 0.2}, headers=auth()
+    )
     assert r.status == 200
     doc = await r.json()
     assert doc["node_id"] != "node-0"
@@ -184,7 +201,7 @@ async def test_all_backends_failing_is_502_and_nothing_charged(
     for n in demo_cluster.nodes:
         n.state.failure_rate = 1.0
     client = await router(demo_cluster.config(routing={"max_attempts": 3}))
-    r = await client.post("/v1/inference", json={"prompt": "x", "privacy_budget": 0.5}, headers=auth())
+    r = await client.post("/v1/inference", json={"prompt": q("x"), "privacy_budget": 0.5}, headers=auth())
     assert r.status == 502
     assert (await r.json())["error"]["type"] == "backend_error"
     budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
@@ -197,7 +214,7 @@ async def test_backend_timeout_is_504_and_nothing_charged(
     for n in demo_cluster.nodes:
         n.state.delay = 2.0
     client = await router(demo_cluster.config(routing={"read_timeout_seconds": 0.2, "max_attempts": 1}))
-    r = await client.post("/v1/inference", json={"prompt": "x"}, headers=auth())
+    r = await client.post("/v1/inference", json={"prompt": q("x")}, headers=auth())
     assert r.status == 504
     assert (await r.json())["error"]["type"] == "backend_timeout"
     budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
@@ -209,12 +226,10 @@ async def test_consensus_with_one_node_down_still_answers(
 ) -> None:
     demo_cluster.nodes[1].state.failure_rate = 1.0
     client = await router(demo_cluster.config(privacy=CONSENSUS_PRIVACY))
-    r = await client.post(
-        "/v1/inference", json={"prompt": "diabetes drug?", "require_consensus": True}, headers=auth()
-    )
+    r = await client.post("/v1/inference", json=consensus_body("drug?"), headers=auth())
     assert r.status == 200, await r.text()
     doc = await r.json()
-    assert "Metformin" in doc["response"]
+    assert doc["response"] in DIABETES_OPTIONS
     assert isinstance(doc["consensus_reached"], bool)
     assert 0.0 <= doc["confidence_score"] <= 1.0
     assert set(doc["node_id"].split(",")) == {"node-0", "node-2"}
@@ -227,9 +242,7 @@ async def test_consensus_with_too_few_answers_is_an_error_and_charges_nothing(
     demo_cluster.nodes[1].state.failure_rate = 1.0
     demo_cluster.nodes[2].state.failure_rate = 1.0
     client = await router(demo_cluster.config(privacy=CONSENSUS_PRIVACY))
-    r = await client.post(
-        "/v1/inference", json={"prompt": "diabetes", "require_consensus": True}, headers=auth()
-    )
+    r = await client.post("/v1/inference", json=consensus_body(), headers=auth())
     assert r.status == 502
     err = (await r.json())["error"]
     assert err["type"] == "consensus_failed"
@@ -249,7 +262,7 @@ async def test_overload_is_429_with_retry_after(router: RouterFactory, demo_clus
     )
     results = await asyncio.gather(
         *(
-            client.post("/v1/inference", json={"prompt": f"p{i}"}, headers=auth(token(user=f"u{i}")))
+            client.post("/v1/inference", json={"prompt": q(f"p{i}")}, headers=auth(token(user=f"u{i}")))
             for i in range(4)
         )
     )
@@ -270,7 +283,7 @@ async def test_health_ready_metrics_openapi(router: RouterFactory) -> None:
     assert health["status"] == "healthy"
     assert len(health["components"]["nodes"]) == 3
     await client.post(
-        "/v1/inference", json={"prompt": "fever"}, headers=auth(token(user="patient-zero-user"))
+        "/v1/inference", json={"prompt": q("fever")}, headers=auth(token(user="patient-zero-user"))
     )
     text = await (await client.get("/metrics")).text()
     assert 'fdp_requests_total{route="/v1/inference",status="200"} 1.0' in text
@@ -310,7 +323,7 @@ async def test_readyz_is_503_when_every_node_is_down(router: RouterFactory, demo
             break
         await asyncio.sleep(0.05)
     assert (await client.get("/readyz")).status == 503
-    r = await client.post("/v1/inference", json={"prompt": "x"}, headers=auth())
+    r = await client.post("/v1/inference", json={"prompt": q("x")}, headers=auth())
     assert r.status == 503
     assert int(r.headers["Retry-After"]) > 0
 
@@ -381,7 +394,7 @@ async def test_hospital_budget_exhaustion_moves_traffic_then_refuses(
     for i in range(30):
         r = await client.post(
             "/v1/inference",
-            json={"prompt": f"q{i}", "privacy_budget": 0.5},
+            json={"prompt": q(f"q{i}"), "privacy_budget": 0.5},
             headers=auth(token(user=f"u{i}")),
         )
         doc = await r.json()
@@ -410,7 +423,7 @@ async def test_failing_node_is_ejected_after_consecutive_failures(
         )
     )
     for i in range(12):
-        r = await client.post("/v1/inference", json={"prompt": f"q{i}"}, headers=auth())
+        r = await client.post("/v1/inference", json={"prompt": q(f"q{i}")}, headers=auth())
         assert r.status == 200  # failover hides the bad node from clients
     assert demo_cluster.nodes[0].state.failures == 2  # then it was out of rotation
     admin = auth(token(user="root", roles=["admin"]))
@@ -431,13 +444,13 @@ async def test_parallel_requests_never_overspend_a_budget(
     allowed = 0
     while (
         await sequential.post(
-            "/v1/inference", json={"prompt": f"s{allowed}", "privacy_budget": 0.7}, headers=auth()
+            "/v1/inference", json={"prompt": q(f"s{allowed}"), "privacy_budget": 0.7}, headers=auth()
         )
     ).status == 200:
         allowed += 1
     results = await asyncio.gather(
         *(
-            client.post("/v1/inference", json={"prompt": f"p{i}", "privacy_budget": 0.7}, headers=auth())
+            client.post("/v1/inference", json={"prompt": q(f"p{i}"), "privacy_budget": 0.7}, headers=auth())
             for i in range(25)
         )
     )

@@ -19,7 +19,7 @@ from fdp_router.config import AuthConfig
 from fdp_router.errors import Unauthorized
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from .conftest import SECRET, Cluster, RouterFactory
+from .conftest import SECRET, Cluster, RouterFactory, q
 
 ISS, AUD = "fdp-test", "fdp-router-test"
 
@@ -79,7 +79,7 @@ def _rs(keys: dict[str, Any], claims: dict[str, Any], kid: str = "rsa1", key: st
 
 async def _status(client: Any, tok: str) -> tuple[int, str]:
     r = await client.post(
-        "/v1/inference", json={"prompt": "fever"}, headers={"Authorization": f"Bearer {tok}"}
+        "/v1/inference", json={"prompt": q("fever")}, headers={"Authorization": f"Bearer {tok}"}
     )
     doc = await r.json()
     return r.status, doc.get("error", {}).get("message", "")

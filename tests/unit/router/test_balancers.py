@@ -71,13 +71,15 @@ class TestBalancerContract:
         ]
         assert seq[0] == seq[1]
 
-    def test_pick_many_is_distinct_and_prefers_distinct_hospitals(self, strategy: str) -> None:
+    def test_pick_many_takes_at_most_one_node_per_hospital(self, strategy: str) -> None:
+        # n0 and n1 are both hospital h0: a consensus may ask h0 once (one vote per hospital).
         b = make_balancer(strategy, seed=5)
         views = nodes(4, n1={"hospital": "h0"})
-        chosen = b.pick_many(views, PickContext(department="d"), 3)
-        assert len({n.id for n in chosen}) == 3
-        assert len({n.hospital for n in chosen}) == 3
-        assert len(b.pick_many(views, PickContext(department="d"), 10)) == 4
+        for _ in range(20):
+            chosen = b.pick_many(views, PickContext(department="d"), 3)
+            assert len(chosen) == 3
+            assert len({n.hospital for n in chosen}) == 3
+        assert len(b.pick_many(views, PickContext(department="d"), 10)) == 3
 
     def test_never_picks_an_unhealthy_node_even_if_it_looks_best(self, strategy: str) -> None:
         b = make_balancer(strategy, seed=9)

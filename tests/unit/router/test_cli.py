@@ -106,13 +106,20 @@ def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
     (tmp_path / "audit.key").write_text(secrets.token_hex(32))
     cfg = {
         "server": {"host": "127.0.0.1", "port": router_port},
-        "nodes": [{"id": "n1", "hospital": "h1", "endpoint": f"http://127.0.0.1:{node_port}"}],
+        "nodes": [
+            {
+                "id": "n1",
+                "hospital": "h1",
+                "endpoint": f"http://127.0.0.1:{node_port}",
+                "privacy": {"data_class": "public"},
+            }
+        ],
         "ledger": {"sqlite_path": str(tmp_path / "l.sqlite"), "audit_key_file": str(tmp_path / "audit.key")},
     }
     (tmp_path / "router.yaml").write_text(json.dumps(cfg))  # JSON is valid YAML
     env = {**os.environ, "FDP_JWT_SECRET": secret}
     node = subprocess.Popen(
-        [str(BIN), "demo-node", "--port", str(node_port), "--name", "n1"],
+        [str(BIN), "demo-node", "--port", str(node_port), "--name", "n1", "--data-class", "public"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -143,7 +150,8 @@ def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=10) as resp:
             doc = json.loads(resp.read())
             rid = resp.headers["X-Request-Id"]
-        assert doc["success"] and doc["node_id"] == "n1" and "Fever" in doc["response"]
+            assert doc["success"] and doc["node_id"] == "n1" and "Fever" in doc["response"]
+        assert doc["privacy_cost"] == 0.0 and doc["privacy"]["basis"].startswith("public data")
     finally:
         router.terminate()
         node.terminate()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fdp_router.app import HOLDER, METRICS
 
-from .conftest import Cluster, RouterFactory, auth, token
+from .conftest import Cluster, RouterFactory, auth, q, token
 
 
 async def test_hot_reload_under_load_drops_no_request(
@@ -32,7 +32,9 @@ async def test_hot_reload_under_load_drops_no_request(
         i = 0
         while not stop.is_set():
             r = await client.post(
-                "/v1/inference", json={"prompt": f"fever {w}-{i}"}, headers=auth(token(user=f"user-{w}-{i}"))
+                "/v1/inference",
+                json={"prompt": q(f"fever {w}-{i}")},
+                headers=auth(token(user=f"user-{w}-{i}")),
             )
             statuses.append(r.status)
             await r.read()

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fdp_router.demo_node import DemoState, create_demo_app, server_ssl_context
 
-from .conftest import Cluster, RouterFactory, auth
+from .conftest import Cluster, RouterFactory, auth, q
 
 
 def _name(cn: str) -> x509.Name:
@@ -114,26 +114,28 @@ async def test_router_reaches_an_mtls_node_only_with_the_right_client_certificat
             "hospital": "secure-hospital",
             "endpoint": endpoint,
             "tls": {"ca_file": ca, "client_cert_file": cert, "client_key_file": key},
+            "model": "patient-stats",
+            "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
         }
         return demo_cluster.config(nodes=[node], routing={"max_attempts": 1}, cache={"enabled": False})
 
     good = await router(cfg(cli_crt, cli_k, str(server_ca_file)))
-    r = await good.post("/v1/inference", json={"prompt": "asthma control?"}, headers=auth())
+    r = await good.post("/v1/inference", json={"prompt": q("asthma control?")}, headers=auth())
     assert r.status == 200, await r.text()
-    assert "Asthma" in (await r.json())["response"]
+    assert "first-line treatment for hypertension" in (await r.json())["response"]
     assert state.completions == 1
 
     # A client certificate from another CA: the node refuses the handshake.
     rogue = await router(cfg(rogue_crt, rogue_k, str(server_ca_file)))
-    r = await rogue.post("/v1/inference", json={"prompt": "asthma"}, headers=auth())
+    r = await rogue.post("/v1/inference", json={"prompt": q("asthma")}, headers=auth())
     assert r.status == 502
     # No client certificate at all.
     bare = await router(cfg(None, None, str(server_ca_file)))
-    r = await bare.post("/v1/inference", json={"prompt": "asthma"}, headers=auth())
+    r = await bare.post("/v1/inference", json={"prompt": q("asthma")}, headers=auth())
     assert r.status == 502
     # The node's certificate is not trusted without its CA.
     untrusted = await router(cfg(cli_crt, cli_k, None))
-    r = await untrusted.post("/v1/inference", json={"prompt": "asthma"}, headers=auth())
+    r = await untrusted.post("/v1/inference", json={"prompt": q("asthma")}, headers=auth())
     assert r.status == 502
     assert state.completions == 1  # none of the failed handshakes reached the handler
     budget = await (await good.get("/v1/privacy/budget/alice", headers=auth())).json()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import openai
 import pytest
+from fdp_router.demo_data import CONDITIONS
 
-from .conftest import Cluster, RouterFactory, token
+from .conftest import Cluster, RouterFactory, q, token
+
+DIABETES = next(c for c in CONDITIONS if c.name == "type 2 diabetes").treatments
 
 
 async def test_openai_sdk_chat_completion_with_privacy_fields(
@@ -15,16 +18,16 @@ async def test_openai_sdk_chat_completion_with_privacy_fields(
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=token(), max_retries=0)
     try:
         raw = await sdk.chat.completions.with_raw_response.create(
-            model="demo",
+            model="patient-stats",
             messages=[
                 {"role": "system", "content": "You are terse."},
-                {"role": "user", "content": "What is first-line for type 2 diabetes?"},
+                {"role": "user", "content": q(condition="type 2 diabetes")},
             ],
             extra_body={"privacy_budget": 0.25},
         )
         completion = raw.parse()
         assert completion.object == "chat.completion"
-        assert "Metformin" in completion.choices[0].message.content
+        assert any(t.casefold() in completion.choices[0].message.content.casefold() for t in DIABETES)
         privacy = completion.model_extra["privacy"]
         assert abs(privacy["epsilon"] - 0.25) < 1e-6
         assert privacy["cached"] is False
@@ -33,10 +36,10 @@ async def test_openai_sdk_chat_completion_with_privacy_fields(
         assert raw.headers["x-fdp-node"] in {"node-0", "node-1", "node-2"}
 
         again = await sdk.chat.completions.create(
-            model="demo",
+            model="patient-stats",
             messages=[
                 {"role": "system", "content": "You are terse."},
-                {"role": "user", "content": "What is first-line for type 2 diabetes?"},
+                {"role": "user", "content": q(condition="type 2 diabetes")},
             ],
             extra_body={"privacy_budget": 0.25},
         )
@@ -52,21 +55,23 @@ async def test_openai_sdk_sees_the_right_error_classes(router: RouterFactory) ->
     base = str(client.make_url("/v1"))
     bad = openai.AsyncOpenAI(base_url=base, api_key="not-a-jwt", max_retries=0)
     good = openai.AsyncOpenAI(base_url=base, api_key=token(user="spender"), max_retries=0)
-    msgs = [{"role": "user", "content": "fever?"}]
+    msgs = [{"role": "user", "content": q("fever?")}]
     try:
         with pytest.raises(openai.AuthenticationError):
-            await bad.chat.completions.create(model="demo", messages=msgs)
+            await bad.chat.completions.create(model="patient-stats", messages=msgs)
         with pytest.raises(openai.BadRequestError) as exc:
-            await good.chat.completions.create(model="demo", messages=msgs, stream=True)
+            await good.chat.completions.create(model="patient-stats", messages=msgs, stream=True)
         assert "stream" in str(exc.value)
         with pytest.raises(openai.BadRequestError) as exc:
-            await good.chat.completions.create(model="demo", messages=msgs, extra_body={"privacy_budget": 99})
+            await good.chat.completions.create(
+                model="patient-stats", messages=msgs, extra_body={"privacy_budget": 99}
+            )
         assert "privacy_budget" in str(exc.value)
         with pytest.raises(openai.PermissionDeniedError) as exc:
             for i in range(50):
                 await good.chat.completions.create(
-                    model="demo",
-                    messages=[{"role": "user", "content": f"q{i}"}],
+                    model="patient-stats",
+                    messages=[{"role": "user", "content": q(f"q{i}")}],
                     extra_body={"privacy_budget": 1.0},
                 )
         body = exc.value.body

@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 from fdp_router.cache import AnswerCache, cache_key
-from fdp_router.config import CacheConfig, OverloadConfig
-from fdp_router.consensus import aggregate, normalize_answer
+from fdp_router.config import CacheConfig, OverloadConfig, normalize_answer
+from fdp_router.consensus import aggregate
 from fdp_router.errors import Overloaded
 from fdp_router.metrics import Metrics
 from fdp_router.overload import AdmissionController
+from fdp_router.request_path import CompletionRequest, canonical_request
 
 
 class Clock:
@@ -21,12 +22,31 @@ class Clock:
         return self.t
 
 
-def test_cache_keys_are_scoped_by_department_and_normalised() -> None:
-    a = cache_key("cardiology", "What  is   SEPSIS?", {"t": 1})
-    assert a == cache_key("cardiology", "what is sepsis?", {"t": 1})
-    assert a != cache_key("oncology", "what is sepsis?", {"t": 1})
-    assert a != cache_key("cardiology", "what is sepsis?", {"t": 2})
-    assert "sepsis" not in a[1]  # hashed, never stored in clear
+def _canonical(*contents: str, t: float = 0.7) -> str:
+    req = CompletionRequest(
+        messages=[{"role": "user", "content": c} for c in contents],
+        max_tokens=64,
+        temperature=t,
+        privacy_budget=None,
+        require_consensus=False,
+        priority=5,
+        department=None,
+        request_id="r",
+    )
+    return canonical_request(req, None)
+
+
+def test_cache_keys_are_scoped_by_department_and_exact() -> None:
+    a = cache_key("cardiology", _canonical("What is SEPSIS?"))
+    assert a == cache_key("cardiology", _canonical("What is SEPSIS?"))
+    assert a != cache_key("oncology", _canonical("What is SEPSIS?"))
+    assert a != cache_key("cardiology", _canonical("What is SEPSIS?", t=0.1))
+    assert a != cache_key("cardiology", _canonical("what is sepsis?"))  # case is content
+    # Two turns are another conversation than one message holding both (the old key merged them).
+    assert cache_key("c", _canonical("Tell me about hypertension", "and diabetes")) != cache_key(
+        "c", _canonical("Tell me about hypertension\nand diabetes")
+    )
+    assert "sepsis" not in a[1].casefold()  # hashed, never stored in clear
 
 
 @pytest.mark.parametrize(
@@ -117,32 +137,24 @@ async def test_admission_rejects_beyond_the_queue_and_after_the_timeout() -> Non
 
 def test_consensus_maps_normalised_answers_and_releases_the_noisy_winner() -> None:
     assert normalize_answer("  Metformin  is First-line. ") == "metformin is first-line"
-    answers = [("a", "Metformin."), ("b", "metformin"), ("c", "Insulin"), ("d", "METFORMIN ")]
-    wins = collections_counter(
-        aggregate(answers, sigma=0.5).answer.casefold().rstrip(".").strip() for _ in range(50)
-    )
-    assert wins["metformin"] >= 45  # 3 votes vs 1 with small noise
-    r = aggregate(answers, sigma=0.5)
-    assert r.candidates == 2 and r.answers == 4
+    options = ["Metformin", "Insulin"]
+    answers = ["Metformin.", "metformin", "Insulin", "METFORMIN "]
+    wins = sum(aggregate(answers, options, sigma=0.5).answer == "Metformin" for _ in range(50))
+    assert wins >= 45  # 3 votes vs 1 with small noise
+    r = aggregate(answers, options, sigma=0.5)
+    assert r.hospitals == 4 and r.abstained == 0
     assert 0.0 <= r.confidence <= 1.0
 
 
 def test_consensus_uses_noisy_counts_only() -> None:
     # With a noise function that flips the ranking, the minority answer is released:
     # proof that the release is the argmax of the noisy, not the raw, histogram.
-    answers = [("a", "x"), ("b", "x"), ("c", "y")]
-    r = aggregate(answers, sigma=1.0, noise=lambda v, s: -v)
+    r = aggregate(["x", "x", "y"], ["x", "y"], sigma=1.0, noise=lambda v, s: [-c for c in v])
     assert r.answer == "y"
     assert r.consensus_reached is False
     assert r.confidence == 0.0
     with pytest.raises(ValueError):
-        aggregate([], sigma=1.0)
-
-
-def collections_counter(it: object) -> dict[str, int]:
-    import collections
-
-    return collections.Counter(it)  # type: ignore[arg-type]
+        aggregate([], ["x", "y"], sigma=1.0)
 
 
 def test_memoised_metric_children_follow_removal() -> None:

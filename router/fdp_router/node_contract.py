@@ -1,0 +1,148 @@
+"""The router <-> hospital node privacy contract (docs/privacy.md, "The node contract").
+
+The router sends each node the (epsilon, delta) it reserved and the mechanism the node
+declared, in the body (``fdp_privacy``) and in ``X-FDP-Privacy-*`` headers; the node answers
+with what it actually spent, in the same headers (so a stream can be checked before its first
+byte) and in a ``privacy`` object. `check_report` decides whether an answer may be released.
+
+Called by ``backends.py`` (building the request, parsing the report) and by the request path
+(checking it). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from fdp_router.config import DataClass, NodeMechanism, NodePrivacy
+
+EPSILON_HEADER = "X-FDP-Privacy-Epsilon"
+DELTA_HEADER = "X-FDP-Privacy-Delta"
+MECHANISM_HEADER = "X-FDP-Privacy-Mechanism"
+PURPOSE_HEADER = "X-FDP-Purpose"
+# Float rounding between the router's repr and the node's parse; anything larger is a violation.
+RELATIVE_SLACK = 1e-9
+
+
+class Purpose(StrEnum):
+    RELEASE = "release"  # the answer goes to the clinician: the node's mechanism must run
+    CONSENSUS_VOTE = "consensus_vote"  # the answer is one vote to the router's GNMax aggregator
+
+
+@dataclass(frozen=True, slots=True)
+class SentPrivacy:
+    """What the router tells a node it may spend for one call."""
+
+    epsilon: float
+    delta: float
+    mechanism: NodeMechanism
+    purpose: Purpose = Purpose.RELEASE
+    options: tuple[str, ...] = ()
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "mechanism": self.mechanism.value,
+            "purpose": self.purpose.value,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {
+            EPSILON_HEADER: repr(float(self.epsilon)),
+            DELTA_HEADER: repr(float(self.delta)),
+            PURPOSE_HEADER: self.purpose.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyReport:
+    """What a node says it spent on one answer."""
+
+    epsilon: float
+    delta: float
+    mechanism: str
+    basis: str = ""
+    consistent: bool = True  # headers and body agree
+
+
+class Violation(StrEnum):
+    """Why an answer was not released (the metric label; a bounded set)."""
+
+    NO_REPORT = "no_report"
+    INCONSISTENT = "inconsistent_report"
+    MECHANISM = "mechanism_mismatch"
+    EPSILON = "epsilon_over_reservation"
+    DELTA = "delta_over_reservation"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, int | float):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+def parse_report(headers: Mapping[str, str], body: Any) -> PrivacyReport | None:
+    """The spend a node reported, from its headers and/or its body's ``privacy`` object.
+    None when it reported nothing usable (a missing or malformed number counts as nothing)."""
+    from_headers: PrivacyReport | None = None
+    if EPSILON_HEADER in headers:
+        eps, delta = _number(headers.get(EPSILON_HEADER)), _number(headers.get(DELTA_HEADER, "0"))
+        if eps is not None and delta is not None:
+            from_headers = PrivacyReport(eps, delta, str(headers.get(MECHANISM_HEADER, "")))
+    from_body: PrivacyReport | None = None
+    if isinstance(body, dict) and "epsilon" in body:
+        eps, delta = _number(body.get("epsilon")), _number(body.get("delta", 0))
+        if eps is not None and delta is not None:
+            basis = body.get("basis")
+            from_body = PrivacyReport(
+                eps, delta, str(body.get("mechanism", "")), basis if isinstance(basis, str) else ""
+            )
+    if from_headers is None or from_body is None:
+        return from_headers or from_body
+    agree = (
+        from_headers.epsilon == from_body.epsilon
+        and from_headers.delta == from_body.delta
+        and (not from_headers.mechanism or from_headers.mechanism == from_body.mechanism)
+    )
+    # The larger spend of the two is the one that counts.
+    return PrivacyReport(
+        max(from_headers.epsilon, from_body.epsilon),
+        max(from_headers.delta, from_body.delta),
+        from_body.mechanism or from_headers.mechanism,
+        from_body.basis,
+        consistent=agree,
+    )
+
+
+def _over(reported: float, allowed: float) -> bool:
+    return reported > allowed * (1.0 + RELATIVE_SLACK) + 0.0
+
+
+def check_report(declared: NodePrivacy, sent: SentPrivacy, report: PrivacyReport | None) -> Violation | None:
+    """None if an answer of a node that declared `declared`, called with `sent`, may be
+    released; otherwise why not. Public nodes hold no patient data: nothing to check."""
+    if declared.data_class == DataClass.PUBLIC:
+        return None
+    if report is None:
+        return Violation.NO_REPORT
+    if not report.consistent:
+        return Violation.INCONSISTENT
+    if report.mechanism != declared.mechanism.value:
+        return Violation.MECHANISM
+    if _over(report.epsilon, sent.epsilon):
+        return Violation.EPSILON
+    if _over(report.delta, sent.delta):
+        return Violation.DELTA
+    return None

@@ -1,0 +1,621 @@
+"""The request path: privacy admission, balancing, node calls, the DP release, commit.
+
+Called by the HTTP handlers in ``app.py`` with an authenticated `Principal` and a parsed
+`CompletionRequest`. One `Runtime` holds everything derived from one config generation
+(auth, balancer, ledger, cache, overload limiter); a hot reload builds a new one and
+in-flight requests finish on the one they started with.
+
+Every answer released comes from exactly one of (DESIGN section 5, docs/privacy.md):
+
+1. **a node-side mechanism** (``_single`` on a PHI node): the epsilon is reserved for the
+   node's declared mechanism *before* the node is called, sent to the node, and the answer is
+   released only if the node's report fits the reservation (``node_contract.check_report``);
+   otherwise nothing is released, the reservation is refunded and the violation counted;
+2. **consensus over public options** (``_consensus``): one node per hospital votes for an
+   option, GNMax picks the winner, only the option's text is released;
+3. **a Public node** (no patient data): nothing is reserved, the answer costs 0 and says why.
+
+Order: validate -> cache (a hit re-releases a released answer, costs nothing) -> overload
+limiter (bounded concurrency, 429) -> pick node(s) (pure) -> reserve (403 here, before any
+node call) -> node call(s), failing over before anything is released -> check/aggregate ->
+commit (durable) -> response. A reservation is released only if nothing reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fdp_router.auth import Authenticator, Principal
+from fdp_router.backends import BackendFailure, BackendPool, NodeReply
+from fdp_router.balancers import Balancer, NodeView, PickContext
+from fdp_router.cache import AnswerCache, cache_key
+from fdp_router.config import (
+    DataClass,
+    HospitalNodeConfig,
+    NodeMechanism,
+    PrivacyConfig,
+    RouterConfig,
+    check_options,
+)
+from fdp_router.consensus import aggregate, vote_instruction
+from fdp_router.errors import (
+    BadGateway,
+    ConsensusFailed,
+    Forbidden,
+    GatewayTimeout,
+    InvalidRequest,
+    ModelNotFound,
+    NoNodeAvailable,
+    PrivacyBudgetExceeded,
+)
+from fdp_router.metrics import Metrics
+from fdp_router.node_contract import Purpose, SentPrivacy, check_report
+from fdp_router.overload import AdmissionController
+from fdp_router.privacy import events
+from fdp_router.privacy.api import (
+    BudgetExceeded,
+    Charge,
+    InvalidPrivacyRequest,
+    Ledger,
+    Reservation,
+    Scope,
+)
+
+log = logging.getLogger("fdp_router.request_path")
+
+# Model names that mean "any node the department may use" (OpenAI SDKs require some model).
+ANY_MODEL = frozenset({"", "default", "fdp-router"})
+
+
+@dataclass
+class Runtime:
+    """Everything built from one config generation."""
+
+    config: RouterConfig
+    generation: int
+    authenticator: Authenticator
+    balancer: Balancer
+    ledger: Ledger
+    cache: AnswerCache
+    admission: AdmissionController
+    query_hasher: Callable[[str], str]  # keyed hash of the query text for the audit record
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+    hospital_remaining: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    privacy_budget: float | None
+    require_consensus: bool
+    priority: int
+    department: str | None
+    request_id: str
+    model: str | None = None
+    options: tuple[str, ...] | None = None  # public candidate answers (consensus)
+    candidate_set: str | None = None  # or a named set from the policy
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What one request released, before it is wrapped for the client."""
+
+    text: str
+    node_ids: tuple[str, ...]
+    epsilon: float
+    delta: float
+    remaining: float | None
+    basis: str  # why this answer may be released, in one line
+    consensus_reached: bool | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What one request released (or re-released from the cache)."""
+
+    text: str
+    node_ids: tuple[str, ...]
+    epsilon: float
+    delta: float
+    remaining_budget: float | None
+    cached: bool
+    consensus: bool
+    consensus_reached: bool | None
+    confidence: float | None
+    processing_time: float
+    basis: str = ""
+
+    def as_cache_value(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "node_ids": list(self.node_ids),
+            "consensus": self.consensus,
+            "consensus_reached": self.consensus_reached,
+            "confidence": self.confidence,
+            "basis": self.basis,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who is charged for a request: the parts of a `Charge` that do not depend on the node."""
+
+    user_id: str
+    department: str
+    query_hash: str
+    request_id: str
+
+    def charge(self, hospitals: tuple[str, ...], event: events.Event) -> Charge:
+        return Charge(
+            user_id=self.user_id,
+            department=self.department,
+            hospitals=hospitals,
+            event=event,
+            query_hash=self.query_hash,
+            request_id=self.request_id,
+        )
+
+
+def _budget_error(exc: BudgetExceeded) -> PrivacyBudgetExceeded:
+    return PrivacyBudgetExceeded(
+        str(exc),
+        scope=exc.scope.value,
+        requested=exc.requested,
+        available=exc.available,
+    )
+
+
+def _invalid(exc: InvalidPrivacyRequest) -> InvalidRequest:
+    return InvalidRequest(exc.field, exc.reason)
+
+
+def canonical_request(req: CompletionRequest, options: tuple[str, ...] | None) -> str:
+    """The exact request as canonical JSON: the cache key's content and the audit hash's input.
+    Different conversations, or the same words in another case, are different requests."""
+    return orjson.dumps(
+        {
+            "messages": req.messages,
+            "model": req.model or "",
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "consensus": req.require_consensus,
+            "options": list(options) if options is not None else None,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    ).decode()
+
+
+def sent_privacy(node: HospitalNodeConfig, epsilon: float, pcfg: PrivacyConfig) -> SentPrivacy:
+    """What a node is told it may spend on one released answer."""
+    p = node.privacy
+    if p.data_class == DataClass.PUBLIC:
+        return SentPrivacy(0.0, 0.0, NodeMechanism.NONE)
+    delta = pcfg.delta if p.mechanism == NodeMechanism.GAUSSIAN else 0.0
+    return SentPrivacy(epsilon, delta, p.mechanism)
+
+
+async def _release(rt: Runtime, reservation_id: str) -> None:
+    """Refund a reservation whose answer never reached the client. Never raises: a failed
+    refund leaves the epsilon spent, which is the safe side."""
+    try:
+        await asyncio.shield(rt.ledger.release(reservation_id))
+    except Exception:
+        log.exception("releasing a reservation failed; it stays spent", extra={"reservation": reservation_id})
+
+
+class RequestPath:
+    """Stateless over a Runtime; one per app."""
+
+    def __init__(self, pool: BackendPool, metrics: Metrics) -> None:
+        self.pool = pool
+        self.metrics = metrics
+
+    # --- the whole request --------------------------------------------------------------------
+
+    async def complete(self, rt: Runtime, who: Principal, req: CompletionRequest) -> Completion:
+        start = time.monotonic()
+        department = self._department(who, req)
+        epsilon = self._epsilon(rt, req)
+        options = self._options(rt, req)
+        canonical = canonical_request(req, options)
+        key = cache_key(department, canonical)
+        hit = rt.cache.get(key)
+        self.metrics.child(self.metrics.cache, "hit" if hit is not None else "miss").inc()
+        self.metrics.cache_hit_ratio.set(rt.cache.stats.hit_ratio)
+        if hit is not None:
+            return Completion(
+                text=hit["text"],
+                node_ids=tuple(hit["node_ids"]),
+                epsilon=0.0,
+                delta=0.0,
+                remaining_budget=await self._remaining(rt, who.user),
+                cached=True,
+                consensus=hit["consensus"],
+                consensus_reached=hit["consensus_reached"],
+                confidence=hit["confidence"],
+                processing_time=time.monotonic() - start,
+                basis=hit["basis"],
+            )
+        who_pays = Requester(who.user, department, rt.query_hasher(canonical), req.request_id)
+        payload: dict[str, Any] = {
+            "messages": req.messages,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+        }
+        self.metrics.queue_depth.set(rt.admission.queue_depth + 1)
+        async with rt.admission.slot(req.priority):
+            self.metrics.queue_depth.set(rt.admission.queue_depth)
+            if options is not None:
+                out = await self._consensus(rt, who_pays, req.model, options, payload)
+            else:
+                out = await self._single(rt, who_pays, req.model, epsilon, payload)
+        self.metrics.child(self.metrics.epsilon_spent, department).inc(out.epsilon)
+        done = Completion(
+            text=out.text,
+            node_ids=out.node_ids,
+            epsilon=out.epsilon,
+            delta=out.delta,
+            remaining_budget=out.remaining,
+            cached=False,
+            consensus=options is not None,
+            consensus_reached=out.consensus_reached,
+            confidence=out.confidence,
+            processing_time=time.monotonic() - start,
+            basis=out.basis,
+        )
+        rt.cache.put(key, done.as_cache_value())
+        return done
+
+    # --- validation (all before anything is reserved) -----------------------------------------
+
+    def _department(self, who: Principal, req: CompletionRequest) -> str:
+        if req.department is not None and req.department != who.department:
+            if not who.is_admin:
+                raise Forbidden(
+                    f"department: token is for {who.department!r}, request names {req.department!r}"
+                )
+            return req.department
+        return who.department
+
+    def _epsilon(self, rt: Runtime, req: CompletionRequest) -> float:
+        if req.require_consensus and req.privacy_budget is not None:
+            raise InvalidRequest(
+                "privacy_budget",
+                "a consensus is charged by its noise (consensus.sigma of the policy), not by a "
+                "requested epsilon: leave privacy_budget out",
+            )
+        try:
+            return events.check_epsilon(req.privacy_budget, rt.config.privacy)
+        except InvalidPrivacyRequest as exc:
+            raise _invalid(exc) from None
+
+    def _options(self, rt: Runtime, req: CompletionRequest) -> tuple[str, ...] | None:
+        """The public candidate answers of a consensus request, or None for a single answer."""
+        if not req.require_consensus:
+            if req.options is not None or req.candidate_set is not None:
+                field_name = "options" if req.options is not None else "candidate_set"
+                raise InvalidRequest(field_name, "only used with require_consensus: true")
+            return None
+        if req.options is not None and req.candidate_set is not None:
+            raise InvalidRequest("options", "give options or candidate_set, not both")
+        if req.candidate_set is not None:
+            sets = rt.config.privacy.consensus.candidate_sets
+            if req.candidate_set not in sets:
+                known = ", ".join(sorted(sets)) or "none"
+                raise InvalidRequest(
+                    "candidate_set", f"unknown candidate set {req.candidate_set!r} (the policy has: {known})"
+                )
+            return sets[req.candidate_set]
+        if req.options is None:
+            raise InvalidRequest(
+                "options",
+                "a consensus releases only public candidate answers: give `options` (2 or more "
+                "strings) or `candidate_set` (a set named in the privacy policy)",
+            )
+        try:
+            return check_options(req.options)
+        except ValueError as exc:
+            field_name, _, reason = str(exc).partition(": ")
+            raise InvalidRequest(field_name, reason) from None
+
+    # --- node selection -----------------------------------------------------------------------
+
+    def _serving(
+        self, rt: Runtime, model: str | None, department: str
+    ) -> list[tuple[NodeView, HospitalNodeConfig]]:
+        """Nodes of the requested model (the routing default, or any model, for ANY_MODEL)
+        with their configs. 404 if no configured node serves that model at all."""
+        if model is None or model in ANY_MODEL:
+            model = rt.config.routing.default_model
+        any_model = model is None
+        out = []
+        for view in self.pool.views():
+            cfg = self.pool.nodes[view.id].cfg
+            if any_model or cfg.model == model:
+                out.append((view, cfg))
+        if not out and not any_model:
+            raise ModelNotFound(f"The model {model!r} does not exist or you do not have access to it.")
+        return out
+
+    def _ctx(self, rt: Runtime, department: str, epsilon: float, **kw: Any) -> PickContext:
+        return PickContext(
+            department=department, epsilon=epsilon, hospital_remaining=rt.hospital_remaining, **kw
+        )
+
+    def _no_node(
+        self, serving: list[tuple[NodeView, HospitalNodeConfig]], department: str
+    ) -> NoNodeAvailable:
+        allowed = [v for v, _ in serving if v.allows(department)]
+        if not allowed:
+            return NoNodeAvailable(f"no hospital node is configured for department {department!r}")
+        return NoNodeAvailable(
+            f"no healthy node for department {department!r} ({len(allowed)} configured, all down)"
+        )
+
+    # --- one node's answer (a node-side mechanism, or a Public node) --------------------------
+
+    async def _single(
+        self,
+        rt: Runtime,
+        who: Requester,
+        model: str | None,
+        epsilon: float,
+        payload: dict[str, Any],
+    ) -> Released:
+        serving = self._serving(rt, model, who.department)
+        # A PHI node without a mechanism is never used for a release.
+        usable = [(v, c) for v, c in serving if c.privacy.releasable]
+        if serving and not usable and any(v.allows(who.department) for v, _ in serving):
+            raise Forbidden(
+                "no node serving this request runs a DP mechanism: its answers come from patient data "
+                "(dataClass PHI) with mechanism None, so they are never released; nothing was charged",
+                reason="no_dp_mechanism",
+            )
+        views = [v for v, _ in usable]
+        configs = {c.id: c for _, c in usable}
+        tried: set[str] = set()
+        refused_hospitals: set[str] = set()
+        last_budget: BudgetExceeded | None = None
+        last_failure: BackendFailure | None = None
+        reservation: Reservation | None = None
+        attempts = 0
+        try:
+            while attempts < rt.config.routing.max_attempts:
+                ctx = self._ctx(
+                    rt,
+                    who.department,
+                    epsilon,
+                    exclude=frozenset(tried),
+                    exclude_hospitals=frozenset(refused_hospitals),
+                )
+                node = rt.balancer.pick(views, ctx)
+                if node is None:
+                    break
+                cfg = configs[node.id]
+                sent = sent_privacy(cfg, epsilon, rt.config.privacy)
+                if reservation is not None:
+                    # Failover: the first reservation released nothing; refund it.
+                    await _release(rt, reservation.id)
+                    reservation = None
+                if cfg.privacy.data_class == DataClass.PHI:
+                    try:
+                        reservation = await self._reserve(rt, who, (node.hospital,), sent)
+                    except BudgetExceeded as exc:
+                        self.metrics.budget_rejections.labels(exc.scope.value).inc()
+                        if exc.scope is Scope.HOSPITAL:
+                            refused_hospitals.add(node.hospital)
+                            rt.hospital_remaining[node.hospital] = exc.available
+                            last_budget = exc
+                            continue
+                        raise _budget_error(exc) from None
+                attempts += 1
+                try:
+                    reply = await self.pool.chat(node.id, payload, sent)
+                except BackendFailure as exc:
+                    if exc.client_error:
+                        raise self._refused(exc) from None
+                    last_failure = exc
+                    tried.add(node.id)
+                    log.warning("backend call failed", extra={"node": node.id, "error": str(exc)})
+                    if not exc.retryable:
+                        break
+                    continue
+                violation = check_report(cfg.privacy, sent, reply.report)
+                if violation is not None:
+                    self._violation(node.id, violation.value)
+                    tried.add(node.id)
+                    last_failure = BackendFailure(
+                        node.id, f"privacy contract violation ({violation.value}); nothing was released"
+                    )
+                    continue
+                if reservation is None:  # a Public node: nothing reserved, nothing to commit
+                    return await self._public(rt, who, node.id, reply)
+                remaining = await self._commit(rt, reservation, (node.id,))
+                committed, reservation = reservation, None
+                return self._mechanism_release(node.id, cfg, sent, reply, committed, remaining)
+        finally:
+            if reservation is not None:
+                # Nothing reached the client (failure, violation, cancellation): refund.
+                await _release(rt, reservation.id)
+        if last_failure is not None:
+            if last_failure.timeout:
+                raise GatewayTimeout(f"hospital node timed out: {last_failure}")
+            raise BadGateway(f"hospital node failed: {last_failure}")
+        if last_budget is not None:
+            raise _budget_error(last_budget)
+        raise self._no_node(serving, who.department)
+
+    async def _public(self, rt: Runtime, who: Requester, node_id: str, reply: NodeReply) -> Released:
+        return Released(
+            text=reply.text,
+            node_ids=(node_id,),
+            epsilon=0.0,
+            delta=0.0,
+            remaining=await self._remaining(rt, who.user_id),
+            basis=f"public data: node {node_id} holds no patient data (dataClass Public), 0 epsilon",
+        )
+
+    def _mechanism_release(
+        self,
+        node_id: str,
+        cfg: HospitalNodeConfig,
+        sent: SentPrivacy,
+        reply: NodeReply,
+        reservation: Reservation,
+        remaining: float | None,
+    ) -> Released:
+        basis = f"node-side {cfg.privacy.mechanism.value} mechanism at epsilon {sent.epsilon:g}"
+        if reply.report is not None and reply.report.basis:
+            basis += f" ({reply.report.basis[:200]})"
+        return Released(
+            text=reply.text,
+            node_ids=(node_id,),
+            epsilon=reservation.epsilon,
+            delta=sent.delta,
+            remaining=remaining,
+            basis=basis,
+        )
+
+    def _refused(self, exc: BackendFailure) -> InvalidRequest:
+        """A node's 400/422 for the client's input: the client's 400; nothing is charged."""
+        reason = "the hospital node refused the request"
+        if exc.code:
+            reason += f" ({exc.code})"
+        if exc.code == "question_not_supported":
+            reason += ": this node answers only the questions its DP mechanism supports (docs/privacy.md)"
+        return InvalidRequest("messages", reason + "; nothing was charged")
+
+    def _violation(self, node_id: str, reason: str) -> None:
+        self.metrics.child(self.metrics.contract_violations, node_id, reason).inc()
+        log.error(
+            "node broke the privacy contract; answer not released, reservation refunded",
+            extra={"node": node_id, "violation": reason},
+        )
+
+    # --- consensus over public options --------------------------------------------------------
+
+    async def _consensus(
+        self,
+        rt: Runtime,
+        who: Requester,
+        model: str | None,
+        options: tuple[str, ...],
+        payload: dict[str, Any],
+    ) -> Released:
+        ccfg = rt.config.privacy.consensus
+        serving = self._serving(rt, model, who.department)
+        views = [v for v, _ in serving]
+        nodes = rt.balancer.pick_many(views, self._ctx(rt, who.department, 0.0), ccfg.nodes)
+        if len(nodes) < ccfg.min_answers:
+            self.metrics.consensus.labels("too_few_nodes").inc()
+            raise ConsensusFailed(
+                f"consensus needs {ccfg.min_answers} hospitals but only {len(nodes)} distinct hospital(s) "
+                f"with a healthy node serve department {who.department!r}; nothing was charged",
+                needed=ccfg.min_answers,
+                available_hospitals=len(nodes),
+            )
+        hospitals = tuple(sorted(n.hospital for n in nodes))
+        sent = SentPrivacy(0.0, 0.0, NodeMechanism.NONE, Purpose.CONSENSUS_VOTE, options)
+        vote_payload = {
+            **payload,
+            "messages": [{"role": "system", "content": vote_instruction(options)}, *payload["messages"]],
+            "fdp_options": list(options),
+        }
+        try:
+            reservation = await rt.ledger.reserve(who.charge(hospitals, events.gnmax_event(ccfg.sigma)))
+        except BudgetExceeded as exc:
+            self.metrics.budget_rejections.labels(exc.scope.value).inc()
+            raise _budget_error(exc) from None
+        except InvalidPrivacyRequest as exc:
+            raise _invalid(exc) from None
+        committed = False
+        try:
+            results = await asyncio.gather(
+                *(self.pool.chat(n.id, vote_payload, sent) for n in nodes), return_exceptions=True
+            )
+            answers: list[str] = []
+            answered: list[str] = []
+            for n, r in zip(nodes, results, strict=True):
+                if isinstance(r, BaseException):
+                    if not isinstance(r, BackendFailure):
+                        raise r
+                    if r.client_error:  # the node would not vote on this question: an abstention
+                        answers.append("")
+                        answered.append(n.id)
+                        continue
+                    log.warning("consensus member failed", extra={"node": n.id, "error": str(r)})
+                    continue
+                answers.append(r.text)
+                answered.append(n.id)
+            if len(answers) < ccfg.min_answers:
+                self.metrics.consensus.labels("too_few_answers").inc()
+                raise ConsensusFailed(
+                    f"only {len(answers)} of {len(nodes)} hospitals answered, {ccfg.min_answers} needed; "
+                    "nothing was charged",
+                    needed=ccfg.min_answers,
+                    answers=len(answers),
+                )
+            result = aggregate(answers, options, ccfg.sigma)
+            remaining = await self._commit(rt, reservation, tuple(answered))
+            committed = True
+        finally:
+            if not committed:
+                await _release(rt, reservation.id)
+        self.metrics.consensus.labels("reached" if result.consensus_reached else "not_reached").inc()
+        return Released(
+            text=result.answer,
+            node_ids=tuple(answered),
+            epsilon=reservation.epsilon,
+            delta=reservation.delta,
+            remaining=remaining,
+            basis=(
+                f"GNMax consensus over {len(options)} public options: one vote from each of "
+                f"{len(hospitals)} hospitals, discrete Gaussian noise sigma {ccfg.sigma:g}"
+            ),
+            consensus_reached=result.consensus_reached,
+            confidence=result.confidence,
+        )
+
+    # --- ledger -------------------------------------------------------------------------------
+
+    async def _reserve(
+        self, rt: Runtime, who: Requester, hospitals: tuple[str, ...], sent: SentPrivacy
+    ) -> Reservation:
+        try:
+            event = events.event_for_node(sent.mechanism, sent.epsilon, rt.config.privacy.delta)
+            return await rt.ledger.reserve(who.charge(hospitals, event))
+        except InvalidPrivacyRequest as exc:
+            raise _invalid(exc) from None
+
+    async def _commit(self, rt: Runtime, reservation: Reservation, nodes: tuple[str, ...]) -> float | None:
+        """Commit (durable) and return the user's remaining budget. The spend was recorded at
+        reservation, and the ledger reports the remaining budget from that same transaction
+        (`Reservation.user_remaining_epsilon`), so no separate read is needed; a ledger that
+        does not report it is read concurrently with the commit. Raises if the commit fails
+        (the caller then refunds and releases nothing)."""
+        if reservation.user_remaining_epsilon is not None:
+            await rt.ledger.commit(reservation.id, nodes)
+            return reservation.user_remaining_epsilon
+        _, remaining = await asyncio.gather(
+            rt.ledger.commit(reservation.id, nodes), self._remaining(rt, reservation.charge.user_id)
+        )
+        return remaining
+
+    async def _remaining(self, rt: Runtime, user: str) -> float | None:
+        try:
+            st = await rt.ledger.budget(Scope.USER, user)
+        except Exception:  # the answer is already released; a failed read must not fail it
+            log.exception("budget read failed")
+            return None
+        return st.remaining_epsilon

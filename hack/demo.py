@@ -34,17 +34,25 @@ VENV_BIN = Path(sys.executable).parent
 NS = "fdp-demo"
 FR = "demo-router"
 CLUSTER = os.environ.get("FDP_DEMO_CLUSTER", "fdp-demo")
-NODES = ("cardiology", "neurology", "emergency")
+# Three hospitals answering from their patients (PHI, a pure-DP mechanism on a synthetic table)
+# and one Public node (a general medical table, no patient data).
+NODES = ("cardiology", "neurology", "emergency", "guidelines")
+PUBLIC_NODES = ("guidelines",)
 HOSPITALS = {
     "cardiology": "st-mary-heart-center",
     "neurology": "university-neuro-institute",
     "emergency": "county-general",
+    "guidelines": "open-medical-reference",
 }
 DEPARTMENTS = {
     "cardiology": ["cardiology", "emergency"],
     "neurology": ["neurology", "emergency"],
     "emergency": [],
+    "guidelines": [],
 }
+PHI_MODEL, PUBLIC_MODEL = "patient-stats", "medical-guidelines"
+PHI_QUESTION = "What is the most common first-line treatment for hypertension among our patients?"
+DIABETES_QUESTION = "Most common first-line treatment for type 2 diabetes among our patients?"
 
 _procs: list[subprocess.Popen[bytes]] = []
 _cleanups: list[Callable[[], None]] = []
@@ -270,7 +278,7 @@ def main() -> int:
     ca = tls.issue_ca("fdp-demo-hospitals", now)
     (work / "nodes-ca.crt").write_text(ca.cert_pem)
     ports: dict[str, int] = {}
-    for name in NODES:
+    for seed, name in enumerate(NODES):
         pair = tls.issue_serving(ca, ["localhost"], now, timedelta(days=1))
         (work / f"{name}.crt").write_text(pair.cert_pem)
         (work / f"{name}.key").write_text(pair.key_pem)
@@ -290,10 +298,17 @@ def main() -> int:
                 str(work / f"{name}.crt"),
                 "--key",
                 str(work / f"{name}.key"),
+                "--data-class",
+                "public" if name in PUBLIC_NODES else "phi",
+                "--hospital",
+                HOSPITALS[name],
+                "--seed",
+                str(seed),
             ],
             logdir,
         )
-        print(f"  demo node {name:<11} https://localhost:{ports[name]}  (hospital {HOSPITALS[name]})")
+        kind = "Public" if name in PUBLIC_NODES else "PHI, pure-DP mechanism"
+        print(f"  demo node {name:<11} https://localhost:{ports[name]}  (hospital {HOSPITALS[name]}; {kind})")
     start(
         "operator",
         [
@@ -315,7 +330,7 @@ def main() -> int:
         logdir,
     )
 
-    say("3/6 applying the network: Secrets, 3 HospitalNodes, a PrivacyPolicy, a FederatedRouter")
+    say("3/6 applying the network: Secrets, 4 HospitalNodes, a PrivacyPolicy, a FederatedRouter")
     jwt_secret = os.urandom(32).hex()
     audit_key = os.urandom(32).hex()  # AES-256-GCM key for the encrypted audit trail
     sys.path.insert(0, str(REPO))
@@ -354,7 +369,10 @@ def main() -> int:
                 "spec": {
                     "hospital": HOSPITALS[name],
                     "endpoint": f"https://localhost:{ports[name]}",
-                    "model": "demo",
+                    "model": PUBLIC_MODEL if name in PUBLIC_NODES else PHI_MODEL,
+                    "privacy": {"dataClass": "Public", "mechanism": "None"}
+                    if name in PUBLIC_NODES
+                    else {"dataClass": "PHI", "mechanism": "PureDP"},
                     "departments": DEPARTMENTS[name],
                     "specializations": [name],
                     "tls": {"caSecretRef": {"name": "demo-nodes-ca"}},
@@ -375,11 +393,24 @@ def main() -> int:
             "spec": {
                 "delta": 1e-5,
                 "defaultEpsilonPerQuery": 0.1,
+                "minEpsilonPerQuery": 0.01,
                 "maxEpsilonPerQuery": 1.0,
-                "mechanism": "gaussian",
                 "budgets": {"perUser": 5, "perDepartment": 50, "perHospital": 500},
                 "window": {"kind": "period", "period": "24h"},
-                "consensus": {"nodes": 3, "minAnswers": 2, "sigma": 4.0},
+                "consensus": {
+                    "nodes": 3,
+                    "minAnswers": 2,
+                    "sigma": 4.0,
+                    "candidateSets": {
+                        "diabetes-first-line": [
+                            "metformin",
+                            "SGLT2 inhibitor",
+                            "GLP-1 receptor agonist",
+                            "sulfonylurea",
+                            "DPP-4 inhibitor",
+                        ]
+                    },
+                },
             },
         }
     )
@@ -400,7 +431,9 @@ def main() -> int:
     ready_seconds = time.monotonic() - t_ready
     print(f"  FederatedRouter Ready {ready_seconds:.1f}s after kubectl apply")
     eventually(
-        lambda: fr_status().get("nodes", {}).get("ready") == 3, 60, "3 ready nodes in the router config"
+        lambda: fr_status().get("nodes", {}).get("ready") == len(NODES),
+        60,
+        f"{len(NODES)} ready nodes in the router config",
     )
     kubectl("get", "hn,pp,fr", "-n", NS, "-o", "wide")
     kubectl("get", "deploy,svc,hpa,pdb,secret,cm", "-n", NS)
@@ -414,6 +447,7 @@ def main() -> int:
     router_port = free_port()
     local = json.loads(json.dumps(rendered))
     local["server"] = {"host": "127.0.0.1", "port": router_port}  # plain HTTP on loopback for the demo
+    local["routing"]["default_model"] = PHI_MODEL  # a request naming no model asks the PHI nodes
     local["auth"]["hs256_secret_file"] = str(work / "jwt-secret")
     (work / "ledger-dsn").write_text(dsn)
     local["ledger"]["postgres_dsn_file"] = str(work / "ledger-dsn")
@@ -466,37 +500,66 @@ def main() -> int:
             f"confidence={body.get('confidence_score')}\n      answer: {str(body.get('response'))[:100]}"
         )
 
-    q = {"prompt": "What is the first-line treatment for hypertension?", "max_tokens": 64}
-    show("dr-alice (cardiology) POST /v1/inference", *http("POST", f"{base}/v1/inference", alice, q))
+    q = {"prompt": PHI_QUESTION, "max_tokens": 64, "privacy_budget": 0.1}
+    show(
+        "dr-alice (cardiology) POST /v1/inference, PHI node at epsilon 0.1",
+        *http("POST", f"{base}/v1/inference", alice, q),
+    )
     show(
         "dr-alice same question again (cache hit, costs nothing)",
         *http("POST", f"{base}/v1/inference", alice, q),
     )
+    print("  the answer's accuracy depends on epsilon (each PHI node runs report-noisy-max on its patients):")
+    for eps in (0.02, 1.0):
+        answers = []
+        for i in range(3):
+            code, body = http(
+                "POST",
+                f"{base}/v1/inference",
+                alice,
+                {"prompt": f"{PHI_QUESTION} (run {eps}-{i})", "privacy_budget": eps},
+            )
+            answers.append(
+                f"{body.get('node_id')}: {str(body.get('response')).split(': ')[-1][:40]}"
+                if code == 200
+                else str(code)
+            )
+        print(f"    epsilon {eps:<4} -> " + " | ".join(answers))
     show(
-        "dr-bob (emergency) DP consensus (GNMax, sigma 4) over 3 hospitals",
+        "dr-bob (emergency) GNMax consensus (sigma 4) over public options, one vote per hospital",
         *http(
             "POST",
             f"{base}/v1/inference",
             bob,
-            {"prompt": "Suspected sepsis in the ED: first steps?", "require_consensus": True},
+            {"prompt": DIABETES_QUESTION, "require_consensus": True, "candidate_set": "diabetes-first-line"},
         ),
     )
     code, body = http(
         "POST",
         f"{base}/v1/chat/completions",
         alice,
-        {"model": "demo", "messages": [{"role": "user", "content": "Asthma control plan for an adult?"}]},
+        {
+            "model": PUBLIC_MODEL,
+            "messages": [{"role": "user", "content": "Asthma control plan for an adult?"}],
+        },
     )
     print(
-        f"  dr-alice POST /v1/chat/completions (OpenAI-compatible) -> {code}: "
+        f"  dr-alice POST /v1/chat/completions, model {PUBLIC_MODEL} (the Public node) -> {code}: "
         f"privacy={json.dumps(body.get('privacy'))}"
     )
+    code, body = http(
+        "POST",
+        f"{base}/v1/inference",
+        alice,
+        {"prompt": "What did patient Jane Roe get?", "model": PHI_MODEL},
+    )
+    print(f"  a question no DP mechanism answers -> {code}: {body.get('error', {}).get('message')}")
     for i in range(1, 50):
         code, body = http(
             "POST",
             f"{base}/v1/inference",
             alice,
-            {"prompt": f"Follow-up question {i}", "privacy_budget": 1.0},
+            {"prompt": f"{PHI_QUESTION} (follow-up {i})", "privacy_budget": 1.0},
         )
         if code != 200:
             print(f"  dr-alice follow-up {i} at epsilon 1.0 -> {code} {json.dumps(body)}")

@@ -135,6 +135,11 @@ def serve(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 # --- load generation --------------------------------------------------------------------------
 
+# Every prompt is this question plus a unique tag: the demo PHI node answers it through its DP
+# mechanism, and the router's answer cache never hits.
+QUESTION = "Most common first-line treatment for hypertension among our patients?"
+NODE_PRIVACY = {"epsilon": 0.001, "delta": 0.0, "mechanism": "pure_dp", "purpose": "release"}
+
 
 async def load(
     url: str, headers: dict[str, str], concurrency: int, seconds: float
@@ -147,11 +152,16 @@ async def load(
     async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
 
         async def one(content: str) -> bool:
-            async with http.post(url, json={"messages": [{"role": "user", "content": content}]}) as resp:
+            # The node is a PHI demo node: a direct or proxied call carries the privacy
+            # parameters the router would send; the router ignores a client's copy.
+            body = {"messages": [{"role": "user", "content": content}], "fdp_privacy": NODE_PRIVACY}
+            async with http.post(url, json=body) as resp:
                 await resp.read()
                 return resp.status == 200
 
-        await asyncio.gather(*(one(f"warm {i} fever {secrets.token_hex(4)}") for i in range(concurrency)))
+        await asyncio.gather(
+            *(one(f"{QUESTION} warm {i} {secrets.token_hex(4)}") for i in range(concurrency))
+        )
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
@@ -159,7 +169,7 @@ async def load(
             while time.perf_counter() < deadline:
                 counter += 1
                 t0 = time.perf_counter()
-                ok = await one(f"q{counter}-{secrets.token_hex(4)} fever")
+                ok = await one(f"{QUESTION} q{counter}-{secrets.token_hex(4)}")
                 lat.append(time.perf_counter() - t0)
                 errors += not ok
 
@@ -213,7 +223,15 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     secret = secrets.token_hex(32)
     cfg = {
         "server": {"host": "127.0.0.1", "port": router_port},
-        "nodes": [{"id": "bench-node", "hospital": "bench-hospital", "endpoint": node_url, "model": "demo"}],
+        "nodes": [
+            {
+                "id": "bench-node",
+                "hospital": "bench-hospital",
+                "endpoint": node_url,
+                "model": "patient-stats",
+                "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+            }
+        ],
         "privacy": {
             "default_epsilon_per_query": 0.001,
             "max_epsilon_per_query": 1.0,

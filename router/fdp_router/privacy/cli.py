@@ -25,7 +25,7 @@ from fdp_router.config import LedgerConfig, load_config
 from fdp_router.privacy import filter as flt
 from fdp_router.privacy.accounting import epsilon_pld, tightest
 from fdp_router.privacy.api import InvalidPrivacyRequest
-from fdp_router.privacy.events import Event, GaussianEvent, LaplaceEvent, SelfComposedEvent
+from fdp_router.privacy.events import Event, GaussianEvent, LaplaceEvent, PureDpEvent, SelfComposedEvent
 from fdp_router.privacy.mechanisms import check_delta, epsilon_for_sigma
 
 
@@ -60,19 +60,35 @@ def register(subparsers: Any) -> None:
 
 
 def _mechanism_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mechanism", choices=["gaussian", "laplace"], required=True)
+    p.add_argument("--mechanism", choices=["gaussian", "laplace", "pure_dp"], required=True)
     p.add_argument(
         "--noise-multiplier",
         type=float,
-        required=True,
         help="sigma / L2 sensitivity (gaussian) or scale b / L1 sensitivity (laplace)",
+    )
+    p.add_argument(
+        "--query-epsilon",
+        type=float,
+        help="pure_dp: the epsilon of one release (what a PHI node with mechanism PureDP is charged)",
     )
 
 
 def _single(args: argparse.Namespace) -> Event:
+    if args.mechanism == "pure_dp":
+        if args.query_epsilon is None:
+            raise InvalidPrivacyRequest("--query-epsilon", "is required with --mechanism pure_dp")
+        return PureDpEvent(args.query_epsilon)
+    if args.noise_multiplier is None:
+        raise InvalidPrivacyRequest("--noise-multiplier", f"is required with --mechanism {args.mechanism}")
     if args.mechanism == "gaussian":
         return GaussianEvent(args.noise_multiplier)
     return LaplaceEvent(args.noise_multiplier)
+
+
+def _describe(args: argparse.Namespace) -> str:
+    if args.mechanism == "pure_dp":
+        return f"pure_dp(epsilon {args.query_epsilon:g})"
+    return f"{args.mechanism}(noise multiplier {args.noise_multiplier:g})"
 
 
 def _fail(msg: str) -> int:
@@ -95,13 +111,14 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
         "by_method": rep.by_method,
         "mechanism": args.mechanism,
         "noise_multiplier": args.noise_multiplier,
+        "query_epsilon": args.query_epsilon,
         "count": args.count,
     }
     if args.json:
         print(json.dumps(out))
     else:
         print(
-            f"{args.count} x {args.mechanism}(noise multiplier {args.noise_multiplier:g}): "
+            f"{args.count} x {_describe(args)}: "
             f"({rep.epsilon:.6g}, {rep.delta:g})-DP  [tightest: {rep.method}; "
             + ", ".join(f"{k} {v:.6g}" for k, v in rep.by_method.items())
             + "]"
@@ -111,11 +128,12 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
 
 def basic_count(single: Event, epsilon: float, delta: float) -> int:
     """Largest k with k * eps_i <= epsilon under basic composition (delta split evenly over k)."""
-    if isinstance(single, LaplaceEvent):
-        per = 1.0 / single.noise_multiplier
+    if isinstance(single, LaplaceEvent | PureDpEvent):
+        per = 1.0 / single.noise_multiplier if isinstance(single, LaplaceEvent) else single.epsilon
         k = math.floor(epsilon / per)
         return k - 1 if k > 0 and k * per > epsilon else k
-    assert isinstance(single, GaussianEvent)
+    if not isinstance(single, GaussianEvent):
+        raise InvalidPrivacyRequest("--mechanism", f"no basic-composition count for {type(single).__name__}")
 
     def fits(k: int) -> bool:
         return k * epsilon_for_sigma(single.noise_multiplier, delta / k) <= epsilon
@@ -166,13 +184,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out = plan(_single(args), args.epsilon, args.delta)
     except InvalidPrivacyRequest as exc:
         return _fail(str(exc))
-    out.update(mechanism=args.mechanism, noise_multiplier=args.noise_multiplier)
+    out.update(
+        mechanism=args.mechanism, noise_multiplier=args.noise_multiplier, query_epsilon=args.query_epsilon
+    )
     if args.json:
         print(json.dumps(out))
     else:
         print(
-            f"budget ({out['epsilon']:g}, {out['delta']:g}), {args.mechanism} noise multiplier "
-            f"{args.noise_multiplier:g}:\n"
+            f"budget ({out['epsilon']:g}, {out['delta']:g}), {_describe(args)}:\n"
             f"  admitted by the admission filter (adaptive-safe): {out['admitted']}\n"
             f"  basic composition:                                {out['basic_composition']}\n"
             f"  PLD, fixed non-adaptive sequence (not a filter):  {out['pld_fixed_sequence']}"

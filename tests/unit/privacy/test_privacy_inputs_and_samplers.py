@@ -322,3 +322,15 @@ def test_cli_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         cli_main(
             ["privacy", "epsilon", "--mechanism", "cauchy", "--noise-multiplier", "2", "--delta", "1e-5"]
         )
+
+
+def test_cli_plan_for_a_pure_dp_node(capsys: pytest.CaptureFixture[str]) -> None:
+    # What a PHI node with mechanism PureDP is charged: k releases at epsilon 0.1.
+    argv = ["privacy", "plan", "--epsilon", "10", "--delta", "1e-5", "--mechanism", "pure_dp"]
+    assert cli_main([*argv, "--query-epsilon", "0.1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["basic_composition"] == 100  # k * 0.1 <= 10
+    assert out["admitted"] > out["basic_composition"]
+    assert out["pld_fixed_sequence"] >= out["admitted"]
+    assert cli_main(argv) == 2  # --query-epsilon missing
+    assert "--query-epsilon" in capsys.readouterr().err

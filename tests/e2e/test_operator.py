@@ -218,6 +218,30 @@ def test_changing_the_policy_updates_the_config_hash_and_prunes_the_old_config(
     )
 
 
+def test_a_policy_the_router_would_refuse_is_not_ready_and_the_running_config_is_kept(
+    kube, namespace, operator_runner, demo_nodes
+) -> None:
+    """perUser = max = 1 passes the CRD, but no query at ε = 1 fits a budget of 1 under the
+    router's Rényi filter: every router pod would refuse the config. It showed Ready."""
+    _ca_secret(kube, namespace, demo_nodes)
+    _network(kube, namespace, demo_nodes, n=1)
+    kube.wait_condition(namespace, "fr", "fr")
+    good = kube.get(namespace, "fr", "fr")["status"]
+    kube.apply(
+        namespace,
+        privacy_policy(defaultEpsilonPerQuery=1, maxEpsilonPerQuery=1, budgets={"perUser": 1}),
+    )
+    ready = kube.wait_condition(namespace, "pp", "pol", status="False")
+    assert ready["reason"] == "PolicyInvalid"
+    assert "the router refuses this policy: spec.budgets.perUser" in ready["message"]
+    router = kube.wait_condition(namespace, "fr", "fr", status="False")
+    assert router["reason"] == "PolicyInvalid" and "budgets.perUser" in router["message"]
+    assert kube.get(namespace, "fr", "fr")["status"]["configHash"] == good["configHash"]
+    kube.apply(namespace, privacy_policy(budgets={"perUser": 4}))
+    kube.wait_condition(namespace, "pp", "pol")
+    kube.wait_condition(namespace, "fr", "fr")
+
+
 def test_a_missing_policy_is_named_and_the_running_config_is_kept(
     kube, namespace, operator_runner, demo_nodes
 ) -> None:

@@ -77,6 +77,7 @@ def node(name: str, endpoint: str, group: int) -> dict[str, Any]:
         "spec": {
             "hospital": f"hospital-{name}",
             "endpoint": endpoint,
+            "privacy": {"dataClass": "PHI", "mechanism": "PureDP"},
             "tls": {"caSecretRef": {"name": "bench-ca"}},
             "healthCheck": {"intervalSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
         },

@@ -40,10 +40,26 @@ class NodeTLS(_Frozen):
 
 
 class HealthCheck(_Frozen):
-    path: str = "/health"
+    path: str = Field("/health", description="probed at {endpoint}{path}; e.g. /v1/models for gateways")
+    method: Literal["GET", "HEAD"] = "GET"
     interval_seconds: PositiveFloat = 10.0
     timeout_seconds: PositiveFloat = 2.0
     failure_threshold: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _timeout_le_interval(self) -> HealthCheck:
+        if self.timeout_seconds > self.interval_seconds:
+            raise ValueError("health_check.timeout_seconds must be <= health_check.interval_seconds")
+        return self
+
+
+class NodeAuth(_Frozen):
+    """Credentials the node's server requires (a gateway's API key, extra headers): files the
+    operator mounts from the HospitalNode's Secret. Read when the config is applied; never
+    logged, never sent anywhere but to this node."""
+
+    api_key_file: str | None = Field(None, description="sent as 'Authorization: Bearer <key>'")
+    headers_file: str | None = Field(None, description="a JSON object of extra request headers")
 
 
 class DataClass(StrEnum):
@@ -94,6 +110,12 @@ class HospitalNodeConfig(_Frozen):
     security_level: str = "standard"
     tls: NodeTLS = NodeTLS()
     health_check: HealthCheck = HealthCheck()
+    auth: NodeAuth = NodeAuth()
+    api_base_path: str = Field(
+        "/v1", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="path of the OpenAI-compatible API under endpoint"
+    )
+    connect_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
+    read_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
     privacy: NodePrivacy = Field(
         NodePrivacy(),
         description="data class and DP mechanism of the endpoint; the default (PHI, no mechanism) "

@@ -519,11 +519,8 @@ def main() -> int:
                 alice,
                 {"prompt": f"{PHI_QUESTION} (run {eps}-{i})", "privacy_budget": eps},
             )
-            answers.append(
-                f"{body.get('node_id')}: {str(body.get('response')).split(': ')[-1][:40]}"
-                if code == 200
-                else str(code)
-            )
+            answer = str(body.get("response")).partition(": ")[2].partition(" (differentially")[0]
+            answers.append(f"{body.get('node_id')}: {answer}" if code == 200 else str(code))
         print(f"    epsilon {eps:<4} -> " + " | ".join(answers))
     show(
         "dr-bob (emergency) GNMax consensus (sigma 4) over public options, one vote per hospital",

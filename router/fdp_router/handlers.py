@@ -1,0 +1,247 @@
+"""The public API's handlers: inference, chat completions, budgets, health, metrics, OpenAPI.
+
+Registered by ``app.py``. Each handler authenticates, parses the body once into a typed
+model (``models.py``), hands a `CompletionRequest` to the request path
+(``request_path.py``) and shapes its `Completion` for the client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from fdp_router import openapi
+from fdp_router.auth import Principal
+from fdp_router.errors import Forbidden, InvalidRequest, Unauthorized
+from fdp_router.jsonlog import request_id_var
+from fdp_router.ledger_health import LEDGER_HEALTH
+from fdp_router.middleware import json_response
+from fdp_router.models import ChatRequest, InferenceRequest, parse
+from fdp_router.privacy.api import Scope
+from fdp_router.request_path import Completion, CompletionRequest, Runtime
+from fdp_router.runtime import HOLDER, METRICS, PATH, POOL, STARTED
+
+
+async def _authenticate(request: web.Request, rt: Runtime) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token (Authorization: Bearer <JWT>)")
+    return await rt.authenticator.averify(token.strip())
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > 1_048_576:
+        raise InvalidRequest("body", "larger than 1 MiB")
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError:  # also invalid UTF-8, NaN/Infinity literals, > 64-bit ints
+        raise InvalidRequest("body", "is not valid JSON") from None
+
+
+def _privacy_doc(c: Completion, rt: Runtime) -> dict[str, Any]:
+    return {
+        "epsilon": c.epsilon,
+        "delta": c.delta,
+        "remaining_budget": c.remaining_budget,
+        "cached": c.cached,
+        "cache_note": "re-release of an answer already released to this department: no epsilon spent"
+        if c.cached
+        else None,
+        "consensus": c.consensus,
+        "consensus_reached": c.consensus_reached,
+        "confidence": c.confidence,
+        "nodes": list(c.node_ids),
+        "policy": rt.config.privacy.policy_name,
+        "basis": c.basis,
+    }
+
+
+def _privacy_headers(c: Completion) -> dict[str, str]:
+    h = {
+        "X-FDP-Privacy-Cost": f"{c.epsilon:.6g}",
+        "X-FDP-Cache": "hit" if c.cached else "miss",
+        "X-FDP-Node": ",".join(c.node_ids),
+    }
+    if c.remaining_budget is not None:
+        h["X-FDP-Remaining-Budget"] = f"{c.remaining_budget:.6g}"
+    return h
+
+
+async def inference(request: web.Request) -> web.Response:
+    holder = request.app[HOLDER]
+    with holder.use() as rt:
+        who = await _authenticate(request, rt)
+        body = parse(InferenceRequest, await _json_body(request))
+        creq = CompletionRequest(
+            messages=[{"role": "user", "content": body.prompt}],
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            privacy_budget=body.privacy_budget,
+            require_consensus=body.require_consensus,
+            priority=body.priority,
+            department=body.department,
+            request_id=request_id_var.get(),
+            model=body.model,
+            options=tuple(body.options) if body.options is not None else None,
+            candidate_set=body.candidate_set,
+        )
+        c = await request.app[PATH].complete(rt, who, creq)
+        doc = {
+            "success": True,
+            "response": c.text,
+            "privacy_cost": c.epsilon,
+            "remaining_budget": c.remaining_budget,
+            "node_id": c.node_ids[0] if len(c.node_ids) == 1 else ",".join(c.node_ids),
+            "processing_time": round(c.processing_time, 6),
+            "consensus_reached": c.consensus_reached,
+            "confidence_score": c.confidence,
+            "cached": c.cached,
+            "request_id": creq.request_id,
+            "privacy": _privacy_doc(c, rt),
+        }
+        return json_response(doc, headers=_privacy_headers(c))
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    holder = request.app[HOLDER]
+    with holder.use() as rt:
+        who = await _authenticate(request, rt)
+        body = parse(ChatRequest, await _json_body(request))
+        if body.stream:
+            raise InvalidRequest(
+                "stream", "streaming is not supported: an answer is released (and charged) whole"
+            )
+        creq = CompletionRequest(
+            messages=[{"role": m.role, "content": m.content} for m in body.messages],
+            max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+            temperature=0.7 if body.temperature is None else body.temperature,
+            privacy_budget=body.privacy_budget,
+            require_consensus=body.require_consensus,
+            priority=body.priority,
+            department=body.department,
+            request_id=request_id_var.get(),
+            model=body.model,
+            options=tuple(body.options) if body.options is not None else None,
+            candidate_set=body.candidate_set,
+        )
+        c = await request.app[PATH].complete(rt, who, creq)
+        prompt_words = sum(len(m["content"].split()) for m in creq.messages)
+        answer_words = len(c.text.split())
+        doc = {
+            "id": f"chatcmpl-{creq.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.model or "fdp-router",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": answer_words,
+                "total_tokens": prompt_words + answer_words,
+            },
+            "system_fingerprint": f"fdp-router-g{rt.generation}",
+            "privacy": _privacy_doc(c, rt),
+        }
+        return json_response(doc, headers=_privacy_headers(c))
+
+
+def _iso(dt: Any) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+async def budget(request: web.Request) -> web.Response:
+    holder = request.app[HOLDER]
+    with holder.use() as rt:
+        who = await _authenticate(request, rt)
+        user_id = request.match_info["user_id"]
+        if not who.can_read_budget_of(user_id):
+            raise Forbidden("only auditors and admins may read another user's budget")
+        st = await rt.ledger.budget(Scope.USER, user_id)
+        return json_response(
+            {
+                "user_id": user_id,
+                "total_budget": st.total_epsilon,
+                "consumed_budget": st.consumed_epsilon,
+                "remaining_budget": st.remaining_epsilon,
+                "delta": st.delta,
+                "window": {
+                    "kind": rt.config.privacy.window.kind,
+                    "start": _iso(st.window_start),
+                    "end": _iso(st.window_end),
+                },
+                "guarantee": st.guarantee,
+                "details": st.extra,
+            }
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def _readiness(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    rt = app[HOLDER].current
+    nodes = app[POOL].describe()
+    healthy = sum(1 for n in nodes if n["healthy"])
+    # The ledger's cached state (ledger_health.py; refreshed about every second, never waited
+    # for here): without a ledger that can record a spend, no request can be answered.
+    ledger_health = app.get(LEDGER_HEALTH)
+    ledger = ledger_health.state if ledger_health is not None else None
+    ready = rt is not None and healthy > 0 and (ledger is None or ledger.up)
+    return ready, {
+        "status": "ready" if ready else "not_ready",
+        "config_generation": rt.generation if rt else None,
+        "nodes": {"configured": len(nodes), "healthy": healthy},
+        "ledger": ledger.doc(time.monotonic()) if ledger is not None else None,
+    }
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, doc = _readiness(request.app)
+    return json_response(doc, status=200 if ready else 503)
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    ready, doc = _readiness(app)
+    rt = app[HOLDER].current
+    doc.update(
+        {
+            "status": "healthy" if ready else "degraded",
+            "uptime_seconds": round(time.monotonic() - app[STARTED], 3),
+            "components": {
+                "ledger": {
+                    "backend": rt.config.ledger.backend if rt else None,
+                    "status": "ok" if rt else "down",
+                },
+                "balancer": rt.config.routing.strategy.value if rt else None,
+                "cache": {
+                    "entries": len(rt.cache) if rt else 0,
+                    "hit_ratio": rt.cache.stats.hit_ratio if rt else 0.0,
+                },
+                "admission": {
+                    "running": rt.admission.running if rt else 0,
+                    "queued": rt.admission.queue_depth if rt else 0,
+                },
+                "nodes": app[POOL].describe(),
+            },
+            "managed_by": rt.config.managed_by.model_dump() if rt and rt.config.managed_by else None,
+        }
+    )
+    return json_response(doc)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    rt = request.app[HOLDER].current
+    if rt is not None:
+        request.app[METRICS].queue_depth.set(rt.admission.queue_depth)
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return json_response(openapi.document())

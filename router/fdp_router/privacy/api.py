@@ -53,6 +53,23 @@ class UnknownReservation(PrivacyError, KeyError):
     """commit/release of an id the ledger never issued (or already settled)."""
 
 
+class LedgerUnavailable(PrivacyError):
+    """The ledger cannot be used now: its database is down, frozen, unreachable, full,
+    read-only, busy beyond ``ledger.timeouts`` or failing over. Transient: retry later.
+
+    Raised instead of waiting longer than the configured bounds. A reservation that raised it
+    gave no caller a Reservation, so no node may be called for it; when the failure hit the
+    transaction's commit its outcome is unknown and the spend may be recorded (the safe side).
+    `kind` is one of `KINDS` (a metric label: bounded)."""
+
+    KINDS = ("timeout", "connection", "busy", "disk_full", "read_only", "io")
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"ledger unavailable ({kind}): {detail}")
+        self.kind = kind if kind in self.KINDS else "io"
+        self.detail = detail
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """What one request asks to spend. `event` is a privacy event from ``events.py``
@@ -102,7 +119,8 @@ class Ledger(abc.ABC):
     reserve() checks every unit's budget and records the spend in ONE atomic step (one
     transaction), durable before it returns. commit() marks it released to a client;
     release() refunds it only when nothing reached a client. A crash between reserve and
-    commit leaves the reservation spent (the safe side).
+    commit leaves the reservation spent (the safe side). Every operation is bounded in time:
+    when the ledger's storage cannot be used it raises LedgerUnavailable, never hangs.
     """
 
     @abc.abstractmethod
@@ -122,3 +140,8 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def check(self) -> None:
+        """Return if the ledger can record a spend now, raise LedgerUnavailable if not (a
+        cheap durable write; readiness checks call it about once a second). Default: no check."""
+        return None

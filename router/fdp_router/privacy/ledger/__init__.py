@@ -2,8 +2,9 @@
 
 SQLite (default, embedded) or PostgreSQL (several replicas; DSN from a file or an env var).
 Both are the same engine (``core.SqlLedger``: group commit, one transaction per batch) over
-a different driver, and both pass the same contract tests. Called by the router at start-up
-and by the CLI.
+a different driver, and both pass the same contract tests. ``ledger.timeouts`` bounds every
+operation; a database that cannot be used raises ``LedgerUnavailable`` (503), see core.py and
+tests/unit/privacy/test_ledger_faults.py. Called by the router at start-up and by the CLI.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def open_ledger_sync(
         from fdp_router.privacy.ledger.postgres import PostgresDriver
 
         return SqlLedger(
-            PostgresDriver(postgres_dsn(ledger_cfg)),
+            PostgresDriver(postgres_dsn(ledger_cfg), ledger_cfg.timeouts),
             privacy_cfg,
             load_keyring(ledger_cfg),
             now,
@@ -58,7 +59,11 @@ def open_ledger_sync(
     path = Path(ledger_cfg.sqlite_path)
     keyring = load_keyring(ledger_cfg, dev_key_path=path.with_name(path.name + ".audit-key"))
     return SqlLedger(
-        SqliteDriver(path), privacy_cfg, keyring, now, deferred_commit=ledger_cfg.commit_mode == "deferred"
+        SqliteDriver(path, ledger_cfg.timeouts),
+        privacy_cfg,
+        keyring,
+        now,
+        deferred_commit=ledger_cfg.commit_mode == "deferred",
     )
 
 

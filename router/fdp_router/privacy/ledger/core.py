@@ -15,13 +15,25 @@ commit acknowledges nothing, a crash after it loses nothing.
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
 
-Callers: ``open_ledger`` (ledger/__init__.py) builds a backend; the router awaits the methods.
+Bounded (``ledger.timeouts``): every operation has an overall deadline (queueing included),
+every transaction and read runs under the driver's watchdog (a frozen server is cut off after
+``statement_seconds``), connects and lock waits are bounded by the driver. Whatever stops the
+database from being used now (timeouts, refused or lost connections, a full or read-only disk,
+lock contention, a restart or failover) is raised as ``LedgerUnavailableError`` (the privacy
+core's ``LedgerUnavailable`` and the API's 503 ``ledger_unavailable`` in one), never as a
+generic error. A connection that died while idle (a restart, a failover) is replaced and the
+batch run once more on the new one: safe, because nothing of it reached a COMMIT.
+
+Callers: ``open_ledger`` (ledger/__init__.py) builds a backend; the router awaits the methods;
+``ledger_health.py`` installs an observer (latency and outcome of every operation) and calls
+``check()``.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -29,7 +41,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +50,8 @@ from typing import Any
 
 import orjson
 
-from fdp_router.config import PrivacyConfig
+from fdp_router.config import LedgerTimeouts, PrivacyConfig
+from fdp_router.errors import LedgerUnavailableError
 from fdp_router.privacy import audit as audit_mod
 from fdp_router.privacy import events as ev
 from fdp_router.privacy import filter as flt
@@ -49,11 +62,13 @@ from fdp_router.privacy.api import (
     Charge,
     InvalidPrivacyRequest,
     Ledger,
+    LedgerUnavailable,
     PrivacyError,
     Reservation,
     Scope,
     UnknownReservation,
 )
+from fdp_router.privacy.ledger.watchdog import Guard, Watchdog
 from fdp_router.privacy.policy import budget_of, check_policy, guarantee, window_of
 
 log = logging.getLogger(__name__)
@@ -91,11 +106,16 @@ MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
+TOUCH_HEAD = "UPDATE fdp_head SET seq = seq WHERE id = 1"  # check(): a real, tiny durable write
+
+# (operation, seconds, error or None): see SqlLedger.set_observer
+Observer = Callable[[str, float, LedgerUnavailable | None], None]
+OP_LABELS = {"reserve": "reserve", "commit": "commit", "release": "release", "ping": "check"}
 
 
 @dataclass(slots=True)
 class _Op:
-    kind: str  # reserve | commit | release | stop
+    kind: str  # reserve | commit | release | ping | stop
     future: asyncio.Future[Any] | None  # on the caller's loop; None for stop
     charge: Charge | None = None
     cost: tuple[float, ...] = ()
@@ -105,10 +125,19 @@ class _Op:
     reservation_id: str = ""
     nodes: tuple[str, ...] = ()
     deferred: bool = False  # nobody waits for it: may ride along with a later batch
+    expired: bool = False  # its caller's deadline passed (the future was cancelled for it)
 
 
 class SqlDriver(abc.ABC):
-    """What differs between SQLite and PostgreSQL (connections, locking, placeholders)."""
+    """What differs between SQLite and PostgreSQL (connections, locking, placeholders, how a
+    call is aborted, which errors mean "unavailable now"), plus the bounded reader connection
+    and the watchdog both use."""
+
+    def __init__(self, timeouts: LedgerTimeouts | None = None) -> None:
+        self.timeouts = timeouts or LedgerTimeouts()
+        self.watchdog = Watchdog()
+        self._reader_conn: Any = None
+        self._reader_lock = threading.Lock()
 
     @abc.abstractmethod
     def connect_writer(self) -> Any: ...
@@ -137,6 +166,81 @@ class SqlDriver(abc.ABC):
     @abc.abstractmethod
     def extra_schema(self, cur: Any) -> None:
         """Append-only guards (triggers) on the audit table."""
+
+    @abc.abstractmethod
+    def classify(self, exc: BaseException) -> str | None:
+        """The `LedgerUnavailable.KINDS` entry an error of this database means, or None when
+        it says nothing about availability (a bug, a violated constraint: stays an error)."""
+
+    def usable(self, conn: Any) -> bool:
+        """False once the connection is known to be dead (it is then replaced)."""
+        return True
+
+    @contextlib.contextmanager
+    def interrupter(self, conn: Any) -> Iterator[Callable[[], None]]:
+        """A callable that, from another thread, makes the call running on `conn` fail now."""
+        yield _noop
+
+    @contextlib.contextmanager
+    def bounded(self, conn: Any, seconds: float | None = None) -> Iterator[Guard]:
+        """Run database calls on `conn` under the watchdog: aborted after `seconds` (default
+        ``timeouts.statement_seconds``). `Guard.fired` says whether that happened."""
+        with (
+            self.interrupter(conn) as abort,
+            self.watchdog.guard(seconds or self.timeouts.statement_seconds, abort) as guard,
+        ):
+            yield guard
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Any]:
+        """The connection for reads: one, shared under a lock (waited for at most
+        ``operation_seconds``, so that reads queued behind a hung one do not hold threads
+        longer than their callers wait), opened on demand and replaced when it died."""
+        if not self._reader_lock.acquire(timeout=self.timeouts.operation_seconds):
+            raise TimeoutError("the ledger's read connection stayed busy (a read is hung)")
+        try:
+            if self._reader_conn is None or not self.usable(self._reader_conn):
+                _close_quietly(self._reader_conn)
+                self._reader_conn = None
+                self._reader_conn = self.connect_reader()
+            conn = self._reader_conn
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception), self.bounded(conn):
+                    conn.rollback()
+                if not self.usable(conn):
+                    _close_quietly(conn)
+                    self._reader_conn = None
+                raise
+        finally:
+            self._reader_lock.release()
+
+    def close(self) -> None:
+        """Close the read connection and stop the watchdog (the writer's is the ledger's)."""
+        if self._reader_lock.acquire(timeout=self.timeouts.operation_seconds):
+            try:
+                _close_quietly(self._reader_conn)
+                self._reader_conn = None
+            finally:
+                self._reader_lock.release()
+        self.watchdog.stop()
+
+
+def _noop() -> None:
+    pass
+
+
+def _close_quietly(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs: the error's class and its first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def units_of(charge: Charge) -> list[tuple[Scope, str]]:
@@ -172,20 +276,30 @@ class SqlLedger(Ledger):
         check_policy(privacy_cfg)
         self._deferred_commit = deferred_commit
         self._driver = driver
+        self._timeouts = driver.timeouts
         self._cfg = privacy_cfg
         self._keyring = keyring
         self._now = now or (lambda: datetime.now(UTC))
         self._guarantee = guarantee(privacy_cfg).text
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._stopped: Future[None] = Future()
+        self._observer: Observer | None = None
         # Unit states as of our last commit; valid while the audit head's seq is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
         self._units_seq = -1
         self._closed = False
-        self._writer_conn = driver.connect_writer()
-        driver.init_schema(self._writer_conn)
-        self._reader_conn = driver.connect_reader()
-        self._reader_lock = threading.Lock()
+        self._writer_conn: Any = None
+        try:
+            self._writer_conn = driver.connect_writer()
+            with driver.bounded(self._writer_conn):
+                driver.init_schema(self._writer_conn)
+        except Exception as exc:
+            _close_quietly(self._writer_conn)
+            driver.close()
+            error = self._unavailable(exc, fired=False)
+            if error is None:
+                raise
+            raise error from exc
         self._thread = threading.Thread(target=self._writer_loop, name="fdp-ledger-writer", daemon=True)
         self._thread.start()
 
@@ -195,6 +309,13 @@ class SqlLedger(Ledger):
 
     def query_hash(self, text: str) -> str:
         return audit_mod.query_hash(self._keyring.query_hash_key, text)
+
+    def set_observer(self, observer: Observer | None) -> None:
+        """Called on the caller's event loop after every operation with (operation, seconds
+        from submission to outcome, the LedgerUnavailable it raised or None). Operations:
+        reserve, commit, release, read, check. Budget refusals and bad input are outcomes
+        (None): only unavailability counts as an error."""
+        self._observer = observer
 
     # --- public API -----------------------------------------------------------------------
 
@@ -235,7 +356,8 @@ class SqlLedger(Ledger):
             raise PrivacyError("ledger is closed")
         assert op.future is not None
         op.deferred = True
-        op.future.add_done_callback(_log_failed_commit)
+        start = time.perf_counter()
+        op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
         self._queue.put(op)
 
     async def release(self, reservation_id: str) -> None:
@@ -248,10 +370,16 @@ class SqlLedger(Ledger):
             )
         )
 
+    async def check(self) -> None:
+        """A tiny durable write through the writer (the head row rewritten as it is, in its
+        own transaction or riding along with a batch): returns when the ledger can record a
+        spend now, raises LedgerUnavailable otherwise. For readiness checks (ledger_health)."""
+        await self._submit(_Op("ping", asyncio.get_running_loop().create_future()))
+
     async def budget(self, scope: Scope, key: str) -> BudgetStatus:
         scope = Scope(scope)
         win = window_of(self._cfg, self._now())
-        row = await asyncio.to_thread(self._read_unit, scope, key, win.id)
+        row = await self._read(self._read_unit, scope, key, win.id)
         spent = tuple(json.loads(row[0])) if row else flt.zero()
         total = budget_of(self._cfg, scope)
         consumed = flt.filter_epsilon(spent, self._cfg.delta)
@@ -282,31 +410,124 @@ class SqlLedger(Ledger):
         self._queue.put(_Op("stop", None))
         await asyncio.wrap_future(self._stopped)
         await asyncio.to_thread(self._thread.join)
-        with self._reader_lock:
-            self._reader_conn.close()
+        await asyncio.to_thread(self._driver.close)
 
     async def _submit(self, op: _Op) -> Any:
+        """Queue `op` for the writer and wait for its outcome, at most
+        ``timeouts.operation_seconds``. On that deadline the caller gets LedgerUnavailable
+        (timeout) and the future is cancelled: an operation the writer has not started is then
+        dropped; one it is running completes or fails on its own (a reservation it records
+        nobody will use stays spent: the safe side)."""
         if self._closed:
             raise PrivacyError("ledger is closed")
-        assert op.future is not None
+        fut = op.future
+        assert fut is not None
+        start = time.perf_counter()
+        loop = fut.get_loop()
+        # A bare timer, not asyncio.timeout(): a third of the cost, on every operation.
+        timer = loop.call_at(loop.time() + self._timeouts.operation_seconds, _expire, op)
         self._queue.put(op)
-        return await op.future
+        try:
+            result = await fut
+        except asyncio.CancelledError:
+            if not op.expired:  # the caller itself was cancelled
+                raise
+            error = LedgerUnavailableError(
+                "timeout",
+                f"no outcome from the ledger database within {self._timeouts.operation_seconds:g} s "
+                "(ledger.timeouts.operation_seconds)",
+            )
+            self._observe(OP_LABELS[op.kind], start, error)
+            raise error from None
+        except LedgerUnavailable as exc:
+            self._observe(OP_LABELS[op.kind], start, exc)
+            raise
+        finally:
+            timer.cancel()
+        self._observe(OP_LABELS[op.kind], start, None)
+        return result
+
+    def _observe(self, op: str, start: float, error: LedgerUnavailable | None) -> None:
+        if self._observer is not None:
+            try:
+                self._observer(op, time.perf_counter() - start, error)
+            except Exception:
+                log.exception("ledger observer failed")
+
+    def _deferred_done(self, fut: asyncio.Future[Any], start: float) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, LedgerUnavailable):  # the state change is logged by the observer
+            log.debug("deferred commit not recorded (ledger unavailable); the reservation stays spent")
+            self._observe("commit", start, exc)
+            return
+        self._observe("commit", start, None)
+        if exc is not None:
+            log.error("deferred commit failed; the reservation stays spent", exc_info=exc)
+
+    def _unavailable(self, exc: BaseException, *, fired: bool) -> LedgerUnavailableError | None:
+        """The LedgerUnavailableError an error of the database means (None: not one)."""
+        if isinstance(exc, LedgerUnavailableError):
+            return exc
+        if fired:
+            return LedgerUnavailableError(
+                "timeout",
+                f"a ledger database call took longer than {self._timeouts.statement_seconds:g} s "
+                f"(ledger.timeouts.statement_seconds) and was aborted ({describe(exc)})",
+            )
+        kind = "timeout" if isinstance(exc, TimeoutError) else self._driver.classify(exc)
+        return None if kind is None else LedgerUnavailableError(kind, describe(exc))
 
     # --- reads ----------------------------------------------------------------------------
 
-    def _read_unit(self, scope: Scope, key: str, window_id: int) -> Any:
-        with self._reader_lock:
-            cur = self._reader_conn.cursor()
-            cur.execute(
-                self._driver.sql(
-                    "SELECT rdp, basic_eps, n_queries FROM fdp_units "
-                    "WHERE scope=? AND unit_key=? AND window_id=?"
-                ),
-                (scope.value, key, window_id),
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeouts.operation_seconds):
+                result = await asyncio.to_thread(self._read_sync, fn, *args)
+        except TimeoutError:
+            error = LedgerUnavailableError(
+                "timeout",
+                f"no answer from the ledger database within {self._timeouts.operation_seconds:g} s "
+                "(ledger.timeouts.operation_seconds)",
             )
-            row = cur.fetchone()
-            self._reader_conn.commit()
-            return row
+            self._observe("read", start, error)
+            raise error from None
+        except LedgerUnavailable as exc:
+            self._observe("read", start, exc)
+            raise
+        self._observe("read", start, None)
+        return result
+
+    def _read_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an idempotent read, once more on a fresh connection if the first one had died
+        (a restart or failover since it was last used)."""
+        for attempt in (0, 1):
+            guard: Guard | None = None
+            try:
+                with self._driver.reader() as conn, self._driver.bounded(conn) as guard:
+                    return fn(conn, *args)
+            except Exception as exc:
+                error = self._unavailable(exc, fired=guard is not None and guard.fired)
+                if error is None:
+                    raise
+                if attempt == 0 and error.kind == "connection":
+                    continue
+                raise error from exc
+        raise AssertionError("unreachable")
+
+    def _read_unit(self, conn: Any, scope: Scope, key: str, window_id: int) -> Any:
+        cur = conn.cursor()
+        cur.execute(
+            self._driver.sql(
+                "SELECT rdp, basic_eps, n_queries FROM fdp_units WHERE scope=? AND unit_key=? AND window_id=?"
+            ),
+            (scope.value, key, window_id),
+        )
+        row = cur.fetchone()
+        conn.commit()
+        return row
 
     # --- the writer -----------------------------------------------------------------------
 
@@ -338,65 +559,122 @@ class SqlLedger(Ledger):
                 held = batch
                 continue
             held = []
-            # A caller that gave up (cancelled) before its turn records nothing. (Reading the
-            # flag from this thread is a benign race: a caller cancelled after this check has
-            # its reservation recorded and never refunded, which is the safe side.)
+            # A caller that gave up (cancelled, or past its deadline) before its turn records
+            # nothing. (Reading the flag from this thread is a benign race: a caller cancelled
+            # after this check has its reservation recorded and never refunded, which is the
+            # safe side.)
             work = [op for op in batch if op.future is not None and not op.future.cancelled()]
             if work:
-                self._run_batch(work)
+                try:
+                    self._run_batch(work)
+                except BaseException as exc:  # never let the writer die: it serves every request
+                    log.exception("ledger writer: unexpected failure; %d operations not recorded", len(work))
+                    _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in work])
         try:
-            self._writer_conn.close()
+            _close_quietly(self._writer_conn)
         finally:
             self._stopped.set_result(None)
 
     def _run_batch(self, batch: Sequence[_Op]) -> None:
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
-        conn = self._writer_conn
-        try:
-            cur = self._driver.begin_locked(conn)
-            cur.execute(self._driver.sql("SELECT seq, hash FROM fdp_head WHERE id = 1"))
-            seq, head_hash = cur.fetchone()
-            if int(seq) != self._units_seq:  # another process wrote since our last batch
-                self._units.clear()
-            tx = _Batch(cur, self._driver, int(seq), str(head_hash), self._units)
-            # Settlements first (a release frees room for a reservation in the same batch):
-            # any order of one batch's operations is a valid serialisation, they were concurrent.
-            settles = [op for op in batch if op.kind != "reserve"]
-            rows = tx.settle(settles) if settles else {}
-            for op in (*settles, *(op for op in batch if op.kind == "reserve")):
-                try:
-                    value = (
-                        self._reserve_in(tx, op) if op.kind == "reserve" else self._settle_in(tx, op, rows)
-                    )
-                    outcomes.append((op, value, None))
-                except PrivacyError as exc:
-                    outcomes.append((op, None, exc))
-            tx.flush()
-            conn.commit()
-            self._units_seq = tx.seq
-        except BaseException as exc:  # nothing was committed: nothing is acknowledged
-            self._units.clear()  # states may hold this batch's uncommitted spends
-            log.exception("ledger transaction failed; %d operations not recorded", len(batch))
+        retried = False
+        while True:
+            progress = _Progress()
             try:
-                conn.rollback()
-            except Exception:  # the connection is gone: open a new one for the next batch
-                self._reconnect_writer()
-            err = PrivacyError(f"ledger write failed: {exc}")
-            _resolve([(op, None, err) for op in batch])
+                outcomes = self._transaction(batch, progress)
+            except BaseException as exc:  # nothing was committed: nothing is acknowledged
+                self._units.clear()  # states may hold this batch's uncommitted spends
+                self._abandon_transaction()
+                error = self._unavailable(exc, fired=progress.fired)
+                if (
+                    error is not None
+                    and error.kind == "connection"
+                    and progress.reused_connection
+                    and not progress.committing
+                    and not retried
+                ):
+                    # The connection died while idle (a restart, a failover). Nothing of this
+                    # batch reached a COMMIT: run it again, once, on a new connection.
+                    log.info("ledger: connection lost while idle (%s); reconnected", describe(exc))
+                    retried = True
+                    batch = [op for op in batch if op.future is not None and not op.future.cancelled()]
+                    if batch:
+                        continue
+                    return
+                if error is None:
+                    log.exception("ledger transaction failed; %d operations not recorded", len(batch))
+                    _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in batch])
+                else:  # expected while the database is down: ledger_health logs the state change
+                    log.debug("ledger unavailable; not recorded: %s: %s", _kinds(batch), error)
+                    _resolve([(op, None, LedgerUnavailableError(error.kind, error.detail)) for op in batch])
+                return
+            if len(self._units) > MAX_CACHED_UNITS:
+                self._units.clear()
+            _resolve(outcomes)
             return
-        if len(self._units) > MAX_CACHED_UNITS:
-            self._units.clear()
-        _resolve(outcomes)
 
-    def _reconnect_writer(self) -> None:
+    def _writer(self, progress: _Progress) -> Any:
+        """The writer connection, (re)connected if there is none or it died."""
+        conn = self._writer_conn
+        if conn is not None and self._driver.usable(conn):
+            progress.reused_connection = True
+            return conn
+        self._drop_writer()
+        self._writer_conn = self._driver.connect_writer()
+        return self._writer_conn
+
+    def _drop_writer(self) -> None:
+        _close_quietly(self._writer_conn)
+        self._writer_conn = None
+
+    def _abandon_transaction(self) -> None:
+        conn = self._writer_conn
+        if conn is None:
+            return
         try:
-            self._writer_conn.close()
-        except Exception:  # noqa: S110 (already broken)
-            pass
-        try:
-            self._writer_conn = self._driver.connect_writer()
-        except Exception:
-            log.exception("ledger: reconnect failed; will retry on the next operation")
+            if not self._driver.usable(conn):
+                raise ConnectionError("connection is dead")
+            with self._driver.bounded(conn):
+                conn.rollback()
+        except Exception:  # the connection is gone: the next batch opens a new one
+            self._drop_writer()
+
+    def _transaction(self, batch: Sequence[_Op], progress: _Progress) -> list[_Outcome]:
+        """One locked transaction for the whole batch, committed once; raises (with nothing
+        committed, unless `progress.committing`) if the database fails."""
+        outcomes: list[_Outcome] = []
+        conn = self._writer(progress)
+        with self._driver.bounded(conn) as guard:
+            try:
+                cur = self._driver.begin_locked(conn)
+                cur.execute(self._driver.sql("SELECT seq, hash FROM fdp_head WHERE id = 1"))
+                seq, head_hash = cur.fetchone()
+                if int(seq) != self._units_seq:  # another process wrote since our last batch
+                    self._units.clear()
+                tx = _Batch(cur, self._driver, int(seq), str(head_hash), self._units)
+                # Settlements first (a release frees room for a reservation in the same batch):
+                # any order of one batch's operations is a valid serialisation, they were concurrent.
+                settles = [op for op in batch if op.kind in ("commit", "release")]
+                rows = tx.settle(settles) if settles else {}
+                for op in (*settles, *(op for op in batch if op.kind == "reserve")):
+                    try:
+                        if op.kind == "reserve":
+                            outcomes.append((op, self._reserve_in(tx, op), None))
+                        else:
+                            self._settle_in(tx, op, rows)
+                            outcomes.append((op, None, None))
+                    except PrivacyError as exc:
+                        outcomes.append((op, None, exc))
+                pings = [op for op in batch if op.kind == "ping"]
+                if pings:
+                    cur.execute(TOUCH_HEAD)
+                    outcomes.extend((op, None, None) for op in pings)
+                tx.flush()
+                progress.committing = True
+                conn.commit()
+            finally:
+                progress.fired = guard.fired
+        self._units_seq = tx.seq
+        return outcomes
 
     def _audit(
         self, tx: _Batch, *, kind: str, rid: str, eps: float, ts: str, sensitive: dict[str, Any]
@@ -506,9 +784,30 @@ class SqlLedger(Ledger):
         )
 
 
-def _log_failed_commit(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("deferred commit failed; the reservation stays spent", exc_info=fut.exception())
+_Outcome = tuple[_Op, Any, BaseException | None]
+
+
+def _expire(op: _Op) -> None:
+    """The caller's deadline: cancel its future (the writer skips cancelled operations)."""
+    if op.future is not None and not op.future.done():
+        op.expired = True
+        op.future.cancel()
+
+
+def _kinds(batch: Sequence[_Op]) -> str:
+    counts: dict[str, int] = {}
+    for op in batch:
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one attempt at a batch got (decides whether running it again is safe)."""
+
+    reused_connection: bool = False  # the connection predates this batch (it may have died idle)
+    committing: bool = False  # COMMIT was sent: the outcome may be unknown
+    fired: bool = False  # the watchdog aborted the transaction (timeout)
 
 
 def _resolve(outcomes: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:

@@ -5,25 +5,51 @@ and the record are one step across threads and processes sharing the file (the w
 thread batches concurrent requests into one such transaction: group commit).
 ``synchronous=FULL`` makes each commit durable (WAL fsync) before futures are resolved.
 
+Bounded: waiting for another process's write lock ends after ``timeouts.lock_seconds`` (the
+busy timeout); a call running past ``statement_seconds`` is interrupted
+(``Connection.interrupt``). A full disk (SQLITE_FULL), a read-only file or an I/O error is
+"unavailable" (503), not a bug.
+
 Called by ``open_ledger``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fdp_router.config import LedgerTimeouts
 from fdp_router.privacy.ledger.core import SqlDriver
+
+# Primary result codes (https://sqlite.org/rescode.html) -> LedgerUnavailable kinds.
+_KINDS = {
+    5: "busy",  # SQLITE_BUSY: another process holds the write lock past the busy timeout
+    6: "busy",  # SQLITE_LOCKED
+    8: "read_only",  # SQLITE_READONLY
+    9: "timeout",  # SQLITE_INTERRUPT: the watchdog interrupted a call past its deadline
+    10: "io",  # SQLITE_IOERR
+    11: "io",  # SQLITE_CORRUPT
+    13: "disk_full",  # SQLITE_FULL
+    14: "io",  # SQLITE_CANTOPEN
+    15: "io",  # SQLITE_PROTOCOL
+    26: "io",  # SQLITE_NOTADB
+}
+_ERRNO_KINDS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only"}
 
 
 class SqliteDriver(SqlDriver):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeouts: LedgerTimeouts | None = None) -> None:
+        super().__init__(timeouts)
         self.path = str(path)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 60000")
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeouts.lock_seconds, isolation_level=None, check_same_thread=False
+        )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         return conn
@@ -45,12 +71,37 @@ class SqliteDriver(SqlDriver):
                 "BEGIN SELECT RAISE(ABORT, 'fdp_audit is append-only'); END"
             )
 
+    def classify(self, exc: BaseException) -> str | None:
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return _KINDS.get(code & 0xFF)
+            text = str(exc).lower()  # errors raised before a result code exists
+            if "locked" in text or "busy" in text:
+                return "busy"
+            if "disk is full" in text:
+                return "disk_full"
+            if "unable to open" in text or "disk i/o" in text:
+                return "io"
+            return None
+        if isinstance(exc, OSError):
+            return _ERRNO_KINDS.get(exc.errno or 0, "io")
+        return None
+
+    def usable(self, conn: Any) -> bool:
+        return not conn.closed
+
+    @contextlib.contextmanager
+    def interrupter(self, conn: Any) -> Iterator[Callable[[], None]]:
+        yield conn.raw.interrupt
+
 
 class _Tx:
     """A connection in autocommit mode whose commit()/rollback() end an explicit BEGIN."""
 
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
+        self.closed = False
 
     def cursor(self) -> sqlite3.Cursor:
         return self.raw.cursor()
@@ -64,4 +115,5 @@ class _Tx:
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
+        self.closed = True
         self.raw.close()

@@ -140,6 +140,7 @@ class NodeState:
             ewma_latency_s=self.ewma_latency_s,
             healthy=self.healthy(now),
             max_concurrent=c.max_concurrent_requests,
+            specializations=c.specializations,
         )
 
     def describe(self, now: float) -> dict[str, Any]:

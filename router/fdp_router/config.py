@@ -84,6 +84,18 @@ class NodeMechanism(StrEnum):
     GAUSSIAN = "gaussian"
 
 
+class SecurityLevel(StrEnum):
+    """A node's security level (its hospital's assessment); a policy may require a minimum."""
+
+    STANDARD = "standard"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(SecurityLevel).index(self)
+
+
 class NodePrivacy(_Frozen):
     """What the node's endpoint is, as its HospitalNode declares (``spec.privacy``)."""
 
@@ -104,15 +116,22 @@ class HospitalNodeConfig(_Frozen):
     endpoint: str = Field(..., description="base URL of the OpenAI-compatible API, e.g. https://h1:8443")
     model: str = Field("default", description="model name sent to the node")
     departments: tuple[str, ...] = Field((), description="departments allowed to use the node; empty: all")
-    specializations: tuple[str, ...] = ()
+    specializations: tuple[str, ...] = Field(
+        (),
+        description="what the node is for; a request naming a specialization goes only to nodes listing it",
+    )
     weight: float = Field(1.0, gt=0, le=1000)
     max_concurrent_requests: int = Field(32, ge=1)
-    security_level: str = "standard"
+    security_level: SecurityLevel = Field(
+        SecurityLevel.STANDARD, description="nodes below the policy's min_security_level are never used"
+    )
     tls: NodeTLS = NodeTLS()
     health_check: HealthCheck = HealthCheck()
     auth: NodeAuth = NodeAuth()
     api_base_path: str = Field(
-        "/v1", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="path of the OpenAI-compatible API under endpoint"
+        "/v1",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="path of the OpenAI-compatible API under endpoint",
     )
     connect_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
     read_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
@@ -223,6 +242,9 @@ class PrivacyConfig(_Frozen):
     min_epsilon_per_query: PositiveFloat | None = Field(
         None, description="smallest epsilon a request may ask; unset: default_epsilon_per_query"
     )
+    min_security_level: SecurityLevel = Field(
+        SecurityLevel.STANDARD, description="nodes with a lower security_level are never used"
+    )
     mechanism: Mechanism = Field(
         Mechanism.GAUSSIAN,
         description="deprecated: each node declares its own mechanism (nodes[].privacy.mechanism); "
@@ -312,15 +334,15 @@ class LedgerTimeouts(_Frozen):
         3.0,
         gt=0,
         le=120,
-        description="PostgreSQL statement_timeout; also the router-side cap on one ledger transaction on both "
-        "backends (a frozen database server cannot enforce its own timeout)",
+        description="PostgreSQL statement_timeout; also the router-side cap on one ledger transaction "
+        "on both backends (a frozen database server cannot enforce its own timeout)",
     )
     operation_seconds: float = Field(
         5.0,
         gt=0,
         le=300,
-        description="overall deadline of one ledger operation (a reservation, its commit or release, a budget "
-        "read), waiting in the group-commit queue included",
+        description="overall deadline of one ledger operation (a reservation, its commit or release, "
+        "a budget read), waiting in the group-commit queue included",
     )
 
     @model_validator(mode="after")

@@ -88,6 +88,7 @@ async def inference(request: web.Request) -> web.Response:
             model=body.model,
             options=tuple(body.options) if body.options is not None else None,
             candidate_set=body.candidate_set,
+            specialization=body.specialization,
         )
         c = await request.app[PATH].complete(rt, who, creq)
         doc = {
@@ -127,6 +128,7 @@ async def chat_completions(request: web.Request) -> web.Response:
             model=body.model,
             options=tuple(body.options) if body.options is not None else None,
             candidate_set=body.candidate_set,
+            specialization=body.specialization,
         )
         c = await request.app[PATH].complete(rt, who, creq)
         prompt_words = sum(len(m["content"].split()) for m in creq.messages)

@@ -47,6 +47,9 @@ class PrivacyFields(BaseModel):
     candidate_set: str | None = Field(
         None, min_length=1, max_length=128, description="a candidate set named in the privacy policy"
     )
+    specialization: str | None = Field(
+        None, min_length=1, max_length=128, description="route only to nodes listing this specialization"
+    )
     priority: StrictInt = Field(5, ge=0, le=10, description="admission priority, 10 most urgent")
     department: str | None = Field(None, min_length=1, max_length=128, description="must match the token's")
 

@@ -104,6 +104,7 @@ class CompletionRequest:
     model: str | None = None
     options: tuple[str, ...] | None = None  # public candidate answers (consensus)
     candidate_set: str | None = None  # or a named set from the policy
+    specialization: str | None = None  # only nodes listing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,7 @@ class Requester:
     department: str
     query_hash: str
     request_id: str
+    specialization: str | None = None  # routing: only nodes listing it
 
     def charge(self, hospitals: tuple[str, ...], event: events.Event) -> Charge:
         return Charge(
@@ -191,6 +193,7 @@ def canonical_request(req: CompletionRequest, options: tuple[str, ...] | None) -
             "temperature": req.temperature,
             "consensus": req.require_consensus,
             "options": list(options) if options is not None else None,
+            "specialization": req.specialization,
         },
         option=orjson.OPT_SORT_KEYS,
     ).decode()
@@ -247,7 +250,9 @@ class RequestPath:
                 processing_time=time.monotonic() - start,
                 basis=hit["basis"],
             )
-        who_pays = Requester(who.user, department, rt.query_hasher(canonical), req.request_id)
+        who_pays = Requester(
+            who.user, department, rt.query_hasher(canonical), req.request_id, req.specialization
+        )
         payload: dict[str, Any] = {
             "messages": req.messages,
             "max_tokens": req.max_tokens,
@@ -335,30 +340,41 @@ class RequestPath:
         self, rt: Runtime, model: str | None, department: str
     ) -> list[tuple[NodeView, HospitalNodeConfig]]:
         """Nodes of the requested model (the routing default, or any model, for ANY_MODEL)
-        with their configs. 404 if no configured node serves that model at all."""
+        at or above the policy's minimum security level, with their configs. 404 if no
+        configured node serves that model at all."""
         if model is None or model in ANY_MODEL:
             model = rt.config.routing.default_model
         any_model = model is None
+        floor = rt.config.privacy.min_security_level.rank
         out = []
         for view in self.pool.views():
             cfg = self.pool.nodes[view.id].cfg
-            if any_model or cfg.model == model:
+            if (any_model or cfg.model == model) and cfg.security_level.rank >= floor:
                 out.append((view, cfg))
         if not out and not any_model:
             raise ModelNotFound(f"The model {model!r} does not exist or you do not have access to it.")
         return out
 
-    def _ctx(self, rt: Runtime, department: str, epsilon: float, **kw: Any) -> PickContext:
+    def _ctx(self, rt: Runtime, who: Requester, epsilon: float, **kw: Any) -> PickContext:
         return PickContext(
-            department=department, epsilon=epsilon, hospital_remaining=rt.hospital_remaining, **kw
+            department=who.department,
+            epsilon=epsilon,
+            hospital_remaining=rt.hospital_remaining,
+            specialization=who.specialization,
+            **kw,
         )
 
-    def _no_node(
-        self, serving: list[tuple[NodeView, HospitalNodeConfig]], department: str
-    ) -> NoNodeAvailable:
+    def _no_node(self, serving: list[tuple[NodeView, HospitalNodeConfig]], who: Requester) -> NoNodeAvailable:
+        department = who.department
         allowed = [v for v, _ in serving if v.allows(department)]
         if not allowed:
             return NoNodeAvailable(f"no hospital node is configured for department {department!r}")
+        if who.specialization is not None:
+            allowed = [v for v in allowed if v.serves(who.specialization)]
+            if not allowed:
+                return NoNodeAvailable(
+                    f"no node for department {department!r} lists specialization {who.specialization!r}"
+                )
         return NoNodeAvailable(
             f"no healthy node for department {department!r} ({len(allowed)} configured, all down)"
         )
@@ -394,7 +410,7 @@ class RequestPath:
             while attempts < rt.config.routing.max_attempts:
                 ctx = self._ctx(
                     rt,
-                    who.department,
+                    who,
                     epsilon,
                     exclude=frozenset(tried),
                     exclude_hospitals=frozenset(refused_hospitals),
@@ -454,7 +470,7 @@ class RequestPath:
             raise BadGateway(f"hospital node failed: {last_failure}")
         if last_budget is not None:
             raise _budget_error(last_budget)
-        raise self._no_node(serving, who.department)
+        raise self._no_node(serving, who)
 
     async def _public(self, rt: Runtime, who: Requester, node_id: str, reply: NodeReply) -> Released:
         return Released(
@@ -516,7 +532,7 @@ class RequestPath:
         ccfg = rt.config.privacy.consensus
         serving = self._serving(rt, model, who.department)
         views = [v for v, _ in serving]
-        nodes = rt.balancer.pick_many(views, self._ctx(rt, who.department, 0.0), ccfg.nodes)
+        nodes = rt.balancer.pick_many(views, self._ctx(rt, who, 0.0), ccfg.nodes)
         if len(nodes) < ccfg.min_answers:
             self.metrics.consensus.labels("too_few_nodes").inc()
             raise ConsensusFailed(

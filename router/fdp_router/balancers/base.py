@@ -32,9 +32,13 @@ class NodeView:
     ewma_latency_s: float = 0.0  # 0: no sample yet
     healthy: bool = True
     max_concurrent: int = 32
+    specializations: tuple[str, ...] = ()
 
     def allows(self, department: str) -> bool:
         return not self.departments or department in self.departments
+
+    def serves(self, specialization: str | None) -> bool:
+        return specialization is None or specialization in self.specializations
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class PickContext:
     hospital_remaining: Mapping[str, float] = field(default_factory=dict)
     exclude: frozenset[str] = frozenset()  # node ids already tried (failover)
     exclude_hospitals: frozenset[str] = frozenset()  # hospitals whose budget refused
+    specialization: str | None = None  # only nodes listing it (None: any)
 
 
 class Balancer(abc.ABC):
@@ -61,6 +66,7 @@ class Balancer(abc.ABC):
             for n in nodes
             if n.healthy
             and n.allows(ctx.department)
+            and n.serves(ctx.specialization)
             and n.id not in ctx.exclude
             and n.hospital not in ctx.exclude_hospitals
         ]
@@ -87,6 +93,7 @@ class Balancer(abc.ABC):
                 hospital_remaining=ctx.hospital_remaining,
                 exclude=ctx.exclude,
                 exclude_hospitals=frozenset(hospitals),
+                specialization=ctx.specialization,
             )
             node = self.pick(nodes, sub)
             if node is None:

@@ -354,3 +354,36 @@ def test_gnmax_rdp_is_alpha_over_sigma_squared() -> None:
     for sigma in (0.5, 2.0, 4.0):
         curve = rdp_curve(gnmax_event(sigma))
         assert math.isclose(curve[3], 2.0 / sigma**2, rel_tol=1e-9)
+
+
+async def test_a_request_naming_a_specialization_reaches_only_nodes_that_list_it(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    nodes = [n.model_dump() for n in demo_cluster.config().nodes]
+    nodes[1]["specializations"] = ["oncology"]
+    client = await router(demo_cluster.config(nodes=nodes, cache={"enabled": False}))
+    for i in range(6):
+        r = await client.post(
+            "/v1/inference", json={"prompt": q(i), "specialization": "oncology"}, headers=auth()
+        )
+        assert r.status == 200, await r.text()
+        assert (await r.json())["node_id"] == "node-1"
+    r = await client.post(
+        "/v1/inference", json={"prompt": q(), "specialization": "dermatology"}, headers=auth()
+    )
+    assert r.status == 503
+    assert "specialization 'dermatology'" in (await r.json())["error"]["message"]
+
+
+async def test_nodes_below_the_policy_security_level_are_never_used(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    nodes = [n.model_dump() for n in demo_cluster.config().nodes]
+    nodes[2]["security_level"] = "critical"
+    cfg = demo_cluster.config(nodes=nodes, privacy={"min_security_level": "high"}, cache={"enabled": False})
+    client = await router(cfg)
+    for i in range(6):
+        r = await client.post("/v1/inference", json={"prompt": q(i)}, headers=auth())
+        assert r.status == 200, await r.text()
+        assert (await r.json())["node_id"] == "node-2"
+    assert demo_cluster.nodes[0].state.completions == demo_cluster.nodes[1].state.completions == 0

@@ -64,6 +64,7 @@ from fdp_router.privacy.api import (
     Charge,
     InvalidPrivacyRequest,
     Ledger,
+    LedgerUnavailable,
     Reservation,
     Scope,
 )
@@ -213,6 +214,8 @@ async def _release(rt: Runtime, reservation_id: str) -> None:
     refund leaves the epsilon spent, which is the safe side."""
     try:
         await asyncio.shield(rt.ledger.release(reservation_id))
+    except LedgerUnavailable as exc:  # the outage is logged once by ledger_health
+        log.debug("refund failed: ledger unavailable; it stays spent", extra={"kind": exc.kind})
     except Exception:
         log.exception("releasing a reservation failed; it stays spent", extra={"reservation": reservation_id})
 
@@ -227,6 +230,13 @@ class RequestPath:
     # --- the whole request --------------------------------------------------------------------
 
     async def complete(self, rt: Runtime, who: Principal, req: CompletionRequest) -> Completion:
+        if not who.may_query:  # roles gate the request path: an auditor reads, never queries
+            self.metrics.child(self.metrics.access_violations, "role_not_allowed").inc()
+            raise Forbidden(
+                f"role(s) {sorted(who.roles)} may not run clinical queries: that needs the clinician "
+                "or admin role (an auditor reads budgets and health details only)",
+                reason="role_not_allowed",
+            )
         start = time.monotonic()
         department = self._department(who, req)
         epsilon = self._epsilon(rt, req)
@@ -631,6 +641,8 @@ class RequestPath:
     async def _remaining(self, rt: Runtime, user: str) -> float | None:
         try:
             st = await rt.ledger.budget(Scope.USER, user)
+        except LedgerUnavailable:  # the answer is already released; the outage is logged once
+            return None
         except Exception:  # the answer is already released; a failed read must not fail it
             log.exception("budget read failed")
             return None

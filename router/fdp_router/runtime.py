@@ -32,7 +32,7 @@ from fdp_router.errors import NoNodeAvailable
 from fdp_router.ledger_health import LEDGER_HEALTH, LedgerHealth
 from fdp_router.metrics import Metrics
 from fdp_router.overload import AdmissionController
-from fdp_router.privacy.api import Ledger, Scope
+from fdp_router.privacy.api import Ledger, LedgerUnavailable, PrivacyError, Scope
 from fdp_router.request_path import RequestPath, Runtime
 
 log = logging.getLogger("fdp_router.runtime")
@@ -194,7 +194,12 @@ async def _watch_config(app: web.Application) -> None:
         try:
             cfg = await asyncio.to_thread(load_config, settings.config_path)
             await apply_config(app, cfg, digest)
-        except (ValidationError, ValueError, OSError, AuthSetupError, yaml.YAMLError) as exc:
+        except LedgerUnavailable as exc:
+            # The new config needs a new ledger and its database is down: keep the old config
+            # and try the same file again on the next tick.
+            app[METRICS].reloads.labels("error").inc()
+            log.warning("config reload postponed: its ledger is unavailable", extra={"kind": exc.kind})
+        except (ValidationError, ValueError, OSError, AuthSetupError, yaml.YAMLError, PrivacyError) as exc:
             holder.config_hash = digest  # do not retry the same bad content every tick
             app[METRICS].reloads.labels("error").inc()
             log.error("config reload rejected; keeping the previous config", extra={"error": str(exc)[:2000]})
@@ -209,6 +214,8 @@ async def _refresh_hospital_budgets(app: web.Application, interval: float = 2.0)
             for hospital in sorted({n.hospital for n in rt.config.nodes}):
                 try:
                     st = await rt.ledger.budget(Scope.HOSPITAL, hospital)
+                except LedgerUnavailable:  # logged once per outage by ledger_health
+                    continue
                 except Exception:
                     log.exception("hospital budget read failed", extra={"hospital": hospital})
                     continue

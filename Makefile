@@ -20,6 +20,7 @@ help:
 	@echo "make cluster-down stop it"
 	@echo "make test-kind    run the e2e suite on a kind cluster (needs Docker; not on these machines)"
 	@echo "make lint         ruff, mypy, import-linter"
+	@echo "make test-unit    the fast tier (no cluster, no integration tests); make test-e2e the cluster tier"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,8 +43,9 @@ test: deps lint
 	hack/cluster/build.sh >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The fast tier: no cluster, no slow integration tests (about a minute).
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +41,7 @@ def test_the_fixed_top_level_layout_exists() -> None:
         assert (REPO / name).exists(), f"missing {name} (fixed by the design card)"
 
 
+@pytest.mark.integration
 def test_console_scripts_are_installed() -> None:
     bindir = Path(sys.executable).parent
     for script in ("fdp-router", "fdp-operator"):

@@ -18,6 +18,8 @@ from . import recorded
 from .health import kstatus as run_kstatus
 from .health import kstatus_binary
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[3]
 
 

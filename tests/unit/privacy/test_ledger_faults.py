@@ -63,6 +63,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.support.postgres import PgServer, start_postgres
 
+pytestmark = pytest.mark.integration
+
 SECRET = b"faults-secret-" + b"y" * 40
 EPSILON = 0.1
 WORKERS = 4

@@ -27,6 +27,8 @@ from fdp_router.privacy.events import event_for_request
 
 from .conftest import LedgerEnv, policy_admitting
 
+pytestmark = pytest.mark.integration
+
 WORKER = Path(__file__).with_name("ledger_worker.py")
 
 

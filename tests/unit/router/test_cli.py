@@ -100,6 +100,7 @@ def test_demo_node_rejects_inconsistent_options(capsys: pytest.CaptureFixture[st
     assert code == 2 and "failure-rate" in err
 
 
+@pytest.mark.integration
 def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
     node_port, router_port = _free_port(), _free_port()
     secret = secrets.token_hex(32)
@@ -165,6 +166,7 @@ def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
     assert "fever" not in err.lower()  # prompts are never logged
 
 
+@pytest.mark.integration
 def test_standalone_demo_smoke() -> None:
     proc = _run("standalone-demo", "--smoke", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr

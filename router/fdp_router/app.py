@@ -18,6 +18,7 @@ import time
 from aiohttp import web
 
 from fdp_router import admin, handlers
+from fdp_router.access import GUARD, Guard
 from fdp_router.backends import BackendPool
 from fdp_router.metrics import Metrics
 from fdp_router.middleware import observe
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app[HOLDER] = RuntimeHolder()
     app[PATH] = RequestPath(pool, metrics)
     app[STARTED] = time.monotonic()
+    app[GUARD] = Guard()  # rate limits and the brute-force lockout, across config reloads
+    app[admin.ADMIN] = admin.admin_state(settings.config_path)  # the admin audit log
     app.cleanup_ctx.append(_lifecycle)
     r = app.router
     r.add_post("/v1/inference", handlers.inference)

@@ -311,6 +311,68 @@ class AuthConfig(_Frozen):
     jwks_file: str | None = None
     jwks_url: str | None = None
     leeway_seconds: int = Field(30, ge=0, le=300)
+    require_mfa: bool = Field(
+        False,
+        description="the token's `amr` claim must show a second factor: it contains 'mfa', or "
+        "methods of two kinds (something known: pwd, pin, kba; something held: otp, hwk, swk, sms, "
+        "tel, sc, pop, fido; something one is: fpt, face, iris, retina, vbm), as OIDC providers set "
+        "it (RFC 8176)",
+    )
+    max_token_age_seconds: int | None = Field(
+        28800,
+        ge=60,
+        le=30 * 86400,
+        description="refuse tokens whose `auth_time` (else `iat`) is older than this: an automatic "
+        "logoff (default 8 hours); a token without either claim is refused. Unset: no limit "
+        "beyond `exp`",
+    )
+
+
+class RateBucket(_Frozen):
+    """A token bucket: `burst` requests at once, then `rate_per_second` on average. Both 0: no
+    limit."""
+
+    rate_per_second: float = Field(..., ge=0, le=1_000_000, allow_inf_nan=False)
+    burst: int = Field(..., ge=0, le=1_000_000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate_per_second > 0
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> RateBucket:
+        if (self.rate_per_second > 0) != (self.burst > 0):
+            raise ValueError("rate_per_second and burst are both 0 (no limit) or both > 0")
+        return self
+
+
+class RateLimitConfig(_Frozen):
+    """Per-principal request limits and the brute-force lockout (429 with Retry-After).
+    Checked right after authentication, before anything is reserved or any node called."""
+
+    per_user: RateBucket = Field(
+        RateBucket(rate_per_second=5.0, burst=50), description="requests of one user (token `sub`)"
+    )
+    per_department: RateBucket = Field(
+        RateBucket(rate_per_second=50.0, burst=200),
+        description="requests of one department, all its users together",
+    )
+    failed_auth_per_client: RateBucket = Field(
+        RateBucket(rate_per_second=0.5, burst=30),
+        description="authentication failures allowed from one client address before it is locked out",
+    )
+    failed_auth_per_subject: RateBucket = Field(
+        RateBucket(rate_per_second=0.1, burst=10),
+        description="authentication failures allowed for one token subject before it is locked out "
+        "(a token this router already verified keeps working)",
+    )
+    client_address_header: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="take the client address from this header (its last comma-separated entry), "
+        "e.g. X-Forwarded-For set by your ingress; unset: the TCP peer address. Set it only "
+        "behind a proxy that sets the header, or clients choose their own address",
+    )
 
 
 class LedgerTimeouts(_Frozen):
@@ -408,6 +470,7 @@ class RouterConfig(_Frozen):
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
     overload: OverloadConfig = OverloadConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     managed_by: ManagedBy | None = None
 
     @model_validator(mode="after")

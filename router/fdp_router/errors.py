@@ -41,6 +41,17 @@ class Unauthorized(ApiError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="fdp-router"'})
 
 
+class AuthenticationFailed(Unauthorized):
+    """401 with a bounded `reason` (the security metric's label): missing_token, malformed,
+    algorithm, unknown_key, signature, expired, not_yet_valid, issuer, audience,
+    missing_claim, bad_claim, no_role, mfa_required, token_too_old."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.extra = {"reason": reason}
+
+
 class Forbidden(ApiError):
     status = 403
     type = "forbidden"
@@ -72,6 +83,20 @@ class Overloaded(ApiError):
     def __init__(self, message: str, retry_after: float) -> None:
         secs = max(1, round(retry_after))
         super().__init__(message, headers={"Retry-After": str(secs)}, retry_after_seconds=secs)
+
+
+class RateLimited(ApiError):
+    """429 ``rate_limited``: this user, department, client address or token subject used up its
+    token bucket. `Retry-After` is rounded up: waiting that long finds a token (for a bucket
+    only the caller draws from)."""
+
+    status = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, scope: str, retry_after: int) -> None:
+        super().__init__(
+            message, headers={"Retry-After": str(retry_after)}, scope=scope, retry_after_seconds=retry_after
+        )
 
 
 class BadGateway(ApiError):

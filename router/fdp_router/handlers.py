@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from fdp_router import openapi
+from fdp_router import access, openapi
 from fdp_router.auth import Principal
-from fdp_router.errors import Forbidden, InvalidRequest, Unauthorized
+from fdp_router.errors import Forbidden, InvalidRequest
 from fdp_router.jsonlog import request_id_var
 from fdp_router.ledger_health import LEDGER_HEALTH
 from fdp_router.middleware import json_response
@@ -26,11 +26,9 @@ from fdp_router.runtime import HOLDER, METRICS, PATH, POOL, STARTED
 
 
 async def _authenticate(request: web.Request, rt: Runtime) -> Principal:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token (Authorization: Bearer <JWT>)")
-    return await rt.authenticator.averify(token.strip())
+    """The caller (401 without a valid token; 429 when locked out or over its rate limit):
+    ``access.py`` says in which order."""
+    return await access.authenticate(request, rt, request.app[METRICS])
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -209,9 +207,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Without a token: only up or down. Node endpoints, hospitals, departments and the rest
+    need a valid token (any role); an invalid one is a 401 like everywhere else."""
     app = request.app
     ready, doc = _readiness(app)
     rt = app[HOLDER].current
+    if rt is None or access.bearer_token(request) is None:
+        return json_response({"status": "up" if ready else "down"})
+    await _authenticate(request, rt)
     doc.update(
         {
             "status": "healthy" if ready else "degraded",

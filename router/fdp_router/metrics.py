@@ -75,6 +75,35 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # Security events (access.py, admin.py, the request path). Labels are fixed enums.
+        self.auth_failures = Counter(
+            "fdp_auth_failures",
+            "authentication failures by reason (missing_token, malformed, algorithm, unknown_key, "
+            "signature, expired, not_yet_valid, issuer, audience, missing_claim, bad_claim, no_role, "
+            "mfa_required, token_too_old)",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_lockouts = Counter(
+            "fdp_auth_lockouts",
+            "requests refused (429) because their client address or token subject failed "
+            "authentication too often",
+            ["scope"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "fdp_rate_limited",
+            "requests refused (429) by a per-user or per-department limit",
+            ["scope"],
+            registry=r,
+        )
+        self.access_violations = Counter(
+            "fdp_access_violations",
+            "authenticated requests refused for what they tried (role_not_allowed, admin_required, "
+            "admin_locked_field, admin_file_path)",
+            ["reason"],
+            registry=r,
+        )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

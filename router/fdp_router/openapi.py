@@ -118,6 +118,9 @@ def document() -> dict[str, Any]:
             "delete": {
                 "summary": "remove a node (admin, standalone only)",
                 "security": bearer,
+                "parameters": [
+                    {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
                 "responses": _errors(401, 403, 404, 409),
             },
         },

@@ -103,6 +103,17 @@ class Cluster:
                 "sqlite_path": str(self.tmp / "ledger.sqlite"),
                 "audit_key_file": str(self.audit_key),
             },
+            # Off here: the tests send bursts from one user and dozens of bad tokens from one
+            # address. test_security_limits.py turns each limit on and attacks it.
+            "rate_limits": {
+                bucket: {"rate_per_second": 0, "burst": 0}
+                for bucket in (
+                    "per_user",
+                    "per_department",
+                    "failed_auth_per_client",
+                    "failed_auth_per_subject",
+                )
+            },
         }
         for k, v in overrides.items():
             if isinstance(v, dict) and isinstance(data.get(k), dict):

@@ -281,6 +281,11 @@ def test_published_example_secrets_are_refused_at_start(monkeypatch: pytest.Monk
     assert check_secret(b"0f" * 32)
 
 
+async def test_a_router_given_the_published_example_secret_does_not_start(router: RouterFactory) -> None:
+    with pytest.raises(AuthSetupError, match="example placeholder"):
+        await router(hs256_secret=b"change-me-to-32-random-bytes-please")
+
+
 def test_no_secret_in_the_examples_would_be_accepted() -> None:
     """Whatever secret value the examples ship, the router refuses it: an example deployed
     as it is cannot be signed for by everyone who read it."""

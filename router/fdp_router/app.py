@@ -54,6 +54,8 @@ def create_app(settings: Settings) -> web.Application:
     r = app.router
     r.add_post("/v1/inference", handlers.inference)
     r.add_post("/v1/chat/completions", handlers.chat_completions)
+    r.add_get("/v1/models", handlers.models)
+    r.add_get("/v1/models/{model:.+}", handlers.model)
     r.add_get("/v1/privacy/budget/{user_id}", handlers.budget)
     r.add_get("/v1/health", handlers.health)
     r.add_get("/healthz", handlers.healthz)

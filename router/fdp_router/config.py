@@ -298,6 +298,11 @@ class RoutingConfig(_Frozen):
         description="the node model a request that names none (or 'default'/'fdp-router') goes to; "
         "unset: any node the department may use",
     )
+    model_aliases: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="router-level model names, each mapped to a set of node ids: a request naming "
+        "the alias goes to those nodes (listed by GET /v1/models like node models)",
+    )
 
 
 class AuthConfig(_Frozen):
@@ -479,6 +484,21 @@ class RouterConfig(_Frozen):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"nodes: duplicate node id(s) {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_name_nodes(self) -> RouterConfig:
+        ids = {n.id for n in self.nodes}
+        models = {n.model for n in self.nodes}
+        for alias, members in self.routing.model_aliases.items():
+            where = f"routing.model_aliases.{alias}"
+            if not alias or len(alias) > 256 or alias in ("default", "fdp-router"):
+                raise ValueError(f"{where}: not a usable model name")
+            if alias in models:
+                raise ValueError(f"{where}: a node model has this name; an alias must be a new name")
+            unknown = sorted(set(members) - ids)
+            if not members or unknown:
+                raise ValueError(f"{where}: must list node ids of this config (unknown: {unknown})")
         return self
 
 

@@ -87,6 +87,7 @@ class DemoState:
     over_report: float = 1.0  # attack knob: multiply the reported epsilon
     no_report: bool = False  # attack knob: report nothing
     vote_text: str | None = None  # attack knob: answer this to every consensus vote
+    stream_chunk_words: int = 4  # a streamed answer's words per chunk
     completions: int = 0
     failures: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
@@ -267,7 +268,7 @@ def _last_user_message(body: Any) -> str:
     raise bad_request("messages", "needs a user message with text content")
 
 
-async def _chat(request: web.Request) -> web.Response:
+async def _chat(request: web.Request) -> web.StreamResponse:
     st = request.app[DEMO]
     st.completions += 1
     try:
@@ -295,7 +296,70 @@ async def _chat(request: web.Request) -> web.Response:
         st.votes += 1
     else:
         st.releases += 1
+    if body.get("stream") is True:
+        return await _stream(request, st, body, last, ans)
     return _completion(st, body, last, ans)
+
+
+def _report_headers(st: DemoState, ans: Answer) -> dict[str, str]:
+    if st.no_report:
+        return {}
+    return {
+        "X-FDP-Privacy-Epsilon": repr(ans.epsilon * st.over_report),
+        "X-FDP-Privacy-Delta": repr(ans.delta),
+        "X-FDP-Privacy-Mechanism": ans.mechanism,
+    }
+
+
+async def _stream(
+    request: web.Request, st: DemoState, body: dict[str, Any], last: str, ans: Answer
+) -> web.StreamResponse:
+    """The answer as OpenAI streams it (``stream: true``): the privacy report in the headers,
+    before the first byte, then the text in chunks of `stream_chunk_words` words, the finish
+    chunk (with the ``privacy`` object), a usage chunk when ``stream_options.include_usage``,
+    and ``data: [DONE]``."""
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **_report_headers(st, ans)}
+    )
+    await resp.prepare(request)
+    base = {
+        "id": f"demo-{st.name}-{st.completions}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model") or DEMO_MODELS[st.data_class],
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        doc = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+    words = ans.text.split(" ")
+    n = max(1, st.stream_chunk_words)
+    out = [chunk({"role": "assistant", "content": ""})]
+    for i in range(0, len(words), n):
+        piece = " ".join(words[i : i + n])
+        out.append(chunk({"content": piece if i == 0 else " " + piece}))
+    privacy = {} if st.no_report else {"privacy": _privacy_body(st, ans)}
+    out.append(chunk({}, "stop", **privacy))
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        prompt, answer = len(last.split()), len(ans.text.split())
+        usage = {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+        out.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+    out.append(b"data: [DONE]\n\n")
+    for data in out:
+        await resp.write(data)
+    await resp.write_eof()
+    return resp
+
+
+def _privacy_body(st: DemoState, ans: Answer) -> dict[str, Any]:
+    return {
+        "epsilon": ans.epsilon * st.over_report,
+        "delta": ans.delta,
+        "mechanism": ans.mechanism,
+        "basis": ans.basis,
+    }
 
 
 def _completion(st: DemoState, body: dict[str, Any], last: str, ans: Answer) -> web.Response:
@@ -310,25 +374,13 @@ def _completion(st: DemoState, body: dict[str, Any], last: str, ans: Answer) -> 
         "usage": {
             "prompt_tokens": len(last.split()),
             "completion_tokens": len(ans.text.split()),
-            "total_tokens": 0,
+            "total_tokens": len(last.split()) + len(ans.text.split()),
         },
         "system_fingerprint": f"demo-node-{st.name}",
     }
-    headers: dict[str, str] = {}
     if not st.no_report:
-        eps = ans.epsilon * st.over_report
-        payload["privacy"] = {
-            "epsilon": eps,
-            "delta": ans.delta,
-            "mechanism": ans.mechanism,
-            "basis": ans.basis,
-        }
-        headers = {
-            "X-FDP-Privacy-Epsilon": repr(eps),
-            "X-FDP-Privacy-Delta": repr(ans.delta),
-            "X-FDP-Privacy-Mechanism": ans.mechanism,
-        }
-    return web.json_response(payload, headers=headers)
+        payload["privacy"] = _privacy_body(st, ans)
+    return web.json_response(payload, headers=_report_headers(st, ans))
 
 
 async def _health(request: web.Request) -> web.Response:

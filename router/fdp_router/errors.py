@@ -1,7 +1,9 @@
 """API errors: one exception type per error kind, rendered as DESIGN section 6 says.
 
 Handlers raise `ApiError` subclasses; the error middleware in ``app.py`` renders them as
-``{"error": {"type", "message", ...}}`` with the right status (and ``Retry-After`` for 429).
+``{"error": {"type", "message", ...}}`` with the right status (and ``Retry-After`` for 429),
+and on the OpenAI-compatible routes as OpenAI's ``{"error": {"message", "type", "param",
+"code", ...}}`` (`ApiError.openai_body`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,51 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"type": self.type, "message": self.message, **self.extra}}
 
+    # OpenAI's envelope, used on the OpenAI-compatible routes (/v1/chat/completions,
+    # /v1/models): OpenAI's `type` for the status unless a class names its own (the privacy
+    # ones keep theirs), `param` the request field at fault, `code` the router's own type.
+    openai_type: str | None = None
+    param: str | None = None
+
+    def openai_body(self) -> dict[str, Any]:
+        return openai_error(
+            self.status,
+            self.message,
+            type_=self.openai_type,
+            param=self.param,
+            code=self.type,
+            extra=self.extra,
+        )
+
+
+# OpenAI's error types by status (what the official SDKs and LangChain read).
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code", ...extra}}`` as OpenAI sends it."""
+    if type_ is None:
+        type_ = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {**(extra or {}), "message": message, "type": type_, "param": param, "code": code}}
+
 
 class InvalidRequest(ApiError):
     status = 400
@@ -31,6 +78,7 @@ class InvalidRequest(ApiError):
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}", field=field, reason=reason)
+        self.param = field
 
 
 class Unauthorized(ApiError):
@@ -60,6 +108,8 @@ class Forbidden(ApiError):
 class PrivacyBudgetExceeded(ApiError):
     status = 403
     type = "privacy_budget_exceeded"
+    openai_type = "privacy_budget_exceeded"
+    param = "privacy_budget"
 
 
 class NotFound(ApiError):
@@ -68,7 +118,11 @@ class NotFound(ApiError):
 
 
 class ModelNotFound(NotFound):
+    """404 as OpenAI answers an unknown model: type invalid_request_error, code model_not_found."""
+
     type = "model_not_found"
+    openai_type = "invalid_request_error"
+    param = "model"
 
 
 class Conflict(ApiError):

@@ -7,7 +7,11 @@ model (``models.py``), hands a `CompletionRequest` to the request path
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,14 +19,27 @@ from aiohttp import web
 
 from fdp_router import access, openapi
 from fdp_router.auth import Principal
-from fdp_router.errors import Forbidden, InvalidRequest
+from fdp_router.backends import BackendFailure
+from fdp_router.errors import Forbidden, InvalidRequest, ModelNotFound
 from fdp_router.jsonlog import request_id_var
 from fdp_router.ledger_health import LEDGER_HEALTH
 from fdp_router.middleware import json_response
-from fdp_router.models import ChatRequest, InferenceRequest, parse
+from fdp_router.models import InferenceRequest, parse
+from fdp_router.openai_api import OpenAIChatRequest
 from fdp_router.privacy.api import Scope
-from fdp_router.request_path import Completion, CompletionRequest, Runtime
+from fdp_router.request_path import ROUTER_MODEL, ClientGone, Completion, CompletionRequest, Runtime
 from fdp_router.runtime import HOLDER, METRICS, PATH, POOL, STARTED
+from fdp_router.streaming import (
+    SSE_HEADERS,
+    Reframer,
+    SseDecoder,
+    StreamBroken,
+    comment,
+    error_event,
+    estimate_usage,
+)
+
+log = logging.getLogger("fdp_router.handlers")
 
 
 async def _authenticate(request: web.Request, rt: Runtime) -> Principal:
@@ -105,15 +122,12 @@ async def inference(request: web.Request) -> web.Response:
         return json_response(doc, headers=_privacy_headers(c))
 
 
-async def chat_completions(request: web.Request) -> web.Response:
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's chat completion; with ``stream: true`` server-sent events (``_stream``)."""
     holder = request.app[HOLDER]
     with holder.use() as rt:
         who = await _authenticate(request, rt)
-        body = parse(ChatRequest, await _json_body(request))
-        if body.stream:
-            raise InvalidRequest(
-                "stream", "streaming is not supported: an answer is released (and charged) whole"
-            )
+        body = parse(OpenAIChatRequest, await _json_body(request))
         creq = CompletionRequest(
             messages=[{"role": m.role, "content": m.content} for m in body.messages],
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
@@ -127,27 +141,138 @@ async def chat_completions(request: web.Request) -> web.Response:
             options=tuple(body.options) if body.options is not None else None,
             candidate_set=body.candidate_set,
             specialization=body.specialization,
+            params=body.node_params(),
+            include_usage=body.include_usage,
         )
+        if body.stream:
+            return await _stream(request, rt, who, creq)
         c = await request.app[PATH].complete(rt, who, creq)
-        prompt_words = sum(len(m["content"].split()) for m in creq.messages)
-        answer_words = len(c.text.split())
         doc = {
             "id": f"chatcmpl-{creq.request_id}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": body.model or "fdp-router",
+            "model": creq.model or ROUTER_MODEL,
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.finish_reason,
+                }
             ],
-            "usage": {
-                "prompt_tokens": prompt_words,
-                "completion_tokens": answer_words,
-                "total_tokens": prompt_words + answer_words,
-            },
+            "usage": c.usage or estimate_usage(creq.messages, c.text),
             "system_fingerprint": f"fdp-router-g{rt.generation}",
             "privacy": _privacy_doc(c, rt),
         }
         return json_response(doc, headers=_privacy_headers(c))
+
+
+def _connected(request: web.Request) -> Callable[[], bool]:
+    def connected() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    return connected
+
+
+async def _stream(
+    request: web.Request, rt: Runtime, who: Principal, creq: CompletionRequest
+) -> web.StreamResponse:
+    """Relay one node's answer as server-sent events (``streaming.py`` frames them). Nothing
+    is sent before the request path cleared the answer (node headers checked, spend
+    committed); from the first byte on, failures end the stream with an error event."""
+    path = request.app[PATH]
+    try:
+        async with path.stream(rt, who, creq, _connected(request)) as s:
+            summary = s.completion
+            framer = Reframer(
+                id=f"chatcmpl-{creq.request_id}",
+                model=creq.model or ROUTER_MODEL,
+                fingerprint=f"fdp-router-g{rt.generation}",
+                include_usage=creq.include_usage,
+                pass_usage=s.public,
+                pass_logprobs=s.public and creq.logprobs,
+            )
+            resp = web.StreamResponse(
+                headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}
+            )
+            privacy = _privacy_doc(summary, rt)
+            try:
+                await resp.prepare(request)
+                if s.upstream is None or s.upstream.data is not None:
+                    # A cached answer, or a node that answered whole: the same events.
+                    await resp.write(
+                        framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
+                    )
+                else:
+                    decoder = SseDecoder()
+                    async for piece in s.upstream.chunks():
+                        out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
+                        if out:
+                            await resp.write(out)
+                        if framer.node_done:
+                            break
+                    else:
+                        tail = b"".join([framer.node_event(data) for data in decoder.close()])
+                        if tail:
+                            await resp.write(tail)
+                        if framer.finish is None:
+                            raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
+                await resp.write(framer.close(privacy, estimate_usage(creq.messages, framer.text)))
+            except (BackendFailure, StreamBroken) as exc:
+                # The spend is committed: the stream ends with an error event, no [DONE].
+                log.warning(
+                    "stream broke after it started",
+                    extra={"node": ",".join(summary.node_ids), "error": str(exc)},
+                )
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(
+                        error_event(
+                            "the hospital node's stream broke off; the part sent stays charged",
+                            "stream_broken",
+                        )
+                        + comment("fdp-privacy", privacy)
+                    )
+                return resp
+            except ConnectionError:
+                return resp  # the client went away after its first byte: the spend stands
+            if s.cached is None and not creq.logprobs:  # a stream's logprobs are not kept
+                path.remember(
+                    rt,
+                    s.cache_key,
+                    dataclasses.replace(
+                        summary,
+                        text=framer.text,
+                        finish_reason=framer.finish or "stop",
+                        usage=framer.usage if s.public else None,
+                        logprobs=None,
+                    ),
+                )
+            with contextlib.suppress(ConnectionError):
+                await resp.write_eof()
+            return resp
+    except ClientGone:
+        return web.Response(status=499, text="client closed the request before the first byte; refunded")
+
+
+async def models(request: web.Request) -> web.Response:
+    """OpenAI's model list: what the caller's department may use."""
+    holder = request.app[HOLDER]
+    with holder.use() as rt:
+        who = await _authenticate(request, rt)
+        return json_response({"object": "list", "data": request.app[PATH].models(rt, who.department)})
+
+
+async def model(request: web.Request) -> web.Response:
+    """One model of the list, or 404 ``model_not_found`` as OpenAI answers."""
+    holder = request.app[HOLDER]
+    with holder.use() as rt:
+        who = await _authenticate(request, rt)
+        name = request.match_info["model"]
+        for m in request.app[PATH].models(rt, who.department):
+            if m["id"] == name:
+                return json_response(m)
+        raise ModelNotFound(f"The model {name!r} does not exist or you do not have access to it.")
 
 
 def _iso(dt: Any) -> str | None:
@@ -222,7 +347,7 @@ async def health(request: web.Request) -> web.Response:
             "components": {
                 "ledger": {
                     "backend": rt.config.ledger.backend if rt else None,
-                    "status": "ok" if rt else "down",
+                    **(doc.get("ledger") or {"status": "up" if rt else "unavailable"}),
                 },
                 "balancer": rt.config.routing.strategy.value if rt else None,
                 "cache": {

@@ -2,6 +2,8 @@
 
 Registered by ``app.py``. `ApiError`s become their documented JSON bodies and statuses,
 aiohttp's own HTTP errors become JSON too, anything else a logged 500 that says nothing more.
+On the OpenAI-compatible routes (`OPENAI_PATHS`) every error is OpenAI's envelope
+``{"error": {"message", "type", "param", "code"}}``; elsewhere ``{"error": {"type", "message"}}``.
 `json_response` is the router's one JSON writer (orjson).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from fdp_router.errors import ApiError
+from fdp_router.errors import ApiError, openai_error
 from fdp_router.jsonlog import request_id_var
 from fdp_router.runtime import METRICS, SETTINGS
 
@@ -25,6 +27,15 @@ log = logging.getLogger("fdp_router.app")
 access_log = logging.getLogger("fdp_router.access")
 
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Routes whose errors use OpenAI's envelope (DESIGN section 6); /v1/inference keeps its own.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    """aiohttp's own error text (e.g. the body size limit), else the status phrase."""
+    text = exc.text or ""
+    return text if text and len(text) <= 300 else exc.reason
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -57,12 +68,17 @@ async def observe(
             resp = await handler(request)
         except ApiError as exc:
             metrics.errors.labels(exc.type).inc()
-            resp = json_response(exc.body(), status=exc.status, headers=exc.headers)
+            body = exc.openai_body() if request.path.startswith(OPENAI_PATHS) else exc.body()
+            resp = json_response(body, status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             etype = "not_found" if exc.status == 404 else "http_error"
             metrics.errors.labels(etype).inc()
+            if request.path.startswith(OPENAI_PATHS):
+                body = openai_error(exc.status, _http_message(exc), code=_HTTP_CODES.get(exc.status, etype))
+            else:
+                body = {"error": {"type": etype, "message": exc.reason}}
             resp = json_response(
-                {"error": {"type": etype, "message": exc.reason}},
+                body,
                 status=exc.status,
                 headers={
                     k: v
@@ -73,11 +89,14 @@ async def observe(
         except Exception:
             log.exception("unhandled error")
             metrics.errors.labels("internal_error").inc()
-            resp = json_response(
-                {"error": {"type": "internal_error", "message": "internal error"}}, status=500
-            )
+            if request.path.startswith(OPENAI_PATHS):
+                body = openai_error(500, "internal error", code="internal_error")
+            else:
+                body = {"error": {"type": "internal_error", "message": "internal error"}}
+            resp = json_response(body, status=500)
         status = resp.status
-        resp.headers["X-Request-Id"] = rid
+        if not resp.prepared:  # a stream sets its own before its first byte
+            resp.headers["X-Request-Id"] = rid
         return resp
     finally:
         elapsed = time.perf_counter() - start

@@ -19,21 +19,30 @@ Order: validate -> cache (a hit re-releases a released answer, costs nothing) ->
 limiter (bounded concurrency, 429) -> pick node(s) (pure) -> reserve (403 here, before any
 node call) -> node call(s), failing over before anything is released -> check/aggregate ->
 commit (durable) -> response. A reservation is released only if nothing reached the client.
+
+**Streams** (`RequestPath.stream`, single-node answers only): the same order, but the node
+call returns at the node's status and headers, so its privacy report (``X-FDP-Privacy-*``
+headers) is checked before any of the answer is read or sent; a violation or failure still
+fails over. Then, if the client is still connected, the reservation is committed (durable)
+and only then may the first byte go out: once a byte reached the client the spend stands,
+whatever happens next; a client gone before that is refunded (`ClientGone`). The admission
+slot is held until the stream ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from fdp_router.auth import Authenticator, Principal
-from fdp_router.backends import BackendFailure, BackendPool, NodeReply
+from fdp_router.backends import BackendFailure, BackendPool, NodeReply, NodeStream
 from fdp_router.balancers import Balancer, NodeView, PickContext
 from fdp_router.cache import AnswerCache, cache_key
 from fdp_router.config import (
@@ -68,11 +77,18 @@ from fdp_router.privacy.api import (
     Reservation,
     Scope,
 )
+from fdp_router.streaming import finish_reason, node_usage
 
 log = logging.getLogger("fdp_router.request_path")
 
 # Model names that mean "any node the department may use" (OpenAI SDKs require some model).
 ANY_MODEL = frozenset({"", "default", "fdp-router"})
+ROUTER_MODEL = "fdp-router"
+
+
+class ClientGone(Exception):
+    """The client disconnected before the first byte of a stream: its reservation was
+    refunded and nothing was released."""
 
 
 @dataclass
@@ -106,6 +122,12 @@ class CompletionRequest:
     options: tuple[str, ...] | None = None  # public candidate answers (consensus)
     candidate_set: str | None = None  # or a named set from the policy
     specialization: str | None = None  # only nodes listing it
+    params: tuple[tuple[str, Any], ...] = ()  # OpenAI sampling fields passed to the node
+    include_usage: bool = False  # a stream's stream_options.include_usage
+
+    @property
+    def logprobs(self) -> bool:
+        return dict(self.params).get("logprobs") is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +142,9 @@ class Released:
     basis: str  # why this answer may be released, in one line
     consensus_reached: bool | None = None
     confidence: float | None = None
+    finish_reason: str = "stop"
+    usage: dict[str, Any] | None = None  # the node's token counts (Public nodes); None: estimate
+    logprobs: Any = None  # the node's, when asked (Public nodes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +162,9 @@ class Completion:
     confidence: float | None
     processing_time: float
     basis: str = ""
+    finish_reason: str = "stop"
+    usage: dict[str, Any] | None = None
+    logprobs: Any = None
 
     def as_cache_value(self) -> dict[str, Any]:
         return {
@@ -146,7 +174,57 @@ class Completion:
             "consensus_reached": self.consensus_reached,
             "confidence": self.confidence,
             "basis": self.basis,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "logprobs": self.logprobs,
         }
+
+    @classmethod
+    def from_cache(cls, hit: dict[str, Any], remaining: float | None, elapsed: float) -> Completion:
+        """A re-release of a cached answer: costs nothing (post-processing)."""
+        return cls(
+            text=hit["text"],
+            node_ids=tuple(hit["node_ids"]),
+            epsilon=0.0,
+            delta=0.0,
+            remaining_budget=remaining,
+            cached=True,
+            consensus=hit["consensus"],
+            consensus_reached=hit["consensus_reached"],
+            confidence=hit["confidence"],
+            processing_time=elapsed,
+            basis=hit["basis"],
+            finish_reason=hit.get("finish_reason", "stop"),
+            usage=hit.get("usage"),
+            logprobs=hit.get("logprobs"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """One node's answer that may be released: its report checked, the reservation committed
+    (`reservation` None for a Public node, which reserves nothing)."""
+
+    node_id: str
+    cfg: HospitalNodeConfig
+    sent: SentPrivacy
+    reply: NodeReply | NodeStream
+    reservation: Reservation | None
+    remaining: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRelease:
+    """A stream cleared for release. `completion` is the privacy summary (its `text` empty
+    until the stream ends); `upstream` is the node's open stream (or its whole JSON answer in
+    `upstream.data`), `cached` a cached answer instead. `public`: the node's token counts
+    and logprobs may go to the client."""
+
+    completion: Completion
+    upstream: NodeStream | None
+    cached: dict[str, Any] | None
+    public: bool
+    cache_key: tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +273,23 @@ def canonical_request(req: CompletionRequest, options: tuple[str, ...] | None) -
             "consensus": req.require_consensus,
             "options": list(options) if options is not None else None,
             "specialization": req.specialization,
+            # Sampling fields count only when set: a request without them keeps its key.
+            **({"params": dict(req.params)} if req.params else {}),
         },
         option=orjson.OPT_SORT_KEYS,
     ).decode()
+
+
+def node_payload(req: CompletionRequest) -> dict[str, Any]:
+    """What every node call of a request carries (the pool adds the model and privacy)."""
+    payload: dict[str, Any] = {
+        "messages": req.messages,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+    }
+    for name, value in req.params:
+        payload[name] = list(value) if isinstance(value, tuple) else value
+    return payload
 
 
 def sent_privacy(node: HospitalNodeConfig, epsilon: float, pcfg: PrivacyConfig) -> SentPrivacy:
@@ -229,7 +321,7 @@ class RequestPath:
 
     # --- the whole request --------------------------------------------------------------------
 
-    async def complete(self, rt: Runtime, who: Principal, req: CompletionRequest) -> Completion:
+    def _may_query(self, who: Principal) -> None:
         if not who.may_query:  # roles gate the request path: an auditor reads, never queries
             self.metrics.child(self.metrics.access_violations, "role_not_allowed").inc()
             raise Forbidden(
@@ -237,37 +329,25 @@ class RequestPath:
                 "or admin role (an auditor reads budgets and health details only)",
                 reason="role_not_allowed",
             )
+
+    async def complete(self, rt: Runtime, who: Principal, req: CompletionRequest) -> Completion:
+        self._may_query(who)
         start = time.monotonic()
         department = self._department(who, req)
         epsilon = self._epsilon(rt, req)
         options = self._options(rt, req)
         canonical = canonical_request(req, options)
         key = cache_key(department, canonical)
-        hit = rt.cache.get(key)
-        self.metrics.child(self.metrics.cache, "hit" if hit is not None else "miss").inc()
-        self.metrics.cache_hit_ratio.set(rt.cache.stats.hit_ratio)
+        if req.logprobs and options is not None:
+            raise InvalidRequest("logprobs", "a consensus releases an option's text only, no logprobs")
+        hit = self._cached(rt, key)
         if hit is not None:
-            return Completion(
-                text=hit["text"],
-                node_ids=tuple(hit["node_ids"]),
-                epsilon=0.0,
-                delta=0.0,
-                remaining_budget=await self._remaining(rt, who.user),
-                cached=True,
-                consensus=hit["consensus"],
-                consensus_reached=hit["consensus_reached"],
-                confidence=hit["confidence"],
-                processing_time=time.monotonic() - start,
-                basis=hit["basis"],
-            )
+            remaining = await self._remaining(rt, who.user)
+            return Completion.from_cache(hit, remaining, time.monotonic() - start)
         who_pays = Requester(
             who.user, department, rt.query_hasher(canonical), req.request_id, req.specialization
         )
-        payload: dict[str, Any] = {
-            "messages": req.messages,
-            "max_tokens": req.max_tokens,
-            "temperature": req.temperature,
-        }
+        payload = node_payload(req)
         self.metrics.queue_depth.set(rt.admission.queue_depth + 1)
         async with rt.admission.slot(req.priority):
             self.metrics.queue_depth.set(rt.admission.queue_depth)
@@ -288,9 +368,85 @@ class RequestPath:
             confidence=out.confidence,
             processing_time=time.monotonic() - start,
             basis=out.basis,
+            finish_reason=out.finish_reason,
+            usage=out.usage,
+            logprobs=out.logprobs,
         )
         rt.cache.put(key, done.as_cache_value())
         return done
+
+    def _cached(self, rt: Runtime, key: tuple[str, str]) -> dict[str, Any] | None:
+        hit = rt.cache.get(key)
+        self.metrics.child(self.metrics.cache, "hit" if hit is not None else "miss").inc()
+        self.metrics.cache_hit_ratio.set(rt.cache.stats.hit_ratio)
+        return hit
+
+    # --- a streamed answer --------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, rt: Runtime, who: Principal, req: CompletionRequest, connected: Callable[[], bool]
+    ) -> AsyncIterator[StreamRelease]:
+        """Clear one node's streamed answer for release (the module docstring says how):
+        raises an `ApiError` before anything was sent, or `ClientGone` (refunded) when
+        `connected()` is false at the last moment before the commit. Inside the block the
+        spend is committed and the caller relays the stream; the node's stream and the
+        admission slot are released on exit. A cached answer is re-released without a node."""
+        self._may_query(who)
+        start = time.monotonic()
+        if req.require_consensus:
+            raise InvalidRequest(
+                "stream", "a consensus cannot stream: its answer is known only when every hospital has voted"
+            )
+        department = self._department(who, req)
+        epsilon = self._epsilon(rt, req)
+        self._options(rt, req)
+        canonical = canonical_request(req, None)
+        key = cache_key(department, canonical)
+        hit = self._cached(rt, key)
+        if hit is not None:
+            done = Completion.from_cache(hit, await self._remaining(rt, who.user), time.monotonic() - start)
+            # The cache keeps only what was released: its usage and logprobs may go out again.
+            yield StreamRelease(done, None, hit, public=True, cache_key=key)
+            return
+        who_pays = Requester(
+            who.user, department, rt.query_hasher(canonical), req.request_id, req.specialization
+        )
+        payload = {**node_payload(req), "stream": True}
+        if req.include_usage:
+            payload["stream_options"] = {"include_usage": True}
+        self.metrics.queue_depth.set(rt.admission.queue_depth + 1)
+        async with rt.admission.slot(req.priority):
+            self.metrics.queue_depth.set(rt.admission.queue_depth)
+            ok = await self._clear(rt, who_pays, req.model, epsilon, payload, connected)
+            assert isinstance(ok.reply, NodeStream)
+            try:
+                out = self._released(ok, logprobs=req.logprobs)
+                self.metrics.child(self.metrics.epsilon_spent, department).inc(out.epsilon)
+                summary = Completion(
+                    text=out.text,
+                    node_ids=out.node_ids,
+                    epsilon=out.epsilon,
+                    delta=out.delta,
+                    remaining_budget=out.remaining,
+                    cached=False,
+                    consensus=False,
+                    consensus_reached=None,
+                    confidence=None,
+                    processing_time=time.monotonic() - start,
+                    basis=out.basis,
+                    finish_reason=out.finish_reason,
+                    usage=out.usage,
+                    logprobs=out.logprobs,
+                )
+                public = ok.reservation is None
+                yield StreamRelease(summary, ok.reply, None, public=public, cache_key=key)
+            finally:
+                await ok.reply.close()
+
+    def remember(self, rt: Runtime, key: tuple[str, str], released: Completion) -> None:
+        """Cache a streamed answer once all of it was relayed: a re-release costs nothing."""
+        rt.cache.put(key, released.as_cache_value())
 
     # --- validation (all before anything is reserved) -----------------------------------------
 
@@ -349,21 +505,69 @@ class RequestPath:
     def _serving(
         self, rt: Runtime, model: str | None, department: str
     ) -> list[tuple[NodeView, HospitalNodeConfig]]:
-        """Nodes of the requested model (the routing default, or any model, for ANY_MODEL)
-        at or above the policy's minimum security level, with their configs. 404 if no
-        configured node serves that model at all."""
+        """Nodes of the requested model (the routing default, or any model, for ANY_MODEL; a
+        router-level alias: the nodes it lists) at or above the policy's minimum security
+        level, with their configs. 404 if no configured node serves that model at all."""
         if model is None or model in ANY_MODEL:
             model = rt.config.routing.default_model
         any_model = model is None
+        alias = rt.config.routing.model_aliases.get(model) if model is not None else None
         floor = rt.config.privacy.min_security_level.rank
         out = []
         for view in self.pool.views():
             cfg = self.pool.nodes[view.id].cfg
-            if (any_model or cfg.model == model) and cfg.security_level.rank >= floor:
+            wanted = any_model or (cfg.id in alias if alias is not None else cfg.model == model)
+            if wanted and cfg.security_level.rank >= floor:
                 out.append((view, cfg))
         if not out and not any_model:
             raise ModelNotFound(f"The model {model!r} does not exist or you do not have access to it.")
         return out
+
+    def models(self, rt: Runtime, department: str) -> list[dict[str, Any]]:
+        """What GET /v1/models lists for a department: every node model and router-level alias
+        with at least one node the department may use (at or above the policy's security
+        level), and ``fdp-router`` (any of them), with what each is made of."""
+        floor = rt.config.privacy.min_security_level.rank
+        usable = [
+            st.cfg
+            for st in self.pool.nodes.values()
+            if (not st.cfg.departments or department in st.cfg.departments)
+            and st.cfg.security_level.rank >= floor
+        ]
+        groups: dict[str, list[HospitalNodeConfig]] = {}
+        for cfg in usable:
+            groups.setdefault(cfg.model, []).append(cfg)
+        aliases = rt.config.routing.model_aliases
+        for alias, members in aliases.items():
+            nodes = [c for c in usable if c.id in members]
+            if nodes:
+                groups[alias] = nodes
+        if usable:
+            groups[ROUTER_MODEL] = usable
+
+        def describe(name: str, nodes: list[HospitalNodeConfig]) -> dict[str, Any]:
+            classes = sorted({c.privacy.data_class.value for c in nodes})
+            return {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "fdp-router",
+                "fdp": {
+                    "kind": "router"
+                    if name == ROUTER_MODEL
+                    else "alias"
+                    if name in aliases
+                    else "node_model",
+                    "data_classes": classes,
+                    "mechanisms": sorted({c.privacy.mechanism.value for c in nodes if c.privacy.releasable}),
+                    "hospitals": len({c.hospital for c in nodes}),
+                    "nodes": len(nodes),
+                    "releasable": any(c.privacy.releasable for c in nodes),
+                    "streaming": True,
+                },
+            }
+
+        return [describe(name, groups[name]) for name in sorted(groups)]
 
     def _ctx(self, rt: Runtime, who: Requester, epsilon: float, **kw: Any) -> PickContext:
         return PickContext(
@@ -399,6 +603,22 @@ class RequestPath:
         epsilon: float,
         payload: dict[str, Any],
     ) -> Released:
+        ok = await self._clear(rt, who, model, epsilon, payload)
+        return self._released(ok, logprobs=payload.get("logprobs") is True)
+
+    async def _clear(
+        self,
+        rt: Runtime,
+        who: Requester,
+        model: str | None,
+        epsilon: float,
+        payload: dict[str, Any],
+        connected: Callable[[], bool] | None = None,
+    ) -> Cleared:
+        """Pick a node, reserve, call it, check its report, commit; fail over before anything is
+        released. With `connected` (a stream: ``payload`` has ``stream: true``) the node call
+        returns at its headers, and the commit happens only if `connected()` is still true
+        (else `ClientGone`, refunded). The caller closes a returned stream."""
         serving = self._serving(rt, model, who.department)
         # A PHI node without a mechanism is never used for a release.
         usable = [(v, c) for v, c in serving if c.privacy.releasable]
@@ -447,7 +667,11 @@ class RequestPath:
                         raise _budget_error(exc) from None
                 attempts += 1
                 try:
-                    reply = await self.pool.chat(node.id, payload, sent)
+                    reply: NodeReply | NodeStream
+                    if connected is None:
+                        reply = await self.pool.chat(node.id, payload, sent)
+                    else:
+                        reply = await self.pool.open_stream(node.id, payload, sent)
                 except BackendFailure as exc:
                     if exc.client_error:
                         raise self._refused(exc) from None
@@ -457,19 +681,31 @@ class RequestPath:
                     if not exc.retryable:
                         break
                     continue
-                violation = check_report(cfg.privacy, sent, reply.report)
-                if violation is not None:
-                    self._violation(node.id, violation.value)
-                    tried.add(node.id)
-                    last_failure = BackendFailure(
-                        node.id, f"privacy contract violation ({violation.value}); nothing was released"
-                    )
-                    continue
-                if reservation is None:  # a Public node: nothing reserved, nothing to commit
-                    return await self._public(rt, who, node.id, reply)
-                remaining = await self._commit(rt, reservation, (node.id,))
-                committed, reservation = reservation, None
-                return self._mechanism_release(node.id, cfg, sent, reply, committed, remaining)
+                try:
+                    violation = check_report(cfg.privacy, sent, reply.report)
+                    if violation is None and connected is not None and not connected():
+                        raise ClientGone
+                    if violation is None and reservation is None:
+                        # A Public node: nothing reserved, nothing to commit.
+                        return Cleared(
+                            node.id, cfg, sent, reply, None, await self._remaining(rt, who.user_id)
+                        )
+                    if violation is None and reservation is not None:
+                        remaining = await self._commit(rt, reservation, (node.id,))
+                        committed, reservation = reservation, None
+                        return Cleared(node.id, cfg, sent, reply, committed, remaining)
+                except BaseException:
+                    if isinstance(reply, NodeStream):
+                        await reply.close()
+                    raise
+                assert violation is not None
+                if isinstance(reply, NodeStream):
+                    await reply.close()
+                self._violation(node.id, violation.value)
+                tried.add(node.id)
+                last_failure = BackendFailure(
+                    node.id, f"privacy contract violation ({violation.value}); nothing was released"
+                )
         finally:
             if reservation is not None:
                 # Nothing reached the client (failure, violation, cancellation): refund.
@@ -482,35 +718,39 @@ class RequestPath:
             raise _budget_error(last_budget)
         raise self._no_node(serving, who)
 
-    async def _public(self, rt: Runtime, who: Requester, node_id: str, reply: NodeReply) -> Released:
+    def _released(self, ok: Cleared, *, logprobs: bool) -> Released:
+        """What a cleared answer releases. A Public node's token counts, finish reason and (when
+        asked) logprobs pass through; a PHI node's answer is released as its text and finish
+        reason only: its report covers the text its mechanism produced, while its token counts
+        may count context built from patient records and its logprobs are not DP outputs."""
+        data = ok.reply.data if ok.reply.data is not None else {}
+        choice = data["choices"][0] if data else {}
+        text = str(choice["message"]["content"]) if data else ""
+        finish = finish_reason(choice.get("finish_reason")) or "stop"
+        if ok.reservation is None:
+            return Released(
+                text=text,
+                node_ids=(ok.node_id,),
+                epsilon=0.0,
+                delta=0.0,
+                remaining=ok.remaining,
+                basis=f"public data: node {ok.node_id} holds no patient data (dataClass Public), 0 epsilon",
+                finish_reason=finish,
+                usage=node_usage(data.get("usage")),
+                logprobs=choice.get("logprobs") if logprobs else None,
+            )
+        basis = f"node-side {ok.cfg.privacy.mechanism.value} mechanism at epsilon {ok.sent.epsilon:g}"
+        report = ok.reply.report
+        if report is not None and report.basis:
+            basis += f" ({report.basis[:200]})"
         return Released(
-            text=reply.text,
-            node_ids=(node_id,),
-            epsilon=0.0,
-            delta=0.0,
-            remaining=await self._remaining(rt, who.user_id),
-            basis=f"public data: node {node_id} holds no patient data (dataClass Public), 0 epsilon",
-        )
-
-    def _mechanism_release(
-        self,
-        node_id: str,
-        cfg: HospitalNodeConfig,
-        sent: SentPrivacy,
-        reply: NodeReply,
-        reservation: Reservation,
-        remaining: float | None,
-    ) -> Released:
-        basis = f"node-side {cfg.privacy.mechanism.value} mechanism at epsilon {sent.epsilon:g}"
-        if reply.report is not None and reply.report.basis:
-            basis += f" ({reply.report.basis[:200]})"
-        return Released(
-            text=reply.text,
-            node_ids=(node_id,),
-            epsilon=reservation.epsilon,
-            delta=sent.delta,
-            remaining=remaining,
+            text=text,
+            node_ids=(ok.node_id,),
+            epsilon=ok.reservation.epsilon,
+            delta=ok.sent.delta,
+            remaining=ok.remaining,
             basis=basis,
+            finish_reason=finish,
         )
 
     def _refused(self, exc: BackendFailure) -> InvalidRequest:

@@ -193,7 +193,7 @@ async def test_a_public_node_costs_nothing_and_says_why(router: RouterFactory, d
         json={"model": "gpt-4o", "messages": [{"role": "user", "content": q()}]},
         headers=auth(),
     )
-    assert r.status == 404 and (await r.json())["error"]["type"] == "model_not_found"
+    assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"  # OpenAI's envelope
 
 
 async def test_a_secret_answered_in_consensus_is_never_released(

@@ -241,6 +241,11 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         "auth": {"algorithms": ["HS256"], "issuer": "bench", "audience": "bench"},
         "ledger": {"backend": "sqlite", "sqlite_path": str(tmp / "ledger.sqlite")},
         "overload": {"max_concurrency": 256, "max_queue": 1024},
+        # One benchmark user sends at full speed: per-principal rate limits off.
+        "rate_limits": {
+            "per_user": {"rate_per_second": 0, "burst": 0},
+            "per_department": {"rate_per_second": 0, "burst": 0},
+        },
     }
     (tmp / "audit.key").write_text(secrets.token_hex(32))
     cfg["ledger"]["audit_key_file"] = str(tmp / "audit.key")  # type: ignore[index]

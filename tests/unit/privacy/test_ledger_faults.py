@@ -163,6 +163,11 @@ def router_config(node: FakeNode, ledger: LedgerConfig) -> RouterConfig:
                 "hs256_secret_env": None,
             },
             "cache": {"enabled": False},
+            # The fault loops send bursts from one user: the per-user limit is not under test.
+            "rate_limits": {
+                "per_user": {"rate_per_second": 0, "burst": 0},
+                "per_department": {"rate_per_second": 0, "burst": 0},
+            },
             "ledger": ledger.model_dump(),
         }
     )
@@ -245,7 +250,8 @@ async def _worker(client: TestClient, index: int, run: Run, stop: asyncio.Event)
                         start,
                         time.monotonic() - start,
                         resp.status,
-                        err.get("type") if isinstance(err, dict) else None,
+                        # OpenAI's envelope: the kind is the `code` (type is "server_error").
+                        (err.get("code") or err.get("type")) if isinstance(err, dict) else None,
                         resp.headers.get("Retry-After"),
                     )
                 )

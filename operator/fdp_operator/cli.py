@@ -50,6 +50,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.allowed_image_repository:
+        os.environ["FDP_ALLOWED_IMAGE_REPOSITORIES"] = ",".join(args.allowed_image_repository)
+    if args.default_ingress_from:
+        os.environ["FDP_DEFAULT_INGRESS_FROM"] = args.default_ingress_from
+    from fdp_operator.security import OperatorSettings
+
+    try:
+        OperatorSettings.from_env(os.environ)
+    except ValueError as exc:
+        print(f"fdp-operator: {exc}", file=sys.stderr)
+        return 2
     try:
         from kubernetes.config import ConfigException
 
@@ -115,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(os.environ.get("FDP_PROBE_TICK_SECONDS", "1")),
         help="granularity of HospitalNode probe scheduling",
+    )
+    run.add_argument(
+        "--allowed-image-repository",
+        action="append",
+        metavar="REPO",
+        help="image repository a FederatedRouter may run (repeatable; 'registry/org/*' allows a "
+        "whole path); default: $FDP_ALLOWED_IMAGE_REPOSITORIES or ghcr.io/federated-dp-llm/router",
+    )
+    run.add_argument(
+        "--default-ingress-from",
+        metavar="JSON",
+        help="NetworkPolicyPeer list admitted to routers whose spec.networkPolicy.ingressFrom is "
+        "empty; default: $FDP_DEFAULT_INGRESS_FROM or the router's own namespace",
     )
     run.add_argument(
         "--log-format", choices=["json", "text"], default=os.environ.get("FDP_LOG_FORMAT", "json")

@@ -23,6 +23,9 @@ class Reason(StrEnum):
     CREATED = "Created"
     PROGRESSING = "Progressing"
     INVALID_SPEC = "InvalidSpec"
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"  # noqa: S105 - a reason, not a password
+    SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password
     POLICY_NOT_FOUND = "PolicyNotFound"
     POLICY_INVALID = "PolicyInvalid"
     TLS_SECRET_MISSING = "TLSSecretMissing"  # noqa: S105 - a reason, not a password
@@ -54,6 +57,9 @@ Condition = tuple[str, str, str, str]  # type, status, reason, message
 @dataclass(frozen=True)
 class RouterObservation:
     spec_error: str | None = None
+    image_error: str | None = None
+    #: (reason, message) per refused Secret the router's own spec names (security.py)
+    secret_refusals: tuple[tuple[str, str], ...] = ()
     policy_name: str = ""
     policy_found: bool = True
     policy_error: str | None = None
@@ -62,6 +68,8 @@ class RouterObservation:
     nodes_selected: int = 0
     nodes_ready: int = 0
     not_ready_nodes: tuple[str, ...] = ()
+    #: "node: why" for selected nodes left out because a Secret they name was refused
+    refused_nodes: tuple[str, ...] = ()
     workloads_available: bool = False
     #: a change is rolling out while ``workloads_available`` (the stable revision serves)
     rollout_progressing: bool = False
@@ -75,6 +83,21 @@ Check = Callable[[RouterObservation], Verdict | None]
 
 def spec_is_valid(o: RouterObservation) -> Verdict | None:
     return Verdict(Reason.INVALID_SPEC, o.spec_error, True) if o.spec_error else None
+
+
+def image_is_allowed(o: RouterObservation) -> Verdict | None:
+    return Verdict(Reason.IMAGE_NOT_ALLOWED, o.image_error, True) if o.image_error else None
+
+
+def secrets_are_allowed(o: RouterObservation) -> Verdict | None:
+    """Every Secret the router's spec names exists, opted in, and has the keys it needs."""
+    if not o.secret_refusals:
+        return None
+    reason = o.secret_refusals[0][0]
+    message = (
+        "; ".join(m for _, m in o.secret_refusals) + "; the operator deploys nothing until this is fixed"
+    )
+    return Verdict(Reason(reason), message, True)
 
 
 def policy_exists(o: RouterObservation) -> Verdict | None:
@@ -109,10 +132,12 @@ def children_applied(o: RouterObservation) -> Verdict | None:
 def has_ready_nodes(o: RouterObservation) -> Verdict | None:
     if o.nodes_ready > 0:
         return None
-    if o.nodes_selected == 0:
+    if o.nodes_selected == 0 and not o.refused_nodes:
         msg = "no HospitalNode matches spec.nodeSelector"
     else:
-        msg = f"none of the {o.nodes_selected} selected HospitalNodes is ready"
+        msg = f"none of the {o.nodes_selected + len(o.refused_nodes)} selected HospitalNodes is ready"
+        if o.refused_nodes:
+            msg += f" (left out, a Secret was refused: {'; '.join(o.refused_nodes)})"
     return Verdict(Reason.NO_READY_NODES, msg, True)
 
 
@@ -130,6 +155,8 @@ def workloads_available(o: RouterObservation) -> Verdict | None:
 
 ROUTER_CHECKS: tuple[Check, ...] = (
     spec_is_valid,
+    image_is_allowed,
+    secrets_are_allowed,
     policy_exists,
     policy_is_valid,
     tls_is_available,
@@ -183,7 +210,18 @@ def router_conditions(o: RouterObservation, ready_message: str) -> list[Conditio
     elif o.workloads_available and verdict is not None and verdict.reason == Reason.ROLLOUT_STALLED:
         out[0] = ("Ready", "True", Reason.READY.value, ready_message)
     if o.spec_error is None and o.policy_found and o.policy_error is None:
-        if o.not_ready_nodes:
+        if o.refused_nodes:
+            out.append(
+                (
+                    "NodesReady",
+                    "False",
+                    Reason.SECRET_NOT_ALLOWED.value,
+                    f"{o.nodes_ready}/{o.nodes_selected + len(o.refused_nodes)} ready; left out because "
+                    f"a Secret they name was refused: {'; '.join(o.refused_nodes)}"
+                    + (f"; not ready: {', '.join(o.not_ready_nodes)}" if o.not_ready_nodes else ""),
+                )
+            )
+        elif o.not_ready_nodes:
             out.append(
                 (
                     "NodesReady",

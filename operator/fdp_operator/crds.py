@@ -14,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fdp_router.config import MAX_OPTION_LENGTH, MAX_OPTIONS, Mechanism, Strategy
+from fdp_router.config import MAX_OPTION_LENGTH, MAX_OPTIONS, Mechanism, RateLimitConfig, Strategy
 
 from fdp_operator.models import (
+    ALLOW_MOUNT_LABEL,
+    API_BASE_PATH,
     DEFAULT_ROUTER_IMAGE,
     GROUP,
+    MAX_TOKEN_AGE_SECONDS,
     PHI_NEEDS_A_MECHANISM,
+    QUANTITY,
+    SQLITE_NO_AUTOSCALING,
+    SQLITE_NO_PROGRESSIVE,
+    SQLITE_ONE_REPLICA,
     VERSION,
     DataClassName,
     MechanismName,
@@ -73,6 +80,9 @@ def _strings(desc: str) -> Schema:
         "items": {"type": "string"},
         "x-kubernetes-list-type": "set",
     }
+
+
+OPT_IN = f'; the Secret must carry the label {ALLOW_MOUNT_LABEL}: "true" (its owner opts in)'
 
 
 def _secret_ref(desc: str, *, key: str | None = None) -> Schema:
@@ -144,9 +154,9 @@ HOSPITAL_NODE_SPEC = _obj(
         "tls": _obj(
             "mTLS towards the node",
             {
-                "caSecretRef": _secret_ref("Secret whose ca.crt verifies the node's certificate"),
+                "caSecretRef": _secret_ref("Secret whose ca.crt verifies the node's certificate" + OPT_IN),
                 "clientCertSecretRef": _secret_ref(
-                    "Secret (tls.crt, tls.key) presented as client certificate"
+                    "Secret (tls.crt, tls.key) presented as client certificate" + OPT_IN
                 ),
                 "serverName": _s("TLS server name to verify instead of the endpoint's host"),
                 "insecureSkipVerify": _b("demo only: do not verify the node certificate", False),
@@ -156,7 +166,15 @@ HOSPITAL_NODE_SPEC = _obj(
         "healthCheck": _obj(
             "how the operator probes the node",
             {
-                "path": _s("health path, GET returns 2xx when healthy", default="/health", pattern="^/"),
+                "path": _s(
+                    "health path under the endpoint (not under apiBasePath); 2xx means healthy. Servers "
+                    "that protect /health or make it expensive: /v1/models with auth",
+                    default="/health",
+                    pattern="^/",
+                ),
+                "method": _s(
+                    "GET, or HEAD for servers that answer it cheaply", enum=["GET", "HEAD"], default="GET"
+                ),
                 "intervalSeconds": _n("seconds between probes", default=10, minimum=0.2),
                 "timeoutSeconds": _n("probe timeout in seconds", default=2, minimum=0.1),
                 "failureThreshold": _i(
@@ -172,6 +190,42 @@ HOSPITAL_NODE_SPEC = _obj(
                     )
                 ]
             },
+        ),
+        "auth": _obj(
+            "credentials the node's server requires (an OpenAI-compatible gateway's API key, extra "
+            "headers): mounted read-only into the router pods, sent only to this node, and used by the "
+            "operator's health probe",
+            {
+                "apiKeySecretRef": _secret_ref(
+                    "Secret key holding an API key, sent as 'Authorization: Bearer <key>'" + OPT_IN,
+                    key="api-key",
+                ),
+                "headersSecretRef": _secret_ref(
+                    "Secret key holding a JSON object of extra request headers, e.g. "
+                    '{"api-key": "..."} for Azure-style gateways' + OPT_IN,
+                    key="headers.json",
+                ),
+            },
+            default={},
+        ),
+        "apiBasePath": _s(
+            "path of the OpenAI-compatible API under the endpoint (/v1 for vLLM, TGI, Ollama, "
+            "llama.cpp, LiteLLM; empty: the endpoint itself)",
+            default="/v1",
+            pattern=API_BASE_PATH,
+            maxLength=256,
+        ),
+        "timeouts": _obj(
+            "timeouts of requests to this node; unset: the router's spec.routing values",
+            {
+                "connectSeconds": _n("TCP+TLS connect timeout in seconds", exclusiveMinimum=True, minimum=0),
+                "readSeconds": _n(
+                    "time to the whole answer in seconds (a slow model needs more)",
+                    exclusiveMinimum=True,
+                    minimum=0,
+                ),
+            },
+            default={},
         ),
         "privacy": _obj(
             "what the endpoint is: the data its answers come from and the DP mechanism it runs "
@@ -368,6 +422,30 @@ PRIVACY_POLICY_STATUS = _status(
 
 # ---------------------------------------------------------------- FederatedRouter
 
+
+def _bucket(desc: str, field: str) -> Schema:
+    """A token bucket with the router's default for ``RateLimitConfig.<field>``."""
+    default = getattr(RateLimitConfig(), field)
+    return _obj(
+        f"{desc} (default {default.rate_per_second:g}/s, burst {default.burst}); "
+        "ratePerSecond and burst both 0: no limit",
+        {
+            "ratePerSecond": _n("average requests per second", minimum=0, maximum=1_000_000),
+            "burst": _i("requests at once", minimum=0, maximum=1_000_000),
+        },
+        required=["ratePerSecond", "burst"],
+        default={"ratePerSecond": default.rate_per_second, "burst": default.burst},
+        **{
+            "x-kubernetes-validations": [
+                _rule(
+                    "(self.ratePerSecond > 0.0) == (self.burst > 0)",
+                    "ratePerSecond and burst are both 0 (no limit) or both > 0",
+                )
+            ]
+        },
+    )
+
+
 _LABEL_SELECTOR = _obj(
     "label selector over HospitalNodes in the namespace; empty selects all",
     {
@@ -505,7 +583,54 @@ FEDERATED_ROUTER_SPEC = _obj(
                     "minItems": 1,
                 },
                 "jwksUrl": _s("JWKS URL for RS256/ES256"),
-                "hs256SecretRef": _secret_ref("Secret key holding the HS256 shared secret", key="secret"),
+                "hs256SecretRef": _secret_ref(
+                    "Secret key holding the HS256 shared secret" + OPT_IN, key="secret"
+                ),
+                "requireMfa": _b(
+                    "the token's amr claim must show a second factor ('mfa', or methods of two kinds, "
+                    "as OIDC providers set it, RFC 8176)",
+                    False,
+                ),
+                "maxTokenAgeSeconds": _i(
+                    "refuse tokens whose auth_time (else iat) is older than this: an automatic logoff "
+                    "(8 hours by default); 0: no limit beyond exp",
+                    minimum=0,
+                    maximum=MAX_TOKEN_AGE_SECONDS,
+                    default=28800,
+                ),
+            },
+            default={},
+            **{
+                "x-kubernetes-validations": [
+                    _rule(
+                        "self.maxTokenAgeSeconds == 0 || self.maxTokenAgeSeconds >= 60",
+                        "auth.maxTokenAgeSeconds must be 0 (no limit) or at least 60",
+                    )
+                ]
+            },
+        ),
+        "rateLimits": _obj(
+            "per-principal request limits and the brute-force lockout: over a limit a client gets 429 "
+            "with Retry-After, before anything is reserved or any node called",
+            {
+                "perUser": _bucket("requests of one user (token sub)", "per_user"),
+                "perDepartment": _bucket(
+                    "requests of one department, all its users together", "per_department"
+                ),
+                "failedAuthPerClient": _bucket(
+                    "authentication failures from one client address before it is locked out",
+                    "failed_auth_per_client",
+                ),
+                "failedAuthPerSubject": _bucket(
+                    "authentication failures for one token subject before it is locked out",
+                    "failed_auth_per_subject",
+                ),
+                "clientAddressHeader": _s(
+                    "take the client address from this header (its last entry), e.g. X-Forwarded-For set "
+                    "by your ingress; unset: the TCP peer (behind an ingress every client would share "
+                    "the ingress' address and its lockout)",
+                    pattern=r"^[A-Za-z0-9-]{1,64}$",
+                ),
             },
             default={},
         ),
@@ -515,8 +640,17 @@ FEDERATED_ROUTER_SPEC = _obj(
                 "backend": _s(
                     "sqlite (one replica) or postgres", enum=["sqlite", "postgres"], default="sqlite"
                 ),
-                "dsnSecretRef": _secret_ref("Secret key holding the PostgreSQL DSN", key="dsn"),
-                "auditKeySecretRef": _secret_ref("Secret key holding the audit encryption key", key="key"),
+                "dsnSecretRef": _secret_ref(
+                    "Secret key holding the PostgreSQL DSN (its hosts and ports also open the "
+                    "NetworkPolicy's egress)" + OPT_IN,
+                    key="dsn",
+                ),
+                "auditKeySecretRef": _secret_ref(
+                    "Secret key holding the audit keyring (lines '<key-id> <64 hex>', the last one "
+                    "active). Unset: the operator creates Secret <router>-audit-key once, without an "
+                    "owner (deleting the router keeps it), and never rewrites it" + OPT_IN,
+                    key="key",
+                ),
                 "commitMode": _s(
                     "Durable: the commit record (which node answered) is durable before the answer "
                     "leaves. Deferred: it rides with the next group commit, at most 50 ms later, saving "
@@ -524,6 +658,65 @@ FEDERATED_ROUTER_SPEC = _obj(
                     "any node is called, and a crash before the commit record leaves it spent",
                     enum=["Durable", "Deferred"],
                     default="Durable",
+                ),
+                "sqlite": _obj(
+                    "sqlite: the PersistentVolumeClaim <router>-ledger holding the ledger file, created "
+                    "once by the operator (later edits of size or class do not change it)",
+                    {
+                        "size": _s("requested storage", default="1Gi", pattern=QUANTITY),
+                        "storageClassName": _s("StorageClass of the claim; unset: the cluster's default"),
+                        "whenDeleted": _s(
+                            "Retain: deleting the FederatedRouter keeps the claim (and every budget in "
+                            "it; a router created again with the same name reuses it). Delete: the claim "
+                            "is owned by the router and deleted with it",
+                            enum=["Retain", "Delete"],
+                            default="Retain",
+                        ),
+                    },
+                    default={},
+                ),
+                "timeouts": _obj(
+                    "bounds on every ledger operation: a ledger database that is down, frozen or full "
+                    "costs a client a 503 within seconds, never a hang (the router's ledger.timeouts)",
+                    {
+                        "connectSeconds": _i(
+                            "PostgreSQL connect_timeout per host (whole seconds)",
+                            minimum=2,
+                            maximum=60,
+                            default=2,
+                        ),
+                        "lockSeconds": _n(
+                            "wait for the ledger's write lock (PostgreSQL lock_timeout, SQLite busy timeout)",
+                            exclusiveMinimum=True,
+                            minimum=0,
+                            maximum=60,
+                            default=2.0,
+                        ),
+                        "statementSeconds": _n(
+                            "PostgreSQL statement_timeout, and the router's cap on one ledger transaction",
+                            exclusiveMinimum=True,
+                            minimum=0,
+                            maximum=120,
+                            default=3.0,
+                        ),
+                        "operationSeconds": _n(
+                            "deadline of one ledger operation, queueing included",
+                            exclusiveMinimum=True,
+                            minimum=0,
+                            maximum=300,
+                            default=5.0,
+                        ),
+                    },
+                    default={},
+                    **{
+                        "x-kubernetes-validations": [
+                            _rule(
+                                "self.lockSeconds <= self.statementSeconds"
+                                " && self.statementSeconds <= self.operationSeconds",
+                                "ledger.timeouts: need lockSeconds <= statementSeconds <= operationSeconds",
+                            )
+                        ]
+                    },
                 ),
             },
             default={},
@@ -566,6 +759,8 @@ FEDERATED_ROUTER_SPEC = _obj(
             {
                 "secretName": _s(
                     "existing Secret with tls.crt, tls.key, ca.crt; the operator then issues nothing"
+                    + OPT_IN
+                    + " (cert-manager: the Certificate's spec.secretTemplate.labels)"
                 ),
                 "duration": _s(
                     "certificate lifetime (cert-manager semantics)", default="2160h", pattern=DURATION_PATTERN
@@ -593,12 +788,21 @@ FEDERATED_ROUTER_SPEC = _obj(
             default={},
         ),
         "networkPolicy": _obj(
-            "restrict ingress to the router pods",
+            "a NetworkPolicy around the router pods: ingress on the HTTPS port from the named peers only; "
+            "egress only to DNS, the selected nodes' endpoint ports, the JWKS URL and the ledger database",
             {
-                "enabled": _b("render a NetworkPolicy", True),
+                "enabled": _b("render the NetworkPolicy", True),
                 "ingressFrom": {
                     "type": "array",
-                    "description": "NetworkPolicyPeer objects allowed in; empty: any source",
+                    "description": "NetworkPolicyPeer objects allowed in; empty: the operator's default "
+                    "(chart value routerNetworkPolicy.defaultIngressFrom; out of the box: pods of the "
+                    "router's own namespace)",
+                    "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+                "extraEgress": {
+                    "type": "array",
+                    "description": "NetworkPolicyEgressRule objects allowed besides DNS, the nodes, the "
+                    "JWKS URL and the ledger (e.g. an OpenTelemetry collector)",
                     "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                 },
             },
@@ -608,11 +812,12 @@ FEDERATED_ROUTER_SPEC = _obj(
     required=["policyRef"],
     **{
         "x-kubernetes-validations": [
+            _rule("self.ledger.backend != 'sqlite' || self.replicas <= 1", SQLITE_ONE_REPLICA),
+            _rule("self.ledger.backend != 'sqlite' || !self.autoscaling.enabled", SQLITE_NO_AUTOSCALING),
             _rule(
-                "self.ledger.backend != 'sqlite' || (self.replicas <= 1 && !self.autoscaling.enabled)",
-                "ledger.backend 'sqlite' allows one router replica (each pod would keep its own budget "
-                "ledger): use 'postgres' for replicas > 1 or autoscaling",
-            )
+                "self.ledger.backend != 'sqlite' || self.rollout.strategy == 'RollingUpdate'",
+                SQLITE_NO_PROGRESSIVE,
+            ),
         ]
     },
 )
@@ -644,8 +849,20 @@ FEDERATED_ROUTER_STATUS = _status(
         "readyReplicas": _i("ready serving replicas"),
         "availableReplicas": _i("available serving replicas"),
         "endpoint": _s("in-cluster URL of the router"),
-        "configHash": _s("hash of the rendered router config"),
-        "configMapName": _s("ConfigMap holding the rendered config"),
+        "configHash": _s("hash of the rendered router config (node list included: what the pods read)"),
+        "configMapName": _s(
+            "ConfigMap holding the rendered config; named by the hash of the config without its node "
+            "list, so node health changes its content in place and only spec changes roll the pods"
+        ),
+        "ledger": _obj(
+            "where the budget ledger lives",
+            {
+                "backend": _s("sqlite or postgres"),
+                "claimName": _s("sqlite: the PersistentVolumeClaim holding the ledger"),
+                "claimPhase": _s("sqlite: the claim's phase (Pending until a volume is bound)"),
+                "auditKeySecret": _s("the Secret holding the audit keyring"),
+            },
+        ),
         "nodes": _obj(
             "HospitalNodes selected by the router",
             {
@@ -812,7 +1029,8 @@ def _rows(schema: Schema, path: str) -> list[str]:
             extra.append("one of " + ", ".join(f"`{e}`" for e in sub["enum"]))
         for key, word in (("minimum", "≥"), ("maximum", "≤")):
             if key in sub:
-                extra.append(f"{word} {sub[key]}")
+                strict = sub.get("exclusiveMinimum" if key == "minimum" else "exclusiveMaximum")
+                extra.append(f"{word.replace('≥', '>').replace('≤', '<') if strict else word} {sub[key]}")
         default = sub.get("default")
         default_text = "" if default is None or isinstance(default, dict) else f"`{json_text(default)}`"
         desc = "; ".join(x for x in [sub.get("description", ""), ", ".join(extra)] if x)

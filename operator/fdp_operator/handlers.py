@@ -28,6 +28,7 @@ from fdp_operator.reconcile.node import reconcile_node
 from fdp_operator.reconcile.policy import reconcile_policy
 from fdp_operator.reconcile.router import reconcile_router
 from fdp_operator.render.names import ROUTER_LABEL
+from fdp_operator.security import OperatorSettings
 
 log = logging.getLogger("fdp_operator")
 
@@ -71,6 +72,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Least privilege: no cluster-wide list/watch of CRDs and namespaces. The namespaces are
     # fixed at start-up and preflight checked the CRDs, so dynamic scanning buys nothing.
     settings.scanning.disabled = True
+    # the administrator's policy (allowed images, default ingress): cli.py exported it
+    _state["settings"] = OperatorSettings.from_env(os.environ)
+    log.info(
+        "allowed router image repositories: %s",
+        ", ".join(_state["settings"].allowed_image_repositories),
+    )
     _state["kube"] = await Kube.connect()
     # force_close: a probe measures a fresh connection, and no idle TLS connections pile up.
     _state["probe_session"] = aiohttp.ClientSession(
@@ -125,7 +132,7 @@ async def _reconcile_router(body: Mapping[str, Any]) -> None:
         if fresh is None:
             return
         body = fresh
-        outcome = await reconcile_router(_kube(), dict(body), _now())
+        outcome = await reconcile_router(_kube(), dict(body), _now(), _state.get("settings"))
     for message in outcome.rendered.plan.events if outcome.rendered is not None else ():
         # rollout transitions (switched, promoted, aborted...) as Events on the router
         kopf.info(dict(body), reason="Rollout", message=message)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from kubernetes.client import Configuration
 RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "Secret": ("/api/v1", "secrets"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Event": ("/api/v1", "events"),
@@ -141,6 +142,11 @@ class Kube:
         params = {"labelSelector": label_selector} if label_selector else None
         out = await self.request("GET", self.path(kind, namespace), params=params)
         return list(out.get("items") or [])
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST: create once, never overwrite (409 ``AlreadyExists`` if it exists)."""
+        meta = obj["metadata"]
+        return await self.request("POST", self.path(obj["kind"], meta.get("namespace")), body=obj)
 
     async def apply(self, obj: dict[str, Any], field_manager: str, *, force: bool = True) -> dict[str, Any]:
         """Server-side apply (``application/apply-patch+yaml``; JSON is valid YAML)."""

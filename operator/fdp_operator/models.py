@@ -27,10 +27,13 @@ from fdp_router.config import (
     ConsensusConfig,
     DataClass,
     HealthCheck,
+    LedgerTimeouts,
     Mechanism,
     NodeMechanism,
     NodePrivacy,
     PrivacyConfig,
+    RateBucket,
+    RateLimitConfig,
     Strategy,
     check_options,
 )
@@ -42,6 +45,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 DEFAULT_ROUTER_IMAGE = "ghcr.io/federated-dp-llm/router:0.1.0"
+#: The label a Secret must carry before the operator mounts it into a router pod (or uses it
+#: to probe a node): see security.py. Secrets the operator creates carry it.
+ALLOW_MOUNT_LABEL = "fdp.io/allow-router-mount"
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|m|s|ms))+$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
@@ -83,7 +89,16 @@ def in_crd_words(text: str) -> str:
     """A router config message with the CRD's field names (``budgets.per_user`` ->
     ``budgets.perUser``): only names of the router's privacy config fields are renamed."""
     names: dict[str, str] = {}
-    for model in (PrivacyConfig, BudgetsConfig, WindowConfig, ConsensusConfig, HealthCheck, NodePrivacy):
+    for model in (
+        PrivacyConfig,
+        BudgetsConfig,
+        WindowConfig,
+        ConsensusConfig,
+        HealthCheck,
+        NodePrivacy,
+        LedgerTimeouts,
+        RateBucket,
+    ):
         names.update({n: _ROUTER_FIELD_NAMES.get(n, to_camel(n)) for n in model.model_fields if "_" in n})
     return re.sub(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b", lambda m: names.get(m.group(0), m.group(0)), text)
 
@@ -120,6 +135,14 @@ class AuditKeySecretRef(SecretKeyRef):
     key: str = Field("key", min_length=1)
 
 
+class ApiKeySecretRef(SecretKeyRef):
+    key: str = Field("api-key", min_length=1)
+
+
+class HeadersSecretRef(SecretKeyRef):
+    key: str = Field("headers.json", min_length=1)
+
+
 # ---------------------------------------------------------------- HospitalNode
 
 
@@ -140,6 +163,7 @@ class NodeTLSSpec(SpecModel):
 
 class HealthCheckSpec(SpecModel):
     path: str = "/health"
+    method: Literal["GET", "HEAD"] = "GET"
     interval_seconds: float = Field(10.0, gt=0)
     timeout_seconds: float = Field(2.0, gt=0)
     failure_threshold: int = Field(3, ge=1)
@@ -158,6 +182,7 @@ class HealthCheckSpec(SpecModel):
         """The router's health check settings for this node."""
         return HealthCheck(
             path=self.path,
+            method=self.method,
             interval_seconds=self.interval_seconds,
             timeout_seconds=self.timeout_seconds,
             failure_threshold=self.failure_threshold,
@@ -219,6 +244,24 @@ class SecurityLevel(StrEnum):
     CRITICAL = "critical"
 
 
+class NodeAuthSpec(SpecModel):
+    """Credentials the node's server requires, from Secrets (mounted read-only into the router
+    pods, and used by the operator's own probe): a bearer API key and/or extra headers."""
+
+    api_key_secret_ref: ApiKeySecretRef | None = None
+    headers_secret_ref: HeadersSecretRef | None = None
+
+
+class NodeTimeoutsSpec(SpecModel):
+    """Per-node timeouts; unset: the router's ``spec.routing`` values."""
+
+    connect_seconds: float | None = Field(None, gt=0)
+    read_seconds: float | None = Field(None, gt=0)
+
+
+API_BASE_PATH = r"^(/[A-Za-z0-9._~-]+)*$"
+
+
 class HospitalNodeSpec(SpecModel):
     endpoint: str
     hospital: str = Field(..., min_length=1)
@@ -231,6 +274,9 @@ class HospitalNodeSpec(SpecModel):
     tls: NodeTLSSpec = NodeTLSSpec()
     health_check: HealthCheckSpec = HealthCheckSpec()
     privacy: NodePrivacySpec
+    auth: NodeAuthSpec = NodeAuthSpec()
+    api_base_path: str = Field("/v1", pattern=API_BASE_PATH)
+    timeouts: NodeTimeoutsSpec = NodeTimeoutsSpec()
 
     @model_validator(mode="after")
     def _https(self) -> HospitalNodeSpec:
@@ -389,12 +435,105 @@ class RoutingSpec(SpecModel):
     read_timeout_seconds: float = Field(60.0, gt=0)
 
 
+MAX_TOKEN_AGE_SECONDS = 30 * 86400
+
+
 class AuthSpec(SpecModel):
     issuer: str = "fdp-dev"
     audience: str = "federated-dp-llm"
     algorithms: tuple[Literal["HS256", "RS256", "ES256"], ...] = ("HS256",)
     jwks_url: str | None = None
     hs256_secret_ref: Hs256SecretRef | None = None
+    require_mfa: bool = False
+    # the router's max_token_age_seconds; 0 here is its None (no limit beyond exp), since a
+    # CRD default cannot be unset
+    max_token_age_seconds: int = Field(28800, ge=0, le=MAX_TOKEN_AGE_SECONDS)
+
+    @model_validator(mode="after")
+    def _token_age(self) -> AuthSpec:
+        if 0 < self.max_token_age_seconds < 60:
+            raise ValueError("auth.maxTokenAgeSeconds must be 0 (no limit) or at least 60")
+        return self
+
+
+class RateBucketSpec(SpecModel):
+    """A token bucket (the router's ``RateBucket``); both 0: no limit."""
+
+    rate_per_second: float = Field(..., ge=0, le=1_000_000)
+    burst: int = Field(..., ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _router_accepts(self) -> RateBucketSpec:
+        try:
+            self.config()
+        except ValidationError as exc:
+            raise router_rules(exc) from None
+        return self
+
+    def config(self) -> RateBucket:
+        return RateBucket(rate_per_second=self.rate_per_second, burst=self.burst)
+
+
+def _bucket(name: str) -> Any:
+    """The router's default for one bucket of ``RateLimitConfig``, as a spec."""
+    b = getattr(RateLimitConfig(), name)
+    return Field(default_factory=lambda: RateBucketSpec(rate_per_second=b.rate_per_second, burst=b.burst))
+
+
+class RateLimitsSpec(SpecModel):
+    """The router's ``rate_limits``: per-principal request limits and the brute-force lockout."""
+
+    per_user: RateBucketSpec = _bucket("per_user")
+    per_department: RateBucketSpec = _bucket("per_department")
+    failed_auth_per_client: RateBucketSpec = _bucket("failed_auth_per_client")
+    failed_auth_per_subject: RateBucketSpec = _bucket("failed_auth_per_subject")
+    client_address_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+    def config(self) -> RateLimitConfig:
+        return RateLimitConfig(
+            per_user=self.per_user.config(),
+            per_department=self.per_department.config(),
+            failed_auth_per_client=self.failed_auth_per_client.config(),
+            failed_auth_per_subject=self.failed_auth_per_subject.config(),
+            client_address_header=self.client_address_header,
+        )
+
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
+class SqliteVolumeSpec(SpecModel):
+    """sqlite: the PersistentVolumeClaim ``<fr>-ledger`` the operator creates once (and then
+    never changes: a claim's class is immutable and growing it is the storage class's call)."""
+
+    size: str = Field("1Gi", pattern=QUANTITY)
+    storage_class_name: str | None = None
+    when_deleted: Literal["Retain", "Delete"] = "Retain"
+
+
+class LedgerTimeoutsSpec(SpecModel):
+    """The router's ``ledger.timeouts`` (``fdp_router.config.LedgerTimeouts``), field for field."""
+
+    connect_seconds: int = Field(2, ge=2, le=60)
+    lock_seconds: float = Field(2.0, gt=0, le=60)
+    statement_seconds: float = Field(3.0, gt=0, le=120)
+    operation_seconds: float = Field(5.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _router_accepts(self) -> LedgerTimeoutsSpec:
+        try:
+            self.config()
+        except ValidationError as exc:
+            raise router_rules(exc) from None
+        return self
+
+    def config(self) -> LedgerTimeouts:
+        return LedgerTimeouts(
+            connect_seconds=self.connect_seconds,
+            lock_seconds=self.lock_seconds,
+            statement_seconds=self.statement_seconds,
+            operation_seconds=self.operation_seconds,
+        )
 
 
 class LedgerSpec(SpecModel):
@@ -402,6 +541,8 @@ class LedgerSpec(SpecModel):
     dsn_secret_ref: DsnSecretRef | None = None
     audit_key_secret_ref: AuditKeySecretRef | None = None
     commit_mode: Literal["Durable", "Deferred"] = "Durable"  # see the CRD description (crds.py)
+    sqlite: SqliteVolumeSpec = SqliteVolumeSpec()
+    timeouts: LedgerTimeoutsSpec = LedgerTimeoutsSpec()
 
     @model_validator(mode="after")
     def _dsn(self) -> LedgerSpec:
@@ -506,7 +647,12 @@ class ServiceSpec(SpecModel):
 class NetworkPolicySpec(SpecModel):
     enabled: bool = True
     ingress_from: tuple[dict[str, Any], ...] = Field(
-        (), description="NetworkPolicyPeer objects allowed to reach the router; empty: any pod"
+        (),
+        description="NetworkPolicyPeer objects allowed to reach the router; empty: the operator's "
+        "default (chart value routerNetworkPolicy.defaultIngressFrom: the router's own namespace)",
+    )
+    extra_egress: tuple[dict[str, Any], ...] = Field(
+        (), description="NetworkPolicyEgressRule objects allowed besides nodes, DNS, JWKS and the ledger"
     )
 
 
@@ -524,6 +670,7 @@ class FederatedRouterSpec(SpecModel):
     node_selector: LabelSelector = LabelSelector()
     routing: RoutingSpec = RoutingSpec()
     auth: AuthSpec = AuthSpec()
+    rate_limits: RateLimitsSpec = RateLimitsSpec()
     ledger: LedgerSpec = LedgerSpec()
     rollout: RolloutSpec = RolloutSpec()
     autoscaling: AutoscalingSpec = AutoscalingSpec()
@@ -532,13 +679,33 @@ class FederatedRouterSpec(SpecModel):
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
 
     @model_validator(mode="after")
-    def _sqlite_single_replica(self) -> FederatedRouterSpec:
-        if self.ledger.backend == "sqlite" and (self.replicas > 1 or self.autoscaling.enabled):
-            raise ValueError(
-                "ledger.backend 'sqlite' allows one router replica (each pod would keep its own "
-                "budget ledger); use 'postgres' for replicas > 1 or autoscaling"
-            )
+    def _sqlite_single_pod(self) -> FederatedRouterSpec:
+        """One SQLite file on one claim: never two pods on it (the same words as the CRD's rules)."""
+        if self.ledger.backend != "sqlite":
+            return self
+        if self.replicas > 1:
+            raise ValueError(SQLITE_ONE_REPLICA)
+        if self.autoscaling.enabled:
+            raise ValueError(SQLITE_NO_AUTOSCALING)
+        if self.rollout.strategy != RolloutStrategy.ROLLING_UPDATE:
+            raise ValueError(SQLITE_NO_PROGRESSIVE)
         return self
+
+
+SQLITE_ONE_REPLICA = (
+    "ledger.backend 'sqlite' allows one router replica: the ledger is one file on one "
+    "PersistentVolumeClaim, and a second pod would need the same file (use 'postgres' for "
+    "replicas > 1)"
+)
+SQLITE_NO_AUTOSCALING = (
+    "ledger.backend 'sqlite' cannot autoscale: a second pod would need the same ledger file "
+    "(use 'postgres' with autoscaling)"
+)
+SQLITE_NO_PROGRESSIVE = (
+    "ledger.backend 'sqlite' needs rollout.strategy RollingUpdate (run as Recreate: the old pod "
+    "stops before the new one starts); BlueGreen and Canary run two versions side by side, which "
+    "would both need the one ledger file (use 'postgres')"
+)
 
 
 # ---------------------------------------------------------------- parsed CRs

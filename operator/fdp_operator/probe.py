@@ -2,7 +2,8 @@
 
 Called by ``reconcile/node.py`` on the node timer. The TLS context is built from the
 Secrets the HospitalNode references (``ca.crt`` of ``tls.caSecretRef``; ``tls.crt`` and
-``tls.key`` of ``tls.clientCertSecretRef``), exactly what the router pods mount.
+``tls.key`` of ``tls.clientCertSecretRef``), and the request carries the node's credentials
+(``spec.auth``), exactly what the router pods mount and send.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import ssl
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -49,12 +51,17 @@ async def probe(
     timeout_s: float,
     ctx: ssl.SSLContext,
     server_name: str | None = None,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
 ) -> ProbeResult:
-    """GET ``url``; healthy means a 2xx answer within ``timeout_s`` seconds."""
+    """``method`` ``url`` (with the node's credentials in ``headers``); healthy means a 2xx
+    answer within ``timeout_s`` seconds."""
     start = time.perf_counter()
     try:
-        async with session.get(
+        async with session.request(
+            method,
             url,
+            headers=dict(headers or {}),
             ssl=ctx,
             server_hostname=server_name,
             timeout=aiohttp.ClientTimeout(total=timeout_s),

@@ -10,8 +10,12 @@ with certificates from a throw-away CA. Reusable by the rollout tests:
   ``.logs()``; ``make_operator(namespace, kubeconfig=..., extra_args=...)`` for variants.
 - ``demo_nodes``: ``demo_nodes.start(name, mtls=False) -> DemoNode`` (``.endpoint``, ``.stop()``,
   ``.ca_pem`` ...); ``demo_nodes.tls_secrets(namespace, node)`` creates the Secrets a
-  HospitalNode's ``spec.tls`` references.
+  HospitalNode's ``spec.tls`` references (opted in: ``fdp.io/allow-router-mount: "true"``).
 - ``kube``: helpers (``apply``, ``get``, ``wait_condition``, ``eventually``).
+- ``volume_provisioner`` (session, with ``fdp_crds``): the local control plane has no storage
+  provisioner, so a SQLite router's ledger claim would stay Pending and its pod unscheduled;
+  this binds each Pending claim to a hostPath PersistentVolume made for it, as a cluster's
+  provisioner would. Skipped when the cluster has a default StorageClass (kind, real ones).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +39,8 @@ from fdp_operator import tls
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RESYNC = "2"
+#: the label a Secret needs before the operator mounts it (fdp_operator.security)
+OPT_IN = {"fdp.io/allow-router-mount": "true"}
 
 
 def free_port() -> int:
@@ -107,8 +114,72 @@ def kube(cluster) -> KubeHelper:
     return KubeHelper(cluster)
 
 
+class VolumeProvisioner:
+    """Binds Pending PersistentVolumeClaims to hostPath PersistentVolumes made for them."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        from kubernetes import client, config
+
+        self.api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="e2e-volume-provisioner", daemon=True)
+
+    def needed(self) -> bool:
+        from kubernetes import client
+
+        classes = client.StorageV1Api(self.api.api_client).list_storage_class().items
+        return not any(
+            (c.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+            for c in classes
+        )
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                for pvc in self.api.list_persistent_volume_claim_for_all_namespaces().items:
+                    if pvc.status.phase == "Pending" and not pvc.spec.volume_name:
+                        self._provision(pvc)
+            except Exception:  # the cluster going away at the end of the session, a race: next tick
+                continue
+
+    def _provision(self, pvc: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        ns, name = pvc.metadata.namespace, pvc.metadata.name
+        body = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"e2e-{ns}-{name}"[:253], "labels": {"fdp.io/e2e": "true"}},
+            "spec": {
+                "capacity": {"storage": pvc.spec.resources.requests["storage"]},
+                "accessModes": pvc.spec.access_modes,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": pvc.spec.storage_class_name or "",
+                "hostPath": {"path": f"/tmp/fdp-e2e-volumes/{ns}/{name}"},
+                "claimRef": {"namespace": ns, "name": name, "uid": pvc.metadata.uid},
+            },
+        }
+        try:
+            self.api.create_persistent_volume(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
 @pytest.fixture(scope="session")
-def fdp_crds(cluster) -> None:
+def volume_provisioner(cluster) -> Iterator[VolumeProvisioner | None]:
+    provisioner = VolumeProvisioner(cluster.kubeconfig)
+    if not provisioner.needed():
+        yield None
+        return
+    provisioner.thread.start()
+    yield provisioner
+    provisioner.stop.set()
+    provisioner.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def fdp_crds(cluster, volume_provisioner) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     for name in ("hospitalnodes", "privacypolicies", "federatedrouters"):
         cluster.kubectl(
@@ -293,13 +364,13 @@ class DemoNodes:
                 {
                     "apiVersion": "v1",
                     "kind": "Secret",
-                    "metadata": {"name": f"{prefix}-ca"},
+                    "metadata": {"name": f"{prefix}-ca", "labels": OPT_IN},
                     "stringData": {"ca.crt": self.ca.cert_pem},
                 },
                 {
                     "apiVersion": "v1",
                     "kind": "Secret",
-                    "metadata": {"name": f"{prefix}-client"},
+                    "metadata": {"name": f"{prefix}-client", "labels": OPT_IN},
                     "type": "kubernetes.io/tls",
                     "stringData": {"tls.crt": self.client.cert_pem, "tls.key": self.client.key_pem},
                 },

@@ -55,6 +55,29 @@ def test_the_operator_runs_one_replica_recreated_non_root(k8s_bin_dir) -> None:
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e["value"] for e in ctr["env"]}
     assert env["WATCH_NAMESPACE"] == "fdp-system"
+    # the confused-deputy settings: the project's router image only, ingress from the namespace
+    assert env["FDP_ALLOWED_IMAGE_REPOSITORIES"] == "ghcr.io/federated-dp-llm/router"
+    assert json.loads(env["FDP_DEFAULT_INGRESS_FROM"]) == [{"podSelector": {}}]
+
+
+def test_the_router_image_allow_list_is_a_chart_value(k8s_bin_dir) -> None:
+    docs = render(
+        k8s_bin_dir,
+        "fdp-system",
+        "routerImages.allowedRepositories={ghcr.io/federated-dp-llm/router,registry.hospital.example/fdp/*}",
+    )
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FDP_ALLOWED_IMAGE_REPOSITORIES"] == (
+        "ghcr.io/federated-dp-llm/router,registry.hospital.example/fdp/*"
+    )
+    from fdp_operator.security import OperatorSettings
+
+    assert OperatorSettings.from_env(env).allowed_image_repositories[1] == "registry.hospital.example/fdp/*"
+    proc = helm(
+        k8s_bin_dir, "lint", str(CHART), "--set", "routerImages.allowedRepositories={a b}", check=False
+    )
+    assert proc.returncode != 0
 
 
 def test_rbac_is_namespaced_by_default_without_wildcards_and_secrets_only_as_needed(k8s_bin_dir) -> None:
@@ -64,8 +87,8 @@ def test_rbac_is_namespaced_by_default_without_wildcards_and_secrets_only_as_nee
     for role in (d for d in docs if d["kind"] == "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-            if "secrets" in rule["resources"]:
-                assert sorted(rule["verbs"]) == ["create", "get", "patch"]
+            if "secrets" in rule["resources"] or "persistentvolumeclaims" in rule["resources"]:
+                assert sorted(rule["verbs"]) == ["create", "get", "patch"]  # no list, no delete
     cluster_wide = render(k8s_bin_dir, "fdp-system", "clusterWide=true")
     assert {d["kind"] for d in cluster_wide} >= {"ClusterRole", "ClusterRoleBinding"}
     (dep,) = [d for d in cluster_wide if d["kind"] == "Deployment"]

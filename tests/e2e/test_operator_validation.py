@@ -131,6 +131,50 @@ CASES = [
         "tls.renewBefore must be shorter than tls.duration",
     ),
     ("missing policyRef", {**ROUTER, "spec": {"replicas": 1}}, "spec.policyRef: Required value"),
+    (
+        "sqlite autoscaled",
+        _with(ROUTER, autoscaling={"enabled": True}),
+        "ledger.backend 'sqlite' cannot autoscale: a second pod would need the same ledger file",
+    ),
+    (
+        "sqlite blue/green",
+        _with(ROUTER, rollout={"strategy": "BlueGreen"}),
+        "ledger.backend 'sqlite' needs rollout.strategy RollingUpdate",
+    ),
+    (
+        "sqlite canary",
+        _with(ROUTER, rollout={"strategy": "Canary", "steps": [{"setWeight": 50}]}),
+        "BlueGreen and Canary run two versions side by side",
+    ),
+    (
+        "ledger timeouts out of order",
+        _with(ROUTER, ledger={"timeouts": {"lockSeconds": 5, "statementSeconds": 3}}),
+        "ledger.timeouts: need lockSeconds <= statementSeconds <= operationSeconds",
+    ),
+    (
+        "ledger claim kept how?",
+        _with(ROUTER, ledger={"sqlite": {"whenDeleted": "Orphan"}}),
+        'spec.ledger.sqlite.whenDeleted: Unsupported value: "Orphan"',
+    ),
+    ("ledger claim size", _with(ROUTER, ledger={"sqlite": {"size": "lots"}}), "spec.ledger.sqlite.size"),
+    ("node base path", _with(NODE, apiBasePath="v1/"), "spec.apiBasePath"),
+    (
+        "token age below a minute",
+        _with(ROUTER, auth={"maxTokenAgeSeconds": 30}),
+        "auth.maxTokenAgeSeconds must be 0 (no limit) or at least 60",
+    ),
+    (
+        "a rate without a burst",
+        _with(ROUTER, rateLimits={"perUser": {"ratePerSecond": 1, "burst": 0}}),
+        "ratePerSecond and burst are both 0 (no limit) or both > 0",
+    ),
+    ("node probe method", _with(NODE, healthCheck={"method": "POST"}), 'Unsupported value: "POST"'),
+    ("node read timeout", _with(NODE, timeouts={"readSeconds": 0}), "spec.timeouts.readSeconds"),
+    (
+        "node api key without a Secret name",
+        _with(NODE, auth={"apiKeySecretRef": {"key": "k"}}),
+        "spec.auth.apiKeySecretRef.name: Required value",
+    ),
 ]
 
 
@@ -151,6 +195,25 @@ VALID = [
     ROUTER,
     _with(NODE, privacy={"dataClass": "PHI", "mechanism": "Gaussian"}),
     _with(NODE, privacy={"dataClass": "Public"}),
+    _with(
+        NODE,
+        auth={"apiKeySecretRef": {"name": "k"}, "headersSecretRef": {"name": "h"}},
+        apiBasePath="",
+        timeouts={"connectSeconds": 1, "readSeconds": 300},
+        healthCheck={"path": "/v1/models", "method": "HEAD"},
+    ),
+    _with(
+        ROUTER,
+        ledger={"sqlite": {"size": "5Gi", "storageClassName": "fast", "whenDeleted": "Delete"}},
+        rollout={"strategy": "RollingUpdate"},
+    ),
+    _with(
+        ROUTER,
+        replicas=4,
+        ledger={"backend": "postgres", "dsnSecretRef": {"name": "d"}, "timeouts": {"operationSeconds": 10}},
+        rollout={"strategy": "BlueGreen"},
+        networkPolicy={"extraEgress": [{"ports": [{"protocol": "TCP", "port": 4317}]}]},
+    ),
     _with(
         POLICY,
         minEpsilonPerQuery=0.05,

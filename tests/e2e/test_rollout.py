@@ -20,7 +20,7 @@ import pytest
 
 from tests.unit.gitops.health import kstatus, kstatus_binary, lua_health
 
-from .conftest import eventually, federated_router, hospital_node, privacy_policy
+from .conftest import OPT_IN, eventually, federated_router, hospital_node, privacy_policy
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 90
@@ -40,14 +40,14 @@ def setup_router(kube, namespace, demo_nodes, name: str = "fr", **spec: Any) -> 
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": "ledger-dsn"},
+                "metadata": {"name": "ledger-dsn", "labels": OPT_IN},
                 "stringData": {"dsn": "postgresql://router@db/ledger"},
             },
             hospital_node("h0", node.endpoint, tls={"caSecretRef": {"name": "hospital-ca"}}),
             privacy_policy(),
             federated_router(
                 name,
-                image="example.org/router:1",
+                image="ghcr.io/federated-dp-llm/router:1",
                 ledger={"backend": "postgres", "dsnSecretRef": {"name": "ledger-dsn", "key": "dsn"}},
                 **spec,
             ),
@@ -143,7 +143,7 @@ def test_blue_green_switches_the_service_and_scales_the_old_color_down_after_the
     assert kube.get(namespace, "service", "fr")["spec"]["selector"]["fdp.io/color"] == "blue"
 
     started = time.monotonic()
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     eventually(lambda: rollout(kube, namespace).get("activeColor") == "green", timeout=TIMEOUT, what="switch")
     switched = time.monotonic()
     new_rev = revision(kube, namespace, "fr-green")
@@ -181,7 +181,7 @@ def test_manual_promotion_waits_until_promoted(
         rollout={"strategy": "BlueGreen", "autoPromotionEnabled": False},
     )
     wait_healthy(kube, namespace)
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     paused = eventually(
         lambda: (o := fr(kube, namespace)) and conditions(o).get("Paused", ("",))[0] == "True" and o,
         timeout=TIMEOUT,
@@ -276,7 +276,7 @@ def test_canary_walks_every_step_with_the_expected_split_and_pauses(
     wait_healthy(kube, namespace)
     old_rev = revision(kube, namespace, "fr-stable")
     started = time.monotonic()
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     at_pause = eventually(
         lambda: (o := fr(kube, namespace)) and o["status"]["rollout"].get("currentStepIndex") == 1 and o,
         timeout=TIMEOUT,
@@ -340,7 +340,7 @@ def test_an_operator_killed_mid_rollout_resumes_without_going_back(
     setup_router(kube, namespace, demo_nodes, replicas=4, rollout={"strategy": "Canary", "steps": steps})
     wait_healthy(kube, namespace)
     old_rev = revision(kube, namespace, "fr-stable")
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     eventually(lambda: rollout(kube, namespace).get("currentStepIndex") == 1, timeout=TIMEOUT, what="pause")
     operator_runner.proc.kill()  # SIGKILL: no graceful shutdown
     operator_runner.proc.wait(timeout=10)
@@ -379,7 +379,12 @@ def test_switching_blue_green_to_canary_with_a_new_image_walks_every_canary_step
     patch(
         cluster,
         namespace,
-        {"spec": {"image": "example.org/router:2", "rollout": {"strategy": "Canary", "steps": steps}}},
+        {
+            "spec": {
+                "image": "ghcr.io/federated-dp-llm/router:2",
+                "rollout": {"strategy": "Canary", "steps": steps},
+            }
+        },
     )
     stable_revs: set[str] = set()
 
@@ -437,7 +442,7 @@ def test_a_rollout_started_while_the_hpa_scaled_up_keeps_the_scaled_size(
     cluster.kubectl("scale", "deployment/fr-blue", "-n", namespace, "--replicas=5")
     time.sleep(3)
     assert replicas(kube, namespace, "fr-blue") == 5, "the operator must not reset the HPA's count"
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     eventually(lambda: rollout(kube, namespace).get("activeColor") == "green", timeout=TIMEOUT, what="switch")
     assert replicas(kube, namespace, "fr-green") == 5
     eventually(
@@ -466,7 +471,7 @@ def test_rollout_durations(cluster, kube, namespace, make_operator, demo_nodes) 
         namespace,
         federated_router(
             "cn",
-            image="example.org/router:1",
+            image="ghcr.io/federated-dp-llm/router:1",
             replicas=4,
             ledger={"backend": "postgres", "dsnSecretRef": {"name": "ledger-dsn", "key": "dsn"}},
             rollout=specs["Canary"],
@@ -477,7 +482,9 @@ def test_rollout_durations(cluster, kube, namespace, make_operator, demo_nodes) 
     for i in range(int(os.environ.get("FDP_ROLLOUT_BENCH_RUNS", "3"))):
         for name, strategy in (("bg", "BlueGreen"), ("cn", "Canary")):
             t0 = time.monotonic()
-            patch(cluster, namespace, {"spec": {"image": f"example.org/router:{i + 2}"}}, name=name)
+            patch(
+                cluster, namespace, {"spec": {"image": f"ghcr.io/federated-dp-llm/router:{i + 2}"}}, name=name
+            )
             eventually(
                 lambda n=name: (
                     fr(kube, namespace, n)["metadata"]["generation"]
@@ -505,7 +512,7 @@ def test_a_canary_beside_an_hpa_scaled_stable_never_resets_its_count(
     wait_healthy(kube, namespace)
     assert kube.get(namespace, "hpa", "fr")["spec"]["scaleTargetRef"]["name"] == "fr-stable"
     cluster.kubectl("scale", "deployment/fr-stable", "-n", namespace, "--replicas=5")
-    patch(cluster, namespace, {"spec": {"image": "example.org/router:2"}})
+    patch(cluster, namespace, {"spec": {"image": "ghcr.io/federated-dp-llm/router:2"}})
     eventually(lambda: rollout(kube, namespace).get("currentStepIndex") == 1, timeout=TIMEOUT, what="pause")
     # 5 stable pods owned by the HPA; 20% of the pods on the canary -> 1 canary beside them
     assert (replicas(kube, namespace, "fr-canary"), replicas(kube, namespace, "fr-stable")) == (1, 5)

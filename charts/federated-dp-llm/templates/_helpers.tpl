@@ -64,11 +64,17 @@ app.kubernetes.io/component: operator
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Secrets only as needed: read the ones a HospitalNode or spec.tls.secretName names, write the
-# router CA and serving certificate. No list/watch (the operator never enumerates Secrets),
-# no delete (garbage collection removes them with their router).
+# Secrets only as needed: read the ones a spec names (to check their opt-in label), write the
+# router CA and serving certificate, create each router's audit key once. No list/watch (the
+# operator never enumerates Secrets), no delete (garbage collection removes the owned ones;
+# the audit key outlives its router on purpose).
 - apiGroups: [""]
   resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+# The SQLite ledger's claim: created once, only its ownerReferences patched afterwards
+# (spec.ledger.sqlite.whenDeleted). No delete: Retain keeps it, Delete leaves it to GC.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
   verbs: ["get", "create", "patch"]
 # Events on node health transitions and handler failures.
 - apiGroups: ["", "events.k8s.io"]

@@ -9,7 +9,9 @@ and flips back on the first success. Returns the Event to post on a transition.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -22,8 +24,9 @@ import aiohttp
 from fdp_operator import conditions as cond
 from fdp_operator.apply import write_status
 from fdp_operator.kube import Kube
-from fdp_operator.models import HospitalNodeSpec, SpecError, parse_node
+from fdp_operator.models import HospitalNode, HospitalNodeSpec, SpecError, parse_node
 from fdp_operator.probe import ProbeResult, probe, ssl_context
+from fdp_operator.security import Refusal, node_secret_uses, refusals
 
 KIND = "HospitalNode"
 
@@ -41,51 +44,86 @@ class NodeOutcome:
     event: NodeEvent | None
 
 
-def _secret_value(secret: dict[str, Any] | None, key: str) -> str | None:
+def _secret_value(secret: Mapping[str, Any] | None, key: str) -> str | None:
     raw = ((secret or {}).get("data") or {}).get(key)
     return base64.b64decode(raw).decode() if raw else None
 
 
-_SSL_CACHE: dict[tuple[str, str, str, bool], tuple[float, ssl.SSLContext]] = {}
+class SecretRefused(Exception):
+    """A Secret the node names may not be used (security.py): the node is not probed."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    ctx: ssl.SSLContext
+    headers: dict[str, str]
+
+
+_CACHE: dict[tuple[Any, ...], tuple[float, NodeCredentials]] = {}
 SSL_CACHE_SECONDS = 60.0
 
 
-async def cached_ssl_context(kube: Kube, namespace: str, spec: HospitalNodeSpec) -> ssl.SSLContext:
-    """``node_ssl_context`` reused for a minute: nodes sharing Secrets share one context (and
+async def cached_credentials(kube: Kube, node: HospitalNode) -> NodeCredentials:
+    """``node_credentials`` reused for a minute: nodes sharing Secrets share one context (and
     connection pool key), and the API server is not asked for the Secrets on every probe.
-    A rotated Secret is picked up within ``SSL_CACHE_SECONDS``."""
+    A rotated (or no longer opted-in) Secret is picked up within ``SSL_CACHE_SECONDS``."""
+    spec = node.spec
     key = (
-        namespace,
-        spec.tls.ca_secret_ref.name if spec.tls.ca_secret_ref else "",
-        spec.tls.client_cert_secret_ref.name if spec.tls.client_cert_secret_ref else "",
+        node.ref.namespace,
+        tuple((u.name, u.keys) for u in node_secret_uses(node)),
         spec.tls.insecure_skip_verify,
     )
     now = time.monotonic()
-    hit = _SSL_CACHE.get(key)
+    hit = _CACHE.get(key)
     if hit is not None and hit[0] > now:
         return hit[1]
-    ctx = await node_ssl_context(kube, namespace, spec)
-    _SSL_CACHE[key] = (now + SSL_CACHE_SECONDS, ctx)
-    return ctx
+    creds = await node_credentials(kube, node)
+    _CACHE[key] = (now + SSL_CACHE_SECONDS, creds)
+    return creds
 
 
-async def node_ssl_context(kube: Kube, namespace: str, spec: HospitalNodeSpec) -> ssl.SSLContext:
-    """The mTLS context from the node's Secret references (missing Secrets raise ValueError)."""
-    ca = cert = key = None
-    if spec.tls.ca_secret_ref:
-        secret = await kube.get("Secret", namespace, spec.tls.ca_secret_ref.name)
-        ca = _secret_value(secret, "ca.crt")
-        if ca is None:
-            raise ValueError(f"Secret '{spec.tls.ca_secret_ref.name}' (tls.caSecretRef) has no ca.crt")
-    if spec.tls.client_cert_secret_ref:
-        secret = await kube.get("Secret", namespace, spec.tls.client_cert_secret_ref.name)
-        cert, key = _secret_value(secret, "tls.crt"), _secret_value(secret, "tls.key")
-        if cert is None or key is None:
+def _headers(spec: HospitalNodeSpec, secrets: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if spec.auth.headers_secret_ref:
+        ref = spec.auth.headers_secret_ref
+        try:
+            extra = json.loads(_secret_value(secrets.get(ref.name), ref.key) or "")
+        except ValueError:
+            extra = None
+        if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
             raise ValueError(
-                f"Secret '{spec.tls.client_cert_secret_ref.name}' (tls.clientCertSecretRef) "
-                "needs tls.crt and tls.key"
+                f"Secret '{ref.name}' key '{ref.key}' (auth.headersSecretRef) is not a JSON object of strings"
             )
-    return ssl_context(ca, cert, key, spec.tls.insecure_skip_verify)
+        headers.update(extra)
+    key_ref = spec.auth.api_key_secret_ref
+    if key_ref is not None:
+        headers["Authorization"] = (
+            f"Bearer {(_secret_value(secrets.get(key_ref.name), key_ref.key) or '').strip()}"
+        )
+    return headers
+
+
+async def node_credentials(kube: Kube, node: HospitalNode) -> NodeCredentials:
+    """The mTLS context and request headers from the node's Secrets. SecretRefused if one is
+    not opted in or missing; ValueError if one holds something unusable."""
+    spec = node.spec
+    uses = node_secret_uses(node)
+    names = sorted({u.name for u in uses})
+    found = await asyncio.gather(*(kube.get("Secret", node.ref.namespace, n) for n in names))
+    secrets = dict(zip(names, found, strict=True))
+    refused = refusals(uses, secrets)
+    if refused:
+        raise SecretRefused(refused[0])
+    ca = _secret_value(secrets.get(spec.tls.ca_secret_ref.name), "ca.crt") if spec.tls.ca_secret_ref else None
+    cert = key = None
+    if spec.tls.client_cert_secret_ref:
+        secret = secrets.get(spec.tls.client_cert_secret_ref.name)
+        cert, key = _secret_value(secret, "tls.crt"), _secret_value(secret, "tls.key")
+    return NodeCredentials(ssl_context(ca, cert, key, spec.tls.insecure_skip_verify), _headers(spec, secrets))
 
 
 def node_conditions(failures: int, threshold: int, probed: bool, error: str | None) -> list[cond.Condition]:
@@ -133,6 +171,19 @@ def next_status(
     return status
 
 
+def refused_status(
+    old: Mapping[str, Any], refusal: Refusal, now: datetime, generation: int, used_by: Sequence[str]
+) -> dict[str, Any]:
+    """Pure: the status of a node whose Secret was refused (probe results kept as they were)."""
+    status = {k: v for k, v in old.items() if k in ("lastProbeTime", "latencyMs", "consecutiveFailures")}
+    status.update(observedGeneration=generation, usedBy=sorted(used_by), lastError=refusal.message)
+    verdict = cond.Verdict(
+        cond.Reason(refusal.reason), refusal.message + "; not probed, left out of every router", True
+    )
+    status["conditions"] = cond.merge(old.get("conditions"), cond.summary(verdict, ""), now, generation)
+    return status
+
+
 def transition_event(old: Mapping[str, Any], new: Mapping[str, Any]) -> NodeEvent | None:
     was = cond.is_true(old.get("conditions"), "Ready")
     now_ready = cond.is_true(new.get("conditions"), "Ready")
@@ -172,7 +223,17 @@ async def reconcile_node(
         return NodeOutcome(status, None)
     spec = node.spec
     try:
-        ctx = await cached_ssl_context(kube, ns, spec)
+        creds = await cached_credentials(kube, node)
+    except SecretRefused as exc:
+        # not probed: the operator does not use a Secret its owner did not opt in either
+        status = refused_status(old, exc.refusal, now, gen, used_by)
+        await write_status(kube, KIND, ns, name, old, status)
+        was_refused = any(
+            c.get("type") == "Ready" and c.get("reason") == exc.refusal.reason
+            for c in old.get("conditions") or []
+        )
+        event = None if was_refused else NodeEvent("Warning", exc.refusal.reason, exc.refusal.message)
+        return NodeOutcome(status, event)
     except ValueError as exc:
         result = ProbeResult(False, None, str(exc))
     else:
@@ -180,8 +241,10 @@ async def reconcile_node(
             session,
             spec.endpoint + spec.health_check.path,
             timeout_s=spec.health_check.timeout_seconds,
-            ctx=ctx,
+            ctx=creds.ctx,
             server_name=spec.tls.server_name,
+            method=spec.health_check.method,
+            headers=creds.headers,
         )
     status = next_status(old, spec, result, now, gen, used_by)
     await write_status(kube, KIND, ns, name, old, status)

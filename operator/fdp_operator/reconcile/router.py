@@ -1,18 +1,21 @@
 """Reconcile one FederatedRouter: ordered idempotent steps ending in one status write.
 
-Steps: parse the spec (edge) -> resolve the PrivacyPolicy (it must parse and pass the
-router's own policy check, guarantee.py) -> resolve HospitalNodes (only healthy, selected
-ones reach the config) -> TLS -> observe owned children -> render (pure) -> apply and
-prune -> conditions (pure chain) -> write status if it changed.
-A step that cannot proceed (invalid spec, missing/invalid policy, missing TLS Secret)
-returns early *without touching the children*, so running pods keep their last good
-config; the status then says why. Called by handlers.py on create/update/resume and on
-the resync timer.
+Steps: parse the spec (edge) -> the image must be in an allowed repository (security.py)
+-> resolve the PrivacyPolicy (it must parse and pass the router's own policy check,
+guarantee.py) -> resolve HospitalNodes (only healthy, selected ones whose Secrets are
+allowed reach the config) -> TLS -> the Secrets the spec names (opt-in label, keys) ->
+observe owned children -> the ledger's claim and audit key (ledger_step.py) -> render
+(pure) -> apply and prune -> conditions (pure chain) -> write status if it changed.
+A step that cannot proceed (invalid spec, image not allowed, a Secret refused,
+missing/invalid policy, missing TLS Secret) returns early *without touching the children*,
+so running pods keep their last good config; the status then says why. Called by
+handlers.py on create/update/resume and on the resync timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,17 +28,26 @@ from fdp_operator.apply import apply_all, delete_all, write_status
 from fdp_operator.guarantee import PolicyRefused, assess
 from fdp_operator.kube import ApiError, Kube
 from fdp_operator.models import (
+    FederatedRouter,
     HospitalNode,
     SpecError,
     parse_node,
     parse_policy,
     parse_router,
 )
+from fdp_operator.reconcile.ledger_step import ensure_ledger
 from fdp_operator.reconcile.tls_step import ensure_tls
 from fdp_operator.render import names
 from fdp_operator.render.config import selected_nodes
-from fdp_operator.render.router import Rendered, render
+from fdp_operator.render.router import Rendered, dsn_targets, render
 from fdp_operator.render.workloads import SCALE_FIELD_MANAGER, ObservedState
+from fdp_operator.security import (
+    OperatorSettings,
+    image_refusal,
+    node_secret_uses,
+    refusals,
+    router_secret_uses,
+)
 
 log = logging.getLogger(__name__)
 KIND = "FederatedRouter"
@@ -94,7 +106,46 @@ def _failed(body: Mapping[str, Any], obs: cond.RouterObservation, now: datetime,
     return old
 
 
-async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -> Outcome:
+async def read_secrets(kube: Kube, namespace: str, names_: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """The named Secrets (None: absent), each read once, concurrently."""
+    unique = sorted(set(names_))
+    found = await asyncio.gather(*(kube.get("Secret", namespace, n) for n in unique))
+    return dict(zip(unique, found, strict=True))
+
+
+def allowed_nodes(
+    nodes: Sequence[HospitalNode], secrets: Mapping[str, Mapping[str, Any] | None]
+) -> tuple[list[HospitalNode], tuple[str, ...]]:
+    """Nodes whose Secrets may be mounted, and "node: why" for each one left out."""
+    keep, refused = [], []
+    for n in nodes:
+        why = refusals(node_secret_uses(n), secrets)
+        if why:
+            refused.append(f"{n.ref.name}: {why[0].message}")
+        else:
+            keep.append(n)
+    return keep, tuple(refused)
+
+
+def _ledger_targets(
+    router: FederatedRouter, secrets: Mapping[str, Mapping[str, Any] | None]
+) -> list[tuple[str, int]]:
+    """Where the PostgreSQL ledger lives (for the NetworkPolicy's egress), read from its DSN."""
+    ref = router.spec.ledger.dsn_secret_ref
+    if router.spec.ledger.backend != "postgres" or ref is None:
+        return []
+    raw = ((secrets.get(ref.name) or {}).get("data") or {}).get(ref.key)
+    if not raw:
+        return []
+    try:
+        return dsn_targets(base64.b64decode(raw).decode())
+    except (ValueError, UnicodeDecodeError):
+        return [("", 5432)]
+
+
+async def reconcile_router(
+    kube: Kube, body: Mapping[str, Any], now: datetime, settings: OperatorSettings | None = None
+) -> Outcome:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], int(meta.get("generation", 1))
     old_status = dict(body.get("status") or {})
@@ -108,7 +159,13 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         router = parse_router(dict(body))
     except SpecError as exc:
         return await finish(_failed(body, cond.RouterObservation(spec_error=str(exc)), now, gen))
+    settings = settings or OperatorSettings()
     obs = cond.RouterObservation(policy_name=router.spec.policy_ref.name)
+
+    # 1b. only images from the repositories the operator's administrator allows
+    image_error = image_refusal(router.spec.image, settings.allowed_image_repositories)
+    if image_error is not None:
+        return await finish(_failed(body, replace(obs, image_error=image_error), now, gen))
 
     # 2. the policy: missing or invalid -> stop before touching children
     policy_body = await kube.get("PrivacyPolicy", ns, router.spec.policy_ref.name)
@@ -133,7 +190,13 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
             for kind in ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "NetworkPolicy")
         ),
     )
-    nodes = parse_nodes(node_items)
+    # the Secrets the router's spec and its nodes name: mounted only if their owner opted in
+    candidates = selected_nodes(router, parse_nodes(node_items))
+    uses = router_secret_uses(router)
+    secrets = await read_secrets(
+        kube, ns, [u.name for u in uses] + [u.name for n in candidates for u in node_secret_uses(n)]
+    )
+    nodes, refused_nodes = allowed_nodes(candidates, secrets)
     selected = selected_nodes(router, nodes)
     ready = [n for n in selected if n.healthy]
     obs = replace(
@@ -141,9 +204,30 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         nodes_selected=len(selected),
         nodes_ready=len(ready),
         not_ready_nodes=tuple(n.ref.name for n in selected if not n.healthy),
+        refused_nodes=refused_nodes,
     )
+    refused = [(r.reason, r.message) for r in refusals(uses, secrets)]
+    if tls_state.refused is not None:
+        refused.append(tls_state.refused)
+    if refused:
+        return await finish(_failed(body, replace(obs, secret_refusals=tuple(refused)), now, gen))
     if tls_state.error:
         return await finish(_failed(body, replace(obs, tls_error=tls_state.error), now, gen))
+    # the ledger outlives pods: its claim (sqlite) and audit key exist before any pod mounts them
+    try:
+        ledger = await ensure_ledger(kube, router)
+    except ApiError as exc:
+        return await finish(
+            _failed(
+                body,
+                replace(obs, apply_error=f"creating the ledger's claim or audit key failed: {exc}"),
+                now,
+                gen,
+            )
+        )
+    if ledger.refusal is not None:
+        refusal = ((ledger.refusal.reason, ledger.refusal.message),)
+        return await finish(_failed(body, replace(obs, secret_refusals=refusal), now, gen))
     deployments, services, config_maps, hpas, netpols = (_owned(items, uid) for items in owned_lists)
     observed = ObservedState(
         now=now,
@@ -162,9 +246,11 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         tls_secret=tls_state.secret_name,
         tls_serial=tls_state.serial,
         observed=observed,
-        owned_config_maps=[n for n in config_maps if n.startswith(f"{name}-config-")],
+        owned_config_maps={n: cm for n, cm in config_maps.items() if n.startswith(f"{name}-config-")},
         hpa_exists=name in hpas,
         network_policy_exists=name in netpols,
+        default_ingress_from=settings.default_ingress_from,
+        ledger_targets=_ledger_targets(router, secrets),
     )
 
     # 7. apply and prune
@@ -211,9 +297,19 @@ async def reconcile_router(kube: Kube, body: Mapping[str, Any], now: datetime) -
         "availableReplicas": plan.replicas.get("available", 0),
         "endpoint": f"https://{names.service(name)}.{ns}.svc:{svc.port}",
         "configHash": rendered.config_hash,
+        "ledger": {
+            k: v
+            for k, v in {
+                "backend": router.spec.ledger.backend,
+                "claimName": ledger.claim,
+                "claimPhase": ledger.claim_phase,
+                "auditKeySecret": ledger.audit_key_secret,
+            }.items()
+            if v is not None
+        },
         "configMapName": rendered.config_map_name,
-        "nodes": {"selected": len(selected), "ready": len(ready), "names": rendered.node_names},
-        "nodesSummary": f"{len(ready)}/{len(selected)}",
+        "nodes": {"selected": len(candidates), "ready": len(ready), "names": rendered.node_names},
+        "nodesSummary": f"{len(ready)}/{len(candidates)}",
         "activeOrWeight": _active_or_weight(plan.rollout_status),
         "tls": {
             k: v

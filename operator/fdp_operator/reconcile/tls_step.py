@@ -3,7 +3,9 @@
 Operator-managed mode keeps a CA in Secret ``<fr>-ca`` and (re)issues ``<fr>-tls`` when it
 is missing, signed by another CA, has the wrong SANs, or has reached its renewal time
 (``notAfter - renewBefore``). With ``spec.tls.secretName`` the operator only reads the
-given Secret (cert-manager renews it). Returns what the status and pod template need.
+given Secret (cert-manager renews it), and only uses it if it carries the opt-in label
+(security.py; cert-manager sets it with the Certificate's ``secretTemplate.labels``).
+Returns what the status and pod template need.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fdp_operator.kube import Kube
 from fdp_operator.models import FederatedRouter
 from fdp_operator.render import names
 from fdp_operator.render.router import render_tls_secret
+from fdp_operator.security import SecretUse, allows_mount, secret_refusal
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class TLSState:
     renewal_time: datetime | None = None
     error: str | None = None
     issued_reason: str | None = None
+    #: the existing Secret was refused (security.py): (reason, message)
+    refused: tuple[str, str] | None = None
 
 
 def _decode(secret: dict[str, Any] | None, key: str) -> str | None:
@@ -46,6 +51,11 @@ async def ensure_tls(kube: Kube, router: FederatedRouter, now: datetime) -> TLSS
     ns, spec = router.ref.namespace, router.spec.tls
     if spec.secret_name:
         secret = await kube.get("Secret", ns, spec.secret_name)
+        if secret is not None and not allows_mount(secret):
+            use = SecretUse(spec.secret_name, "spec.tls.secretName", ("tls.crt", "tls.key"))
+            refusal = secret_refusal(use, secret)
+            assert refusal is not None
+            return TLSState(spec.secret_name, refused=(refusal.reason, refusal.message))
         cert = _decode(secret, "tls.crt")
         if cert is None or _decode(secret, "tls.key") is None:
             return TLSState(

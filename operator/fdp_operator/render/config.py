@@ -1,22 +1,27 @@
 """Render the router's config file (``fdp_router.config.RouterConfig``) from the three CRs.
 
 Called by ``render.router.render`` (and by tests). The output is ``dump_config``'s canonical
-JSON, so its hash is stable: the same inputs always give the same ConfigMap name, and any
-change (a node leaving, a policy edit) gives a new name, which rolls the router pods.
-Only nodes that pass their health checks are rendered; mTLS files point at the Secret
-volumes the pod template mounts (``node_tls_mount``).
+JSON, so its hash is stable. Two hashes matter: ``spec_hash`` covers everything but the node
+list (image-independent settings: policy, auth, ledger, routing...) and names the ConfigMap
+and the pod template annotation, so only those changes roll the pods; the node list (which
+nodes are healthy, their endpoints) changes the ConfigMap's content in place, and the router,
+which polls its config file, reloads it without a restart. Only nodes that pass their health
+checks are rendered; Secret files point at the volumes the pod template mounts
+(``node_secret_mount``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fdp_router.config import (
     AuthConfig,
     HospitalNodeConfig,
     LedgerConfig,
     ManagedBy,
+    NodeAuth,
     NodeTLS,
     PrivacyConfig,
     RouterConfig,
@@ -30,11 +35,13 @@ from fdp_operator.render import names
 
 AUTH_MOUNT = "/etc/fdp/auth"
 LEDGER_MOUNT = "/etc/fdp/ledger"
-DATA_MOUNT = "/var/lib/fdp"
+DATA_MOUNT = "/var/lib/fdp"  # sqlite: the ledger's PersistentVolumeClaim
+SQLITE_PATH = f"{DATA_MOUNT}/ledger.sqlite"
 NODE_TLS_MOUNT = "/etc/fdp/nodes"
 
 
-def node_tls_mount(secret_name: str) -> str:
+def node_secret_mount(secret_name: str) -> str:
+    """Where a Secret a HospitalNode names (mTLS, credentials) is mounted: one directory each."""
     return f"{NODE_TLS_MOUNT}/{secret_name}"
 
 
@@ -46,19 +53,31 @@ def privacy_config(policy: PrivacyPolicy) -> PrivacyConfig:
 def node_config(node: HospitalNode) -> HospitalNodeConfig:
     s = node.spec
     tls = NodeTLS(
-        ca_file=f"{node_tls_mount(s.tls.ca_secret_ref.name)}/ca.crt" if s.tls.ca_secret_ref else None,
+        ca_file=f"{node_secret_mount(s.tls.ca_secret_ref.name)}/ca.crt" if s.tls.ca_secret_ref else None,
         client_cert_file=(
-            f"{node_tls_mount(s.tls.client_cert_secret_ref.name)}/tls.crt"
+            f"{node_secret_mount(s.tls.client_cert_secret_ref.name)}/tls.crt"
             if s.tls.client_cert_secret_ref
             else None
         ),
         client_key_file=(
-            f"{node_tls_mount(s.tls.client_cert_secret_ref.name)}/tls.key"
+            f"{node_secret_mount(s.tls.client_cert_secret_ref.name)}/tls.key"
             if s.tls.client_cert_secret_ref
             else None
         ),
         server_name=s.tls.server_name,
         insecure_skip_verify=s.tls.insecure_skip_verify,
+    )
+    auth = NodeAuth(
+        api_key_file=(
+            f"{node_secret_mount(s.auth.api_key_secret_ref.name)}/{s.auth.api_key_secret_ref.key}"
+            if s.auth.api_key_secret_ref
+            else None
+        ),
+        headers_file=(
+            f"{node_secret_mount(s.auth.headers_secret_ref.name)}/{s.auth.headers_secret_ref.key}"
+            if s.auth.headers_secret_ref
+            else None
+        ),
     )
     return HospitalNodeConfig(
         id=node.ref.name,
@@ -72,6 +91,10 @@ def node_config(node: HospitalNode) -> HospitalNodeConfig:
         security_level=s.security_level.value,
         tls=tls,
         health_check=s.health_check.config(),
+        auth=auth,
+        api_base_path=s.api_base_path,
+        connect_timeout_seconds=s.timeouts.connect_seconds,
+        read_timeout_seconds=s.timeouts.read_seconds,
         privacy=s.privacy.config,
     )
 
@@ -100,19 +123,20 @@ def router_config(
         jwks_url=s.auth.jwks_url,
         hs256_secret_file=f"{AUTH_MOUNT}/{s.auth.hs256_secret_ref.key}" if s.auth.hs256_secret_ref else None,
         hs256_secret_env=None if s.auth.hs256_secret_ref else "FDP_JWT_SECRET",
+        require_mfa=s.auth.require_mfa,
+        max_token_age_seconds=s.auth.max_token_age_seconds or None,
     )
+    audit_key = s.ledger.audit_key_secret_ref.key if s.ledger.audit_key_secret_ref else names.AUDIT_KEY_KEY
     ledger = LedgerConfig(
         backend=s.ledger.backend,
-        sqlite_path=f"{DATA_MOUNT}/ledger.sqlite",
+        sqlite_path=SQLITE_PATH,
         postgres_dsn_file=(
             f"{LEDGER_MOUNT}/dsn/{s.ledger.dsn_secret_ref.key}" if s.ledger.dsn_secret_ref else None
         ),
-        audit_key_file=(
-            f"{LEDGER_MOUNT}/audit/{s.ledger.audit_key_secret_ref.key}"
-            if s.ledger.audit_key_secret_ref
-            else None
-        ),
+        # always a file from a Secret that outlives the pod (the named one, or <fr>-audit-key)
+        audit_key_file=f"{LEDGER_MOUNT}/audit/{audit_key}",
         commit_mode="deferred" if s.ledger.commit_mode == "Deferred" else "durable",
+        timeouts=s.ledger.timeouts.config(),
     )
     return RouterConfig(
         server=ServerConfig(
@@ -131,6 +155,7 @@ def router_config(
         ),
         auth=auth,
         ledger=ledger,
+        rate_limits=s.rate_limits.config(),
         managed_by=ManagedBy(namespace=router.ref.namespace, name=router.ref.name),
     )
 
@@ -139,9 +164,24 @@ def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class RenderedConfig:
+    text: str  # the whole config file (canonical JSON)
+    digest: str  # sha256 of ``text``: changes with anything, node health included
+    spec_digest: str  # sha256 of the config without its node list: what rolls the pods
+
+
+def with_nodes(cfg: RouterConfig, nodes: Sequence[HospitalNodeConfig]) -> RouterConfig:
+    return cfg.model_copy(update={"nodes": tuple(nodes)})
+
+
+def rendered(cfg: RouterConfig) -> RenderedConfig:
+    text = dump_config(cfg)
+    return RenderedConfig(text, config_hash(text), config_hash(dump_config(with_nodes(cfg, ()))))
+
+
 def rendered_config(
     router: FederatedRouter, policy: PrivacyPolicy, nodes: Sequence[HospitalNode]
-) -> tuple[str, str]:
-    """(canonical JSON text, sha256 hex) of the router config."""
-    text = dump_config(router_config(router, policy, nodes))
-    return text, config_hash(text)
+) -> RenderedConfig:
+    """The router config as text, with its two hashes."""
+    return rendered(router_config(router, policy, nodes))

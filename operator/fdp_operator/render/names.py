@@ -8,7 +8,13 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+#: on the pod template: hash of the config *without* its node list (what rolls the pods)
 CONFIG_HASH_ANNOTATION = "fdp.io/config-hash"
+#: on a config ConfigMap: the HospitalNodes the config was rendered for (comma separated)
+SELECTED_NODES_ANNOTATION = "fdp.io/selected-nodes"
+#: on objects kept when their router is deleted (ledger claim, audit key): whose they are
+RETAINED_FOR_LABEL = "fdp.io/retained-for-router"
+AUDIT_KEY_KEY = "key"
 TLS_SERIAL_ANNOTATION = "fdp.io/tls-serial"
 CONFIG_FILE = "router-config.json"
 CONFIG_MOUNT = "/etc/fdp/config"
@@ -48,6 +54,28 @@ def tls_secret(router: str) -> str:
 
 def ca_secret(router: str) -> str:
     return f"{router}-ca"
+
+
+def audit_key_secret(router: str) -> str:
+    """The audit key the operator creates once when ``spec.ledger.auditKeySecretRef`` is unset."""
+    return f"{router}-audit-key"
+
+
+def ledger_claim(router: str) -> str:
+    """The PersistentVolumeClaim of a SQLite ledger."""
+    return f"{router}-ledger"
+
+
+def retained_labels(router: str, component: str) -> dict[str, str]:
+    """Labels of objects that outlive the router: no ``fdp.io/router`` (that label means
+    "owned, deleted with it"), but who they were made for."""
+    return {
+        NAME_LABEL: "fdp-router",
+        INSTANCE_LABEL: router,
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        RETAINED_FOR_LABEL: router,
+    }
 
 
 def service_account(router: str) -> str:

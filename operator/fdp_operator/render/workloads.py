@@ -150,7 +150,12 @@ def render_deployment(
         "selector": {"matchLabels": selector},
         "revisionHistoryLimit": 3,
         "progressDeadlineSeconds": router.spec.rollout.progress_deadline_seconds,
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "strategy": (
+            # one SQLite ledger on one claim: the old pod is gone before the new one starts
+            {"type": "Recreate"}
+            if router.spec.ledger.backend == "sqlite"
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        ),
         "template": template,
     }
     if replicas is not None:

@@ -29,6 +29,19 @@ def test_all_checks_passing_gives_ready_and_not_reconciling() -> None:
         ({"policy_found": False}, "PolicyNotFound", True, "PrivacyPolicy 'pol' not found"),
         ({"policy_error": "spec.delta: too big"}, "PolicyInvalid", True, "'pol' is invalid"),
         ({"tls_error": "TLS Secret 's' missing"}, "TLSSecretMissing", True, "'s'"),
+        ({"image_error": "spec.image 'evil/x:1' is not"}, "ImageNotAllowed", True, "'evil/x:1'"),
+        (
+            {"secret_refusals": (("SecretNotAllowed", "Secret 'jwt' (spec.auth.hs256SecretRef) does not"),)},
+            "SecretNotAllowed",
+            True,
+            "Secret 'jwt' (spec.auth.hs256SecretRef)",
+        ),
+        (
+            {"nodes_ready": 0, "nodes_selected": 0, "refused_nodes": ("a: Secret 'a-ca' not found",)},
+            "NoReadyNodes",
+            True,
+            "a: Secret 'a-ca' not found",
+        ),
         ({"nodes_ready": 0}, "NoReadyNodes", True, "none of the 2"),
         ({"nodes_selected": 0, "nodes_ready": 0}, "NoReadyNodes", True, "no HospitalNode matches"),
         ({"workloads_available": False, "rollout_message": "rolling"}, "Progressing", False, "rolling"),
@@ -40,6 +53,22 @@ def test_the_first_failing_check_decides(change, reason, stalled, needle) -> Non
     assert got["Ready"][:2] == ("False", reason) and needle in got["Ready"][2]
     assert got["Stalled"][0] == ("True" if stalled else "False")
     assert got["Reconciling"][0] == ("False" if stalled else "True")
+
+
+def test_an_image_that_is_not_allowed_wins_over_everything_but_an_invalid_spec() -> None:
+    obs = c.RouterObservation(
+        image_error="spec.image 'x'", secret_refusals=(("SecretMissing", "m"),), policy_found=False
+    )
+    assert _by_type(c.router_conditions(obs, ""))["Ready"][1] == "ImageNotAllowed"
+
+
+def test_a_node_left_out_for_its_secret_is_named_in_nodes_ready() -> None:
+    obs = c.RouterObservation(
+        **{**HEALTHY.__dict__, "refused_nodes": ("b: Secret 'b-ca' (spec.tls.caSecretRef) does not",)}
+    )
+    got = _by_type(c.router_conditions(obs, ""))
+    assert got["Ready"][0] == "True"  # a still serves
+    assert got["NodesReady"][:2] == ("False", "SecretNotAllowed") and "b-ca" in got["NodesReady"][2]
 
 
 def test_an_invalid_spec_wins_over_a_missing_policy() -> None:

@@ -41,6 +41,28 @@ def test_a_minimal_router_gets_safe_defaults() -> None:
         ),
         ({"rollout": {"steps": [{"setWeight": 10, "pause": {}}]}}, "exactly one of setWeight or pause"),
         ({"ledger": {"backend": "postgres"}}, "dsnSecretRef is required"),
+        ({"autoscaling": {"enabled": True}}, "ledger.backend 'sqlite' cannot autoscale"),
+        (
+            {"rollout": {"strategy": "BlueGreen"}},
+            "ledger.backend 'sqlite' needs rollout.strategy RollingUpdate",
+        ),
+        (
+            {"rollout": {"strategy": "Canary", "steps": [{"setWeight": 50}]}},
+            "BlueGreen and Canary run two versions side by side",
+        ),
+        (
+            {"ledger": {"timeouts": {"lockSeconds": 4, "statementSeconds": 3}}},
+            "need lockSeconds <= statementSeconds <= operationSeconds",
+        ),
+        ({"ledger": {"timeouts": {"connectSeconds": 1}}}, "spec.ledger.timeouts.connectSeconds"),
+        ({"ledger": {"sqlite": {"size": "lots"}}}, "spec.ledger.sqlite.size"),
+        ({"ledger": {"sqlite": {"whenDeleted": "Orphan"}}}, "spec.ledger.sqlite.whenDeleted"),
+        ({"auth": {"maxTokenAgeSeconds": 30}}, "auth.maxTokenAgeSeconds must be 0 (no limit) or at least 60"),
+        (
+            {"rateLimits": {"perUser": {"ratePerSecond": 1, "burst": 0}}},
+            "spec.rateLimits.perUser: ratePerSecond and burst are both 0 (no limit) or both > 0",
+        ),
+        ({"rateLimits": {"clientAddressHeader": "X Forwarded"}}, "spec.rateLimits.clientAddressHeader"),
     ],
 )
 def test_invalid_router_specs_are_rejected_with_the_field_named(spec, needle) -> None:
@@ -207,3 +229,43 @@ def test_router_messages_are_translated_into_the_crds_field_names() -> None:
         "budgets.perUser: maxEpsilonPerQuery=1 from a pure_dp node"
     )
     assert in_crd_words("window.period_seconds is required") == "window.period is required"
+
+
+def test_a_postgres_ledger_may_run_every_rollout_strategy_and_autoscale() -> None:
+    pg = {"backend": "postgres", "dsnSecretRef": {"name": "dsn"}}
+    for rollout in ({"strategy": "BlueGreen"}, {"strategy": "Canary", "steps": [{"setWeight": 50}]}):
+        parse_router(router_body(ledger=pg, replicas=4, rollout=rollout, autoscaling={"enabled": True}))
+
+
+def test_the_sqlite_ledger_claim_is_retained_by_default() -> None:
+    vol = parse_router(router_body()).spec.ledger.sqlite
+    assert (vol.size, vol.storage_class_name, vol.when_deleted) == ("1Gi", None, "Retain")
+
+
+def test_ledger_timeouts_default_to_the_routers_own() -> None:
+    from fdp_router.config import LedgerTimeouts
+
+    assert parse_router(router_body()).spec.ledger.timeouts.config() == LedgerTimeouts()
+
+
+def test_a_node_reads_its_credentials_base_path_timeouts_and_probe_method() -> None:
+    from .conftest import node_body
+
+    n = parse_node(node_body("gw"))
+    assert n.spec.api_base_path == "/v1" and n.spec.health_check.method == "GET"
+    assert n.spec.auth.api_key_secret_ref is None and n.spec.timeouts.read_seconds is None
+    n = parse_node(
+        node_body("gw", auth={"apiKeySecretRef": {"name": "k"}, "headersSecretRef": {"name": "h"}})
+    )
+    assert (n.spec.auth.api_key_secret_ref.key, n.spec.auth.headers_secret_ref.key) == (
+        "api-key",
+        "headers.json",
+    )
+    for bad, field in (
+        ({"apiBasePath": "v1"}, "spec.apiBasePath"),
+        ({"apiBasePath": "/v1/"}, "spec.apiBasePath"),
+        ({"timeouts": {"readSeconds": 0}}, "spec.timeouts.readSeconds"),
+        ({"healthCheck": {"method": "POST"}}, "spec.healthCheck.method"),
+    ):
+        with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+            parse_node(node_body("gw", **bad))

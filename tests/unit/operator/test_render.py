@@ -38,7 +38,7 @@ def test_a_router_renders_all_its_children(make_router, make_policy, make_node) 
         ("PodDisruptionBudget", "fr1"),
         ("NetworkPolicy", "fr1"),
     }
-    assert r.config_map_name == f"fr1-config-{r.config_hash[:10]}"
+    assert r.config_map_name == f"fr1-config-{r.spec_hash[:10]}"
 
 
 def test_the_config_is_the_router_model_with_managed_by_and_only_healthy_selected_nodes(
@@ -58,23 +58,161 @@ def test_the_config_is_the_router_model_with_managed_by_and_only_healthy_selecte
     assert r.selected_count == 2 and r.node_names == ["in-ok"]
 
 
-def test_the_config_hash_is_stable_and_moves_with_the_policy(make_router, make_policy, make_node) -> None:
+def test_the_config_hash_is_stable_and_a_policy_change_rolls_the_pods(
+    make_router, make_policy, make_node
+) -> None:
     nodes = [make_node("a")]
     a = _render(make_router(), make_policy(), nodes)
     b = _render(make_router(), make_policy(), nodes)
     c = _render(make_router(), make_policy(budgets={"perUser": 5}), nodes)
-    assert a.config_hash == b.config_hash
+    assert (a.config_hash, a.spec_hash) == (b.config_hash, b.spec_hash)
     assert c.config_hash != a.config_hash and c.config_map_name != a.config_map_name
     assert _config(c).privacy.budgets.per_user == 5
     dep = _kinds(c)[("Deployment", "fr1")]
-    assert dep["spec"]["template"]["metadata"]["annotations"][names.CONFIG_HASH_ANNOTATION] == c.config_hash
+    assert dep["spec"]["template"]["metadata"]["annotations"][names.CONFIG_HASH_ANNOTATION] == c.spec_hash
+    assert _template(c) != _template(a)
 
 
-def test_a_node_leaving_changes_the_config(make_router, make_policy, make_node) -> None:
-    up = _render(make_router(), make_policy(), [make_node("a"), make_node("b")])
-    down = _render(make_router(), make_policy(), [make_node("a"), make_node("b", healthy=False)])
+def _template(r):
+    return _kinds(r)[("Deployment", "fr1")]["spec"]["template"]
+
+
+def test_a_node_leaving_changes_the_config_in_place_and_never_the_pod_template(
+    make_router, make_policy, make_node
+) -> None:
+    """A health flap used to rename the ConfigMap and roll the pods (and a SQLite ledger on an
+    emptyDir with them): now the same ConfigMap gets the new node list, the pods reload it."""
+    ca = {"caSecretRef": {"name": "b-ca"}}
+    up = _render(make_router(), make_policy(), [make_node("a"), make_node("b", tls=ca)])
+    down = _render(make_router(), make_policy(), [make_node("a"), make_node("b", tls=ca, healthy=False)])
     assert up.config_hash != down.config_hash
     assert [n.id for n in _config(down).nodes] == ["a"]
+    assert up.config_map_name == down.config_map_name and up.spec_hash == down.spec_hash
+    assert _template(up) == _template(down)  # b's Secret stays mounted while b is down
+    cm = _kinds(down)[("ConfigMap", down.config_map_name)]
+    assert "immutable" not in cm
+    assert cm["metadata"]["annotations"][names.SELECTED_NODES_ANNOTATION] == "a,b"
+    config_volume = next(v for v in _template(up)["spec"]["volumes"] if v["name"] == "config")
+    assert config_volume == {"name": "config", "configMap": {"name": up.config_map_name}}
+    mount = next(m for m in _template(up)["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config")
+    assert "subPath" not in mount  # a subPath mount is never updated by the kubelet
+
+
+def test_an_older_revision_still_mounted_gets_the_node_change_too(
+    make_router, make_policy, make_node
+) -> None:
+    """During a blue/green or canary rollout the stable pods mount the previous revision's
+    ConfigMap: a node going down leaves that config as well, nothing else in it changes."""
+    router = make_router(ledger=PG)
+    old = _render(router, make_policy(), [make_node("a"), make_node("b")])
+    old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
+    dep = {"spec": {"template": _template(old)}}
+    new = _render(
+        router,
+        make_policy(budgets={"perUser": 5}),
+        [make_node("a"), make_node("b", healthy=False)],
+        observed=ObservedState(now=NOW, deployments={"fr1-blue": dep}),
+        owned_config_maps={old.config_map_name: old_cm},
+    )
+    refreshed = _kinds(new)[("ConfigMap", old.config_map_name)]
+    cfg = RouterConfig.model_validate_json(refreshed["data"][names.CONFIG_FILE])
+    assert [n.id for n in cfg.nodes] == ["a"] and cfg.privacy.budgets.per_user == 10
+    assert ("ConfigMap", old.config_map_name) not in new.prune
+    unchanged = _render(
+        router,
+        make_policy(budgets={"perUser": 5}),
+        [make_node("a"), make_node("b")],
+        observed=ObservedState(now=NOW, deployments={"fr1-blue": dep}),
+        owned_config_maps={old.config_map_name: old_cm},
+    )
+    assert [o for o in unchanged.objects if o["metadata"]["name"] == old.config_map_name] == []
+
+
+def test_the_sqlite_ledger_lives_on_its_claim_and_the_pods_are_recreated_not_surged(
+    make_router, make_policy, make_node
+) -> None:
+    r = _render(make_router(), make_policy(), [make_node("a")])
+    dep = _kinds(r)[("Deployment", "fr1")]
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert not any("emptyDir" in v for v in pod["volumes"] if v["name"] == "data")
+    data = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "fr1-ledger"}}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    cfg = _config(r)
+    assert cfg.ledger.sqlite_path.startswith(mounts["data"] + "/")
+    pg = _kinds(_render(make_router(ledger=PG), make_policy(), [make_node("a")]))[("Deployment", "fr1")]
+    assert pg["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_the_ledger_claim_keeps_its_size_and_class_and_has_no_owner_to_outlive_the_router(
+    make_router,
+) -> None:
+    from fdp_operator.render.router import render_ledger_claim
+
+    claim = render_ledger_claim(make_router(ledger={"sqlite": {"size": "5Gi", "storageClassName": "ssd"}}))
+    assert claim["metadata"]["name"] == "fr1-ledger" and "ownerReferences" not in claim["metadata"]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "5Gi"}},
+        "storageClassName": "ssd",
+    }
+    assert names.ROUTER_LABEL not in claim["metadata"]["labels"]  # that label means "deleted with it"
+
+
+def test_without_an_audit_key_ref_the_router_reads_the_operators_keyring(
+    make_router, make_policy, make_node
+) -> None:
+    from fdp_operator.render.router import render_audit_key_secret
+    from fdp_router.privacy.audit import parse_keyring
+
+    r = _render(make_router(), make_policy(), [make_node("a")])
+    pod = _template(r)["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert secrets["audit-key"] == "fr1-audit-key"
+    assert _config(r).ledger.audit_key_file == f"{mounts['audit-key']}/key"
+    secret = render_audit_key_secret(make_router(), "k1", "ab" * 32)
+    ring = parse_keyring(secret["stringData"]["key"], "test")
+    assert ring.active_id == "k1" and ring.active_key == bytes.fromhex("ab" * 32)
+    assert secret["metadata"]["labels"]["fdp.io/allow-router-mount"] == "true"
+    assert "ownerReferences" not in secret["metadata"]
+
+
+def test_node_credentials_base_path_and_timeouts_reach_the_node_config(
+    make_router, make_policy, make_node
+) -> None:
+    node = make_node(
+        "gw",
+        auth={"apiKeySecretRef": {"name": "gw-key"}, "headersSecretRef": {"name": "gw-hdr", "key": "h.json"}},
+        apiBasePath="/openai/v1",
+        timeouts={"connectSeconds": 1.5, "readSeconds": 120},
+        healthCheck={"path": "/v1/models", "method": "HEAD"},
+    )
+    r = _render(make_router(), make_policy(), [node])
+    (cfg,) = _config(r).nodes
+    assert cfg.auth.api_key_file == "/etc/fdp/nodes/gw-key/api-key"
+    assert cfg.auth.headers_file == "/etc/fdp/nodes/gw-hdr/h.json"
+    assert (cfg.api_base_path, cfg.connect_timeout_seconds, cfg.read_timeout_seconds) == (
+        "/openai/v1",
+        1.5,
+        120,
+    )
+    assert (cfg.health_check.path, cfg.health_check.method) == ("/v1/models", "HEAD")
+    pod = _template(r)["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for path, secret in ((cfg.auth.api_key_file, "gw-key"), (cfg.auth.headers_file, "gw-hdr")):
+        mount = mounts[path.rsplit("/", 1)[0]]
+        assert secrets[mount["name"]] == secret and mount["readOnly"] is True
+
+
+def test_the_ledger_timeouts_reach_the_router_config(make_router, make_policy, make_node) -> None:
+    router = make_router(
+        ledger={"timeouts": {"lockSeconds": 1, "statementSeconds": 2, "operationSeconds": 4}}
+    )
+    t = _config(_render(router, make_policy(), [make_node("a")])).ledger.timeouts
+    assert (t.connect_seconds, t.lock_seconds, t.statement_seconds, t.operation_seconds) == (2, 1, 2, 4)
 
 
 def test_pods_run_under_the_restricted_profile_with_probes_and_scrape_annotations(
@@ -155,6 +293,55 @@ def test_network_policy_admits_only_the_listed_peers_on_the_https_port(
     assert np["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8443}], "from": [peer]}]
 
 
+def test_without_named_peers_ingress_comes_from_the_operators_default_never_from_anywhere(
+    make_router, make_policy, make_node
+) -> None:
+    """An empty ingressFrom used to admit any source; now the operator's setting decides."""
+    r = _render(make_router(), make_policy(), [make_node("a")])
+    (rule,) = _kinds(r)[("NetworkPolicy", "fr1")]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {}}]  # the router's own namespace
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    r = _render(make_router(), make_policy(), [make_node("a")], default_ingress_from=[monitoring])
+    (rule,) = _kinds(r)[("NetworkPolicy", "fr1")]["spec"]["ingress"]
+    assert rule["from"] == [monitoring]
+
+
+def test_egress_goes_only_to_dns_the_nodes_the_jwks_url_and_the_ledger(
+    make_router, make_policy, make_node
+) -> None:
+    router = make_router(
+        ledger={"backend": "postgres", "dsnSecretRef": {"name": "dsn"}},
+        auth={"algorithms": ["RS256"], "jwksUrl": "https://sso.example:8444/jwks"},
+        networkPolicy={"extraEgress": [{"ports": [{"protocol": "TCP", "port": 4317}]}]},
+    )
+    nodes = [
+        make_node("a", endpoint="https://a.example:8443"),
+        make_node("b", endpoint="https://10.1.2.3:9443", healthy=False),  # down: still allowed
+    ]
+    r = _render(router, make_policy(), nodes, ledger_targets=[("10.9.9.9", 5433)])
+    np = _kinds(r)[("NetworkPolicy", "fr1")]["spec"]
+    assert np["policyTypes"] == ["Ingress", "Egress"]
+    assert np["egress"] == [
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"ports": [{"protocol": "TCP", "port": 5433}], "to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}]},
+        {"ports": [{"protocol": "TCP", "port": 8443}]},  # a host name: the port, to any address
+        {"ports": [{"protocol": "TCP", "port": 8444}]},
+        {"ports": [{"protocol": "TCP", "port": 9443}], "to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]},
+        {"ports": [{"protocol": "TCP", "port": 4317}]},
+    ]
+
+
+def test_the_postgres_dsn_names_the_ledger_hosts_and_ports() -> None:
+    from fdp_operator.render.router import dsn_targets
+
+    assert dsn_targets("postgresql://fdp:pw@ledger-postgres:5432/fdp") == [("ledger-postgres", 5432)]
+    assert dsn_targets("postgresql://u@10.0.0.5,10.0.0.6:5433/db") == [("10.0.0.5", 5432), ("10.0.0.6", 5433)]
+    assert dsn_targets("host=db1,db2 port=6432 dbname=x") == [("db1", 6432), ("db2", 6432)]
+    assert dsn_targets("postgresql://db/x?port=7777") == [("db", 7777)]
+    assert dsn_targets("host=/var/run/postgresql dbname=x") == []  # a Unix socket
+    assert dsn_targets("postgresql://h:notaport/x") == [("", 5432)]  # unparsable: the port to anywhere
+
+
 def test_render_is_deterministic(make_router, make_policy, make_node) -> None:
     args = (make_router(), make_policy(), [make_node("b"), make_node("a")])
     assert json.dumps(_render(*args).objects, sort_keys=True) == json.dumps(
@@ -207,3 +394,27 @@ def test_the_policy_minimum_and_candidate_sets_reach_the_config(make_router, mak
     assert raw["privacy"]["consensus"]["candidate_sets"] == {"triage": triage}
     unset = _config(_render(make_router(), make_policy(), [make_node("a")])).privacy
     assert unset.min_epsilon_per_query is None and unset.min_epsilon == unset.default_epsilon_per_query
+
+
+def test_mfa_token_age_and_rate_limits_reach_the_router_config(make_router, make_policy, make_node) -> None:
+    from fdp_router.config import AuthConfig, RateLimitConfig
+
+    default = _config(_render(make_router(), make_policy(), [make_node("a")]))
+    assert default.rate_limits == RateLimitConfig()  # the router's own defaults, spelled once
+    assert (default.auth.require_mfa, default.auth.max_token_age_seconds) == (
+        AuthConfig().require_mfa,
+        AuthConfig().max_token_age_seconds,
+    )
+    router = make_router(
+        auth={"requireMfa": True, "maxTokenAgeSeconds": 0},
+        rateLimits={
+            "perUser": {"ratePerSecond": 1, "burst": 5},
+            "perDepartment": {"ratePerSecond": 0, "burst": 0},
+            "clientAddressHeader": "X-Forwarded-For",
+        },
+    )
+    cfg = _config(_render(router, make_policy(), [make_node("a")]))
+    assert cfg.auth.require_mfa is True and cfg.auth.max_token_age_seconds is None  # 0: no limit
+    assert (cfg.rate_limits.per_user.rate_per_second, cfg.rate_limits.per_user.burst) == (1, 5)
+    assert not cfg.rate_limits.per_department.enabled
+    assert cfg.rate_limits.client_address_header == "X-Forwarded-For"

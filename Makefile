@@ -32,6 +32,7 @@ venv: $(STAMP)
 
 deps: $(STAMP)
 	hack/ensure-deps.sh
+	PY=$(abspath $(BIN)/python) hack/ensure-litellm.sh >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

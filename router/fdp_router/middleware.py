@@ -5,6 +5,12 @@ aiohttp's own HTTP errors become JSON too, anything else a logged 500 that says 
 On the OpenAI-compatible routes (`OPENAI_PATHS`) every error is OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}``; elsewhere ``{"error": {"type", "message"}}``.
 `json_response` is the router's one JSON writer (orjson).
+
+Requests aiohttp cannot even parse (a malformed request line or header, a bad chunked body)
+never reach a middleware: aiohttp answers them itself, in plain text. Importing this module
+makes those answers JSON too (OpenAI's envelope, which also has the ``type`` and ``message``
+of the router's own shape): `_protocol_error` wraps aiohttp's `RequestHandler.handle_error`
+once, for every server in the process.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from fdp_router.errors import ApiError, openai_error
 from fdp_router.jsonlog import request_id_var
@@ -30,6 +36,35 @@ _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Routes whose errors use OpenAI's envelope (DESIGN section 6); /v1/inference keeps its own.
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+_aiohttp_handle_error = web_protocol.RequestHandler.handle_error
+
+
+def _protocol_error(
+    self: web_protocol.RequestHandler,
+    request: Any,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    """aiohttp's own error answer (it logs, and refuses once bytes were sent), as JSON. The
+    parser's detail is not echoed: it quotes the client's bytes."""
+    plain = _aiohttp_handle_error(self, request, status, exc, message)
+    reason = plain.reason if isinstance(plain, web.Response) else "error"
+    text = "malformed HTTP request" if status == 400 else (reason or "error")
+    code = "bad_http_request" if status == 400 else "internal_error" if status >= 500 else "http_error"
+    resp = web.Response(
+        body=orjson.dumps(openai_error(status, text, code=code)),
+        status=status,
+        content_type="application/json",
+    )
+    resp.force_close()
+    return resp
+
+
+if getattr(web_protocol.RequestHandler.handle_error, "__name__", "") != "_protocol_error":
+    web_protocol.RequestHandler.handle_error = _protocol_error  # type: ignore[method-assign]
 
 
 def _http_message(exc: web.HTTPException) -> str:

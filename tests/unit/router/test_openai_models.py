@@ -3,6 +3,8 @@ router-level alias, and OpenAI's error envelope on the OpenAI-compatible routes.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -125,3 +127,18 @@ async def test_every_error_of_the_openai_routes_is_the_envelope(router: RouterFa
     r = await client.post("/v1/inference", json={"prompt": ""}, headers=auth())
     err = (await r.json())["error"]
     assert err["type"] == "invalid_request" and err["field"] == "prompt" and "code" not in err
+
+
+async def test_a_request_aiohttp_cannot_parse_is_answered_in_json(router: RouterFactory) -> None:
+    client = await router()
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Bad: \x00\r\n\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400" and b"application/json" in head
+    err = json.loads(body)["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "bad_http_request"
+    assert "\x00" not in err["message"]

@@ -92,6 +92,8 @@ def router(name: str, group: int) -> dict[str, Any]:
         "spec": {
             "policyRef": {"name": "bench"},
             "nodeSelector": {"matchLabels": {"bench/group": str(group)}},
+            # PostgreSQL: a SQLite ledger needs a PersistentVolumeClaim the local cluster cannot bind.
+            "ledger": {"backend": "postgres", "dsnSecretRef": {"name": "bench-ledger", "key": "dsn"}},
         },
     }
 
@@ -152,8 +154,15 @@ def main() -> int:
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "bench-ca"},
+            "metadata": {"name": "bench-ca", "labels": {"fdp.io/allow-router-mount": "true"}},
             "stringData": {"ca.crt": ca.cert_pem},
+        }
+        ledger_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "bench-ledger", "labels": {"fdp.io/allow-router-mount": "true"}},
+            # Rendered, never connected to: the routers' pods are simulated by kwok.
+            "stringData": {"dsn": "postgresql://bench@127.0.0.1:5432/bench"},
         }
         policy = {
             "apiVersion": "fdp.io/v1alpha1",
@@ -161,7 +170,7 @@ def main() -> int:
             "metadata": {"name": "bench"},
             "spec": {},
         }
-        kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([secret, policy]))
+        kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([secret, ledger_secret, policy]))
         log = (work / "operator.log").open("wb")
         op = subprocess.Popen(
             [str(BIN / "fdp-operator"), "run", "-n", ns, "--liveness-port", str(free_port())],

@@ -344,19 +344,19 @@ def main() -> int:
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "demo-ledger"},
+            "metadata": {"name": "demo-ledger", "labels": {"fdp.io/allow-router-mount": "true"}},
             "stringData": {"dsn": dsn, "audit-key": audit_key},
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "demo-nodes-ca"},
+            "metadata": {"name": "demo-nodes-ca", "labels": {"fdp.io/allow-router-mount": "true"}},
             "stringData": {"ca.crt": ca.cert_pem},
         },
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "demo-jwt"},
+            "metadata": {"name": "demo-jwt", "labels": {"fdp.io/allow-router-mount": "true"}},
             "stringData": {"secret": jwt_secret},
         },
     ]

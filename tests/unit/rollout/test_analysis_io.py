@@ -21,7 +21,12 @@ def router(url: str | None, strategy: str = "Canary") -> Any:
     return parse_router(
         {
             "metadata": {"name": "fr", "namespace": "ns"},
-            "spec": {"policyRef": {"name": "p"}, "rollout": rollout},
+            "spec": {
+                "policyRef": {"name": "p"},
+                "rollout": rollout,
+                # Canary and BlueGreen run two versions side by side: a shared ledger.
+                "ledger": {"backend": "postgres", "dsnSecretRef": {"name": "dsn"}},
+            },
         }
     )
 

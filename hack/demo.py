@@ -531,6 +531,10 @@ def main() -> int:
             {"prompt": DIABETES_QUESTION, "require_consensus": True, "candidate_set": "diabetes-first-line"},
         ),
     )
+    print(
+        "      (only one of the public options can come out; with three voters, hospital-level DP at\n"
+        "       this cost is noisy: docs/benchmarks/privacy.md plots accuracy against epsilon)"
+    )
     code, body = http(
         "POST",
         f"{base}/v1/chat/completions",

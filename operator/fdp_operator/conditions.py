@@ -7,18 +7,25 @@ progress). kstatus (Flux, Helm 4, Config Sync) reads Reconciling=True as in prog
 Stalled=True as failed; Ready is what ``kubectl wait --for=condition=Ready`` waits on.
 ``merge`` keeps ``lastTransitionTime`` when a condition's status did not change, so a
 status recomputed from scratch on every reconcile does not churn. Called by reconcile/.
+
+One chain per kind: ``router_status`` (FederatedRouter), ``reconcile.node.node_conditions``
+and ``reconcile.policy.policy_status`` turn facts into conditions; the rollout engine
+(``rollout/``) only reports facts (``RolloutFacts``) and writes no condition itself. Every
+reason any of them writes is a member of the one ``Reason`` enum below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 
 class Reason(StrEnum):
+    """Every condition reason the operator writes (one enum, as kopf and cert-manager keep)."""
+
     READY = "Ready"
     CREATED = "Created"
     PROGRESSING = "Progressing"
@@ -40,6 +47,16 @@ class Reason(StrEnum):
     CERTIFICATE_ISSUED = "CertificateIssued"
     EXTERNAL_SECRET = "ExternalSecret"  # noqa: S105 - a reason, not a password
     GUARANTEE_COMPUTED = "GuaranteeComputed"
+    # The rollout engine's reasons: status.rollout.pauseReason / abortReason and the Paused
+    # condition (Argo Rollouts' words where it has one).
+    HEALTHY = "RolloutHealthy"
+    WAITING_FOR_PROMOTION = "WaitingForPromotion"
+    AUTO_PROMOTION_PENDING = "AutoPromotionPending"
+    PAUSED_BY_SPEC = "PausedBySpec"
+    PAUSE_STEP = "CanaryPauseStep"
+    ABORTED = "Aborted"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    ANALYSIS_FAILED = "AnalysisFailed"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,23 @@ class Verdict:
 
 
 Condition = tuple[str, str, str, str]  # type, status, reason, message
+
+
+@dataclass(frozen=True)
+class RolloutFacts:
+    """What the workloads' rollout reports (``WorkloadPlan.rollout``, ``RolloutDecision.facts``)."""
+
+    #: the stable revision serves (also during a rollout and after a rollback)
+    available: bool = False
+    #: a change is rolling out (also while paused)
+    progressing: bool = False
+    #: why the rollout failed and was rolled back, if it did
+    stalled: str | None = None
+    #: why the rollout waits (a Reason), if it does
+    paused: str | None = None
+    message: str = ""
+    #: blue/green or canary: the CR carries a Paused condition
+    progressive: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,12 +104,11 @@ class RouterObservation:
     not_ready_nodes: tuple[str, ...] = ()
     #: "node: why" for selected nodes left out because a Secret they name was refused
     refused_nodes: tuple[str, ...] = ()
-    workloads_available: bool = False
-    #: a change is rolling out while ``workloads_available`` (the stable revision serves)
-    rollout_progressing: bool = False
-    rollout_stalled: str | None = None
-    rollout_message: str = ""
-    extra: tuple[Condition, ...] = field(default_factory=tuple)
+    rollout: RolloutFacts = RolloutFacts()
+    #: the serving certificate came from spec.tls.secretName (not issued by the operator)
+    tls_external: bool = False
+    #: when the serving certificate expires; None: not known yet (reconcile stopped early)
+    tls_valid_until: str | None = None
 
 
 Check = Callable[[RouterObservation], Verdict | None]
@@ -142,15 +175,15 @@ def has_ready_nodes(o: RouterObservation) -> Verdict | None:
 
 
 def rollout_not_stalled(o: RouterObservation) -> Verdict | None:
-    if o.rollout_stalled is None:
+    if o.rollout.stalled is None:
         return None
-    return Verdict(Reason.ROLLOUT_STALLED, f"{o.rollout_stalled}: {o.rollout_message}", True)
+    return Verdict(Reason.ROLLOUT_STALLED, f"{o.rollout.stalled}: {o.rollout.message}", True)
 
 
 def workloads_available(o: RouterObservation) -> Verdict | None:
-    if o.workloads_available:
+    if o.rollout.available:
         return None
-    return Verdict(Reason.PROGRESSING, o.rollout_message or "waiting for the router pods", False)
+    return Verdict(Reason.PROGRESSING, o.rollout.message or "waiting for the router pods", False)
 
 
 ROUTER_CHECKS: tuple[Check, ...] = (
@@ -200,48 +233,59 @@ def summary(verdict: Verdict | None, ready_message: str) -> list[Condition]:
     ]
 
 
-def router_conditions(o: RouterObservation, ready_message: str) -> list[Condition]:
+def router_status(o: RouterObservation, ready_message: str) -> list[Condition]:
+    """The FederatedRouter's conditions: Ready/Reconciling/Stalled, NodesReady, Paused, TLSReady."""
     verdict = first_failure(ROUTER_CHECKS, o)
     out = summary(verdict, ready_message)
     # Blue/green and canary: while the stable revision serves, Ready stays True during a
     # rollout (Reconciling=True says it is not done) and after a rollback (Stalled=True).
-    if o.workloads_available and verdict is None and o.rollout_progressing:
-        out[1] = ("Reconciling", "True", Reason.PROGRESSING.value, o.rollout_message)
-    elif o.workloads_available and verdict is not None and verdict.reason == Reason.ROLLOUT_STALLED:
+    if o.rollout.available and verdict is None and o.rollout.progressing:
+        out[1] = ("Reconciling", "True", Reason.PROGRESSING.value, o.rollout.message)
+    elif o.rollout.available and verdict is not None and verdict.reason == Reason.ROLLOUT_STALLED:
         out[0] = ("Ready", "True", Reason.READY.value, ready_message)
     if o.spec_error is None and o.policy_found and o.policy_error is None:
-        if o.refused_nodes:
-            out.append(
-                (
-                    "NodesReady",
-                    "False",
-                    Reason.SECRET_NOT_ALLOWED.value,
-                    f"{o.nodes_ready}/{o.nodes_selected + len(o.refused_nodes)} ready; left out because "
-                    f"a Secret they name was refused: {'; '.join(o.refused_nodes)}"
-                    + (f"; not ready: {', '.join(o.not_ready_nodes)}" if o.not_ready_nodes else ""),
-                )
-            )
-        elif o.not_ready_nodes:
-            out.append(
-                (
-                    "NodesReady",
-                    "False",
-                    Reason.SOME_NODES_NOT_READY.value,
-                    f"{o.nodes_ready}/{o.nodes_selected} ready; "
-                    f"left the config: {', '.join(o.not_ready_nodes)}",
-                )
-            )
-        elif o.nodes_selected:
-            out.append(
-                (
-                    "NodesReady",
-                    "True",
-                    Reason.ALL_NODES_READY.value,
-                    f"{o.nodes_ready}/{o.nodes_selected} ready",
-                )
-            )
-    out.extend(o.extra)
+        out.extend(_nodes_ready(o))
+    if o.rollout.progressive:
+        out.append(_paused(o.rollout))
+    if o.tls_valid_until is not None:
+        reason = Reason.EXTERNAL_SECRET if o.tls_external else Reason.CERTIFICATE_ISSUED
+        out.append(("TLSReady", "True", reason.value, f"serving certificate valid until {o.tls_valid_until}"))
     return out
+
+
+def _nodes_ready(o: RouterObservation) -> list[Condition]:
+    if o.refused_nodes:
+        return [
+            (
+                "NodesReady",
+                "False",
+                Reason.SECRET_NOT_ALLOWED.value,
+                f"{o.nodes_ready}/{o.nodes_selected + len(o.refused_nodes)} ready; left out because "
+                f"a Secret they name was refused: {'; '.join(o.refused_nodes)}"
+                + (f"; not ready: {', '.join(o.not_ready_nodes)}" if o.not_ready_nodes else ""),
+            )
+        ]
+    if o.not_ready_nodes:
+        return [
+            (
+                "NodesReady",
+                "False",
+                Reason.SOME_NODES_NOT_READY.value,
+                f"{o.nodes_ready}/{o.nodes_selected} ready; left the config: {', '.join(o.not_ready_nodes)}",
+            )
+        ]
+    if o.nodes_selected:
+        return [
+            ("NodesReady", "True", Reason.ALL_NODES_READY.value, f"{o.nodes_ready}/{o.nodes_selected} ready")
+        ]
+    return []
+
+
+def _paused(r: RolloutFacts) -> Condition:
+    """Paused=True while waiting for a promotion, a pause step or spec.rollout.paused."""
+    if r.paused is None:
+        return ("Paused", "False", Reason.HEALTHY.value, "rollout is not paused")
+    return ("Paused", "True", str(r.paused), r.message)
 
 
 def initial_conditions(message: str) -> list[Condition]:

@@ -102,7 +102,7 @@ def _failed(body: Mapping[str, Any], obs: cond.RouterObservation, now: datetime,
     """Status when reconcile stopped early: the old fields stay, conditions say why."""
     old = dict(body.get("status") or {})
     old["observedGeneration"] = gen
-    old["conditions"] = cond.merge(old.get("conditions"), cond.router_conditions(obs, ""), now, gen)
+    old["conditions"] = cond.merge(old.get("conditions"), cond.router_status(obs, ""), now, gen)
     return old
 
 
@@ -269,24 +269,12 @@ async def reconcile_router(
     plan = rendered.plan
     obs = replace(
         obs,
-        workloads_available=plan.available,
-        rollout_progressing=plan.progressing,
-        rollout_stalled=plan.stalled_reason,
-        rollout_message=plan.message,
-        extra=tuple(plan.conditions),
+        rollout=plan.rollout,
+        tls_external=bool(router.spec.tls.secret_name),
+        tls_valid_until=_stamp(tls_state.not_after) or "an unknown time",
     )
     ready_msg = f"{plan.replicas.get('available', 0)} replica(s) serving {len(ready)} hospital node(s)"
-    conds = cond.router_conditions(obs, ready_msg)
-    conds.append(
-        (
-            "TLSReady",
-            "True",
-            (
-                cond.Reason.EXTERNAL_SECRET if router.spec.tls.secret_name else cond.Reason.CERTIFICATE_ISSUED
-            ).value,
-            f"serving certificate valid until {_stamp(tls_state.not_after)}",
-        )
-    )
+    conds = cond.router_status(obs, ready_msg)
     svc = router.spec.service
     status: dict[str, Any] = {
         "observedGeneration": gen,

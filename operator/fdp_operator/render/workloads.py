@@ -5,8 +5,9 @@ Deployments and Services serve a FederatedRouter's traffic. The operator core
 (``reconcile/router.py``) builds the pod template (config hash, TLS, probes, security),
 observes the Deployments/Services the router already owns, calls this function, applies
 ``plan.objects``, deletes ``plan.prune``, points the HPA at ``plan.hpa_target``, and merges
-``plan.rollout_status``, ``plan.conditions`` and ``plan.replicas`` into the CR status. It
-requeues after ``plan.requeue_after`` seconds when set.
+``plan.rollout_status`` and ``plan.replicas`` into the CR status; ``plan.rollout`` are the
+facts ``conditions.router_status`` turns into conditions. It requeues after
+``plan.requeue_after`` seconds when set.
 
 Inputs
   router        the parsed FederatedRouter (``router.spec.rollout`` holds the strategy,
@@ -24,11 +25,10 @@ Output (WorkloadPlan)
   hpa_target      name of the Deployment the HPA scales (what serves traffic).
   rollout_status  dict written to ``status.rollout`` (strategy, activeColor, previewColor,
                   stableRevision, currentRevision, currentStepIndex, canaryWeight, pauseReason).
-  conditions      extra conditions (e.g. ``Paused``) as (type, status, reason, message).
   replicas        {desired, ready, available, updated} across serving Deployments.
-  available       True when the current revision serves with every desired replica available.
-  progressing     True while a change is still rolling out.
-  stalled_reason / message   set when the rollout failed (deadline, analysis, abort).
+  rollout         ``conditions.RolloutFacts``: available (the current revision serves with
+                  every desired replica available), progressing (a change is still rolling
+                  out), stalled (the rollout failed: deadline, analysis, abort), paused, message.
   requeue_after   seconds until the engine wants to look again (timers, delays), or None.
 
 Strategies: ``RollingUpdate`` is the plain single-Deployment case below. ``BlueGreen`` and
@@ -57,6 +57,7 @@ from datetime import datetime
 from typing import Any
 
 from fdp_operator import rollout
+from fdp_operator.conditions import RolloutFacts
 from fdp_operator.models import FederatedRouter, RolloutStrategy
 from fdp_operator.render import names
 from fdp_operator.rollout import intents
@@ -93,17 +94,29 @@ class WorkloadPlan:
     prune: list[tuple[str, str]]
     hpa_target: str
     rollout_status: dict[str, Any]
-    conditions: list[tuple[str, str, str, str]] = field(default_factory=list)
     replicas: dict[str, int] = field(default_factory=dict)
-    available: bool = False
-    progressing: bool = True
-    stalled_reason: str | None = None
-    message: str = ""
+    rollout: RolloutFacts = field(default_factory=RolloutFacts)
     requeue_after: float | None = None
     #: rollout transitions to post as Events on the FederatedRouter (switched, promoted, aborted)
     events: tuple[str, ...] = ()
     #: replicas-only Deployment objects, applied after ``objects`` with SCALE_FIELD_MANAGER
     scale: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.rollout.available
+
+    @property
+    def progressing(self) -> bool:
+        return self.rollout.progressing
+
+    @property
+    def stalled_reason(self) -> str | None:
+        return self.rollout.stalled
+
+    @property
+    def message(self) -> str:
+        return self.rollout.message
 
 
 def deployment_available(dep: Mapping[str, Any] | None, desired: int) -> bool:
@@ -227,13 +240,15 @@ def _plain(router: FederatedRouter, pod_template: Mapping[str, Any], observed: O
             "stableRevision": revision if available else previous_stable,
         },
         replicas=_replica_counts(existing, desired),
-        available=available,
-        progressing=not available and stalled is None,
-        stalled_reason=stalled,
-        message=(
-            f"deployment {name} has {desired} available replica(s) of revision {revision}"
-            if available
-            else f"waiting for deployment {name} to roll out revision {revision}"
+        rollout=RolloutFacts(
+            available=available,
+            progressing=not available and stalled is None,
+            stalled=stalled,
+            message=(
+                f"deployment {name} has {desired} available replica(s) of revision {revision}"
+                if available
+                else f"waiting for deployment {name} to roll out revision {revision}"
+            ),
         ),
     )
 
@@ -477,14 +492,8 @@ def _progressive(
         prune=prune,
         hpa_target=role_deployment(name, decision.hpa_role),
         rollout_status=decision.status.to_dict(),
-        conditions=[
-            (c.type, c.status, str(c.reason), c.message) for c in decision.conditions if c.type == "Paused"
-        ],
         replicas=counts,
-        available=decision.ready,
-        progressing=decision.progressing,
-        stalled_reason=decision.stalled_reason,
-        message=decision.message,
+        rollout=decision.facts(),
         requeue_after=decision.requeue_after,
         events=decision.events,
         scale=scale,

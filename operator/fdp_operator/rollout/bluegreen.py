@@ -160,11 +160,9 @@ def _steady(inp: RolloutInput, active: str) -> RolloutDecision:
     last, marker = common.progress_clock(inp.status, marker, inp.now, paused=ready)
     if ready:
         message = f"active color {active} serves revision {rev} with {n} available replica(s)"
-        reason = Reason.HEALTHY
     else:
         available = act.available_replicas if act else 0
         message = f"waiting for {active} to have {n} available replica(s) of revision {rev} ({available} now)"
-        reason = Reason.INITIALIZING if inp.status.stable_revision is None else Reason.SCALING
         due = common.deadline(last, inp.spec.progress_deadline_seconds)
         if inp.now >= due:
             stalled = Reason.PROGRESS_DEADLINE_EXCEEDED
@@ -185,10 +183,7 @@ def _steady(inp: RolloutInput, active: str) -> RolloutDecision:
         hpa_role=active,
         status=status,
         ready=ready,
-        ready_condition=ready or (act is not None and act.serving() and status.stable_revision is not None),
-        ready_message=message,
         reconciling=not ready,
-        reason=reason,
         message=message,
         stalled=stalled,
         requeue=requeue,
@@ -242,11 +237,7 @@ def _failed(
         hpa_role=active,
         status=status,
         ready=serving,
-        ready_message=f"active color {active} serves stable revision {stable}"
-        if serving
-        else f"active color {active} has no available pods",
         reconciling=False,
-        reason=why,
         message=message,
         stalled=why,
         events=events + tuple(more),
@@ -376,7 +367,6 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
         scale_down_at=None,
     )
     serving = act is not None and act.serving()
-    reason = paused or (Reason.SCALING_UP_PREVIEW if promoting else Reason.PREVIEW_NOT_AVAILABLE)
     return common.decision(
         intents=(
             DeploymentIntent(active, stable, _active_replicas(inp)),
@@ -387,9 +377,7 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
         hpa_role=active,
         status=status,
         ready=serving,
-        ready_message=f"active color {active} serves stable revision {stable}",
         reconciling=True,
-        reason=reason,
         message=message,
         paused=paused,
         requeue=requeue,
@@ -435,9 +423,7 @@ def _switch(
         hpa_role=new_active,
         status=status,
         ready=True,
-        ready_message=f"active color {new_active} serves revision {rev}",
         reconciling=False,
-        reason=Reason.HEALTHY,
         message=message,
         requeue=common.seconds_until(inp.now, at),
         events=(*events, f"switched active Service to {new_active} (revision {rev})"),

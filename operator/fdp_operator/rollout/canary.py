@@ -125,9 +125,7 @@ def _decision(
     status: RolloutStatus,
     ready: bool,
     reconciling: bool,
-    reason: Reason,
     message: str,
-    ready_message: str,
     stalled: Reason | None = None,
     paused: Reason | None = None,
     requeue: float | None = None,
@@ -140,9 +138,7 @@ def _decision(
         hpa_role=STABLE,
         status=status.with_(message=message),
         ready=ready,
-        ready_message=ready_message,
         reconciling=reconciling,
-        reason=reason,
         message=message,
         stalled=stalled,
         paused=paused,
@@ -185,17 +181,11 @@ def _steady(inp: RolloutInput) -> RolloutDecision:
             stable_revision=rev, current_step_index=None, canary_weight=0, step_started_at=None
         )
         message = f"stable serves revision {rev} with {n} available replica(s)"
-        reason = Reason.HEALTHY
     else:
         available = st.available_replicas if st else 0
         message = f"waiting for stable to have {n} available replica(s) of revision {rev} ({available} now)"
         if canary_draining:
             message += "; the canary keeps serving until then"
-        reason = (
-            Reason.PROMOTING
-            if canary_draining
-            else (Reason.INITIALIZING if inp.status.stable_revision is None else Reason.SCALING)
-        )
         due = common.deadline(last, inp.spec.progress_deadline_seconds)
         if inp.now >= due:
             stalled = Reason.PROGRESS_DEADLINE_EXCEEDED
@@ -214,9 +204,7 @@ def _steady(inp: RolloutInput) -> RolloutDecision:
         status=status,
         ready=ready or (serving and inp.status.stable_revision is not None) or canary_draining,
         reconciling=not ready,
-        reason=reason,
         message=message,
-        ready_message=message,
         stalled=stalled,
         requeue=requeue,
         events=events,
@@ -262,9 +250,7 @@ def _failed(
         status=status,
         ready=serving,
         reconciling=False,
-        reason=why,
         message=message,
-        ready_message=f"stable serves revision {stable}" if serving else "stable has no available pods",
         stalled=why,
         events=[*events, *more],
     )
@@ -418,9 +404,7 @@ def _rolling(inp: RolloutInput, stable: str) -> RolloutDecision:
         status=status,
         ready=serving,
         reconciling=True,
-        reason=paused or Reason.CANARY_NOT_AVAILABLE,
         message=message,
-        ready_message=f"stable serves revision {stable}",
         paused=paused,
         requeue=requeue,
         events=events,
@@ -451,9 +435,7 @@ def _promote(inp: RolloutInput, stable: str, status: RolloutStatus, events: list
         status=status,
         ready=True,
         reconciling=True,
-        reason=Reason.PROMOTING,
         message=message,
-        ready_message=f"stable serves revision {stable} while it is promoted to {rev}",
         requeue=2.0,
         events=[*events, f"promoting revision {rev} to stable"],
     )

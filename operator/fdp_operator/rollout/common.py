@@ -1,12 +1,12 @@
 """Pieces shared by the blue/green and canary state machines: the progress clock, intent
-bookkeeping, and the conditions every decision ends with.
+bookkeeping, the failure message, and the facts every decision ends with.
 
-Conditions follow kstatus and the Argo CD health checks (charts/.../argocd/): ``Ready`` is
-True while the stable revision serves (also during and after a failed rollout),
-``Reconciling`` is True while a change is rolling out (also while paused: the rollout is
-not done), ``Stalled`` is True with the failure reason after an abort, a missed progress
-deadline or a failed analysis (and then ``Reconciling`` is False, so kstatus says Failed),
-``Paused`` is True while waiting for a promotion, a pause step or ``spec.rollout.paused``.
+The facts feed ``conditions.router_status`` (kstatus and the Argo CD health checks in
+charts/.../argocd/ read the result): ``ready`` is True while the stable revision serves (also
+during and after a failed rollout), ``reconciling`` while a change is rolling out (also while
+paused: the rollout is not done), ``stalled`` names the failure after an abort, a missed
+progress deadline or a failed analysis, ``paused`` the wait for a promotion, a pause step or
+``spec.rollout.paused``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 from fdp_operator.rollout.types import (
     FAILURE_REASONS,
-    Condition,
     DeploymentIntent,
     Phase,
     Reason,
@@ -50,42 +49,6 @@ def unhandled(token: str | None, handled: str | None) -> str | None:
     return token if token and token != handled else None
 
 
-def conditions(
-    *,
-    ready: bool,
-    ready_message: str,
-    reconciling: bool,
-    reason: Reason,
-    message: str,
-    stalled: Reason | None,
-    paused: Reason | None,
-) -> tuple[Condition, ...]:
-    def flag(b: bool) -> str:
-        return "True" if b else "False"
-
-    return (
-        Condition(
-            "Ready",
-            flag(ready),
-            Reason.HEALTHY if ready else Reason.STABLE_UNAVAILABLE,
-            ready_message,
-        ),
-        Condition("Reconciling", flag(reconciling and stalled is None), reason, message),
-        Condition(
-            "Stalled",
-            flag(stalled is not None),
-            stalled or Reason.HEALTHY,
-            message if stalled else "rollout is not stalled",
-        ),
-        Condition(
-            "Paused",
-            flag(paused is not None),
-            paused or Reason.HEALTHY,
-            message if paused else "rollout is not paused",
-        ),
-    )
-
-
 def decision(
     *,
     intents: Iterable[DeploymentIntent],
@@ -94,35 +57,22 @@ def decision(
     hpa_role: str,
     status: RolloutStatus,
     ready: bool,
-    ready_message: str,
     reconciling: bool,
-    reason: Reason,
     message: str,
     stalled: Reason | None = None,
     paused: Reason | None = None,
     requeue: float | None = None,
     events: Iterable[str] = (),
-    ready_condition: bool | None = None,
     keep_incumbent: bool = False,
 ) -> RolloutDecision:
-    """A decision with its conditions. `progressing` and `stalled_reason` follow from
-    `reconciling` and `stalled`, so every strategy derives them the same way; the Ready
-    condition is `ready` unless `ready_condition` says otherwise."""
+    """A decision and its facts. `progressing` and `stalled_reason` follow from
+    `reconciling` and `stalled`, so every strategy derives them the same way."""
     return RolloutDecision(
         deployments=tuple(intents),
         active_role=active_role,
         preview_role=preview_role,
         hpa_role=hpa_role,
         status=status,
-        conditions=conditions(
-            ready=ready if ready_condition is None else ready_condition,
-            ready_message=ready_message,
-            reconciling=reconciling,
-            reason=reason,
-            message=message,
-            stalled=stalled,
-            paused=paused,
-        ),
         ready=ready,
         progressing=reconciling and stalled is None,
         stalled_reason=str(stalled) if stalled else None,
@@ -130,6 +80,7 @@ def decision(
         requeue_after=requeue,
         events=tuple(events),
         keep_incumbent=keep_incumbent,
+        paused=paused,
     )
 
 

@@ -174,11 +174,7 @@ def handover(
         hpa_role=inc.role,
         status=status,
         ready=serving,
-        ready_message=f"{inc.view.name} serves revision {old}"
-        if serving
-        else f"{inc.view.name} has no available pods",
         reconciling=True,
-        reason=Reason.SWITCHING_STRATEGY,
         message=message,
         stalled=stalled,
         requeue=requeue,

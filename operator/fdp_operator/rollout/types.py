@@ -1,7 +1,9 @@
 """Value types of the rollout engine: what it observes, what it remembers, what it decides.
 
 The engine (``bluegreen.decide``, ``canary.decide``) is a pure function of
-``RolloutInput`` -> ``RolloutDecision``. ``render/workloads.py`` builds the input from the
+``RolloutInput`` -> ``RolloutDecision``: objects to apply, ``status.rollout`` and facts
+(ready, progressing, stalled, paused); ``conditions.router_status`` turns the facts into the
+CR's conditions. ``render/workloads.py`` builds the input from the
 parsed FederatedRouter, the observed Deployments/Services/HPA and the previous
 ``status.rollout``, and turns the decision into objects to apply. Nothing here does I/O or
 reads the clock: ``now`` is an input, so an operator restart at any point recomputes the
@@ -16,28 +18,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from fdp_operator.conditions import Reason, RolloutFacts
 from fdp_operator.models import RolloutSpec
 
-
-class Reason(StrEnum):
-    """Every condition reason the rollout engine writes (one enum: kopf/cert-manager style)."""
-
-    INITIALIZING = "Initializing"
-    HEALTHY = "RolloutHealthy"
-    SCALING = "Scaling"
-    PREVIEW_NOT_AVAILABLE = "PreviewNotAvailable"
-    SCALING_UP_PREVIEW = "ScalingUpPreview"
-    WAITING_FOR_PROMOTION = "WaitingForPromotion"
-    AUTO_PROMOTION_PENDING = "AutoPromotionPending"
-    PAUSED_BY_SPEC = "PausedBySpec"
-    PAUSE_STEP = "CanaryPauseStep"
-    CANARY_NOT_AVAILABLE = "CanaryNotAvailable"
-    PROMOTING = "Promoting"
-    ABORTED = "Aborted"
-    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-    ANALYSIS_FAILED = "AnalysisFailed"
-    STABLE_UNAVAILABLE = "StableUnavailable"
-    SWITCHING_STRATEGY = "SwitchingStrategy"
+__all__ = ["FAILURE_REASONS", "Reason"]  # Reason lives in conditions.py: one enum for every reason
 
 
 #: Reasons that end a rollout with Stalled=True (the rollout is rolled back to stable).
@@ -255,14 +239,6 @@ class DeploymentIntent:
 
 
 @dataclass(frozen=True)
-class Condition:
-    type: str
-    status: str  # "True" | "False"
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class RolloutDecision:
     deployments: tuple[DeploymentIntent, ...]
     #: Role (color) the active Service must select; None selects every router pod (canary).
@@ -272,13 +248,27 @@ class RolloutDecision:
     #: Role the HPA scales.
     hpa_role: str
     status: RolloutStatus
-    conditions: tuple[Condition, ...]
+    #: the stable revision serves (Ready stays True during a rollout and after a rollback)
     ready: bool
+    #: a change is rolling out (also while paused)
     progressing: bool
     stalled_reason: str | None
     message: str
+    #: why the rollout waits, if it does (Paused=True on the CR)
+    paused: Reason | None = None
     requeue_after: float | None = None
     events: tuple[str, ...] = field(default_factory=tuple)
     #: A strategy switch is handing over: the incumbent keeps serving (the active Service
     #: keeps selecting it, it is not pruned) until the new strategy's stable role is Available.
     keep_incumbent: bool = False
+
+    def facts(self) -> RolloutFacts:
+        """What ``conditions.router_status`` needs: the engine writes no condition itself."""
+        return RolloutFacts(
+            available=self.ready,
+            progressing=self.progressing,
+            stalled=self.stalled_reason,
+            paused=self.paused,
+            message=self.message,
+            progressive=True,
+        )

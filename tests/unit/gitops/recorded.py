@@ -95,7 +95,7 @@ FEDERATED_ROUTER: list[tuple[str, dict[str, Any], str, str]] = [
         "blue/green preview not yet available",
         fr(
             ready=SERVING,
-            reconciling=("True", "PreviewNotAvailable", "waiting for preview green"),
+            reconciling=("True", "Progressing", "waiting for preview green"),
             paused=NOT_PAUSED,
             rollout={**BG, "previewColor": "green", "phase": "Progressing"},
         ),
@@ -133,7 +133,7 @@ FEDERATED_ROUTER: list[tuple[str, dict[str, Any], str, str]] = [
         "canary at a setWeight step",
         fr(
             ready=SERVING,
-            reconciling=("True", "CanaryNotAvailable", "step 1/4, weight 10%"),
+            reconciling=("True", "Progressing", "step 1/4, weight 10%"),
             paused=NOT_PAUSED,
             rollout={**CANARY, "currentStepIndex": 0, "canaryWeight": 10, "phase": "Progressing"},
         ),

@@ -8,7 +8,9 @@ import pytest
 from fdp_operator import conditions as c
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-HEALTHY = c.RouterObservation(policy_name="pol", nodes_selected=2, nodes_ready=2, workloads_available=True)
+HEALTHY = c.RouterObservation(
+    policy_name="pol", nodes_selected=2, nodes_ready=2, rollout=c.RolloutFacts(available=True)
+)
 
 
 def _by_type(conds):
@@ -16,7 +18,7 @@ def _by_type(conds):
 
 
 def test_all_checks_passing_gives_ready_and_not_reconciling() -> None:
-    got = _by_type(c.router_conditions(HEALTHY, "serving"))
+    got = _by_type(c.router_status(HEALTHY, "serving"))
     assert got["Ready"] == ("True", "Ready", "serving")
     assert got["Reconciling"][0] == "False" and got["Stalled"][0] == "False"
     assert got["NodesReady"][0] == "True"
@@ -44,12 +46,12 @@ def test_all_checks_passing_gives_ready_and_not_reconciling() -> None:
         ),
         ({"nodes_ready": 0}, "NoReadyNodes", True, "none of the 2"),
         ({"nodes_selected": 0, "nodes_ready": 0}, "NoReadyNodes", True, "no HospitalNode matches"),
-        ({"workloads_available": False, "rollout_message": "rolling"}, "Progressing", False, "rolling"),
+        ({"rollout": c.RolloutFacts(message="rolling")}, "Progressing", False, "rolling"),
     ],
 )
 def test_the_first_failing_check_decides(change, reason, stalled, needle) -> None:
     obs = c.RouterObservation(**{**HEALTHY.__dict__, **change})
-    got = _by_type(c.router_conditions(obs, ""))
+    got = _by_type(c.router_status(obs, ""))
     assert got["Ready"][:2] == ("False", reason) and needle in got["Ready"][2]
     assert got["Stalled"][0] == ("True" if stalled else "False")
     assert got["Reconciling"][0] == ("False" if stalled else "True")
@@ -59,21 +61,21 @@ def test_an_image_that_is_not_allowed_wins_over_everything_but_an_invalid_spec()
     obs = c.RouterObservation(
         image_error="spec.image 'x'", secret_refusals=(("SecretMissing", "m"),), policy_found=False
     )
-    assert _by_type(c.router_conditions(obs, ""))["Ready"][1] == "ImageNotAllowed"
+    assert _by_type(c.router_status(obs, ""))["Ready"][1] == "ImageNotAllowed"
 
 
 def test_a_node_left_out_for_its_secret_is_named_in_nodes_ready() -> None:
     obs = c.RouterObservation(
         **{**HEALTHY.__dict__, "refused_nodes": ("b: Secret 'b-ca' (spec.tls.caSecretRef) does not",)}
     )
-    got = _by_type(c.router_conditions(obs, ""))
+    got = _by_type(c.router_status(obs, ""))
     assert got["Ready"][0] == "True"  # a still serves
     assert got["NodesReady"][:2] == ("False", "SecretNotAllowed") and "b-ca" in got["NodesReady"][2]
 
 
 def test_an_invalid_spec_wins_over_a_missing_policy() -> None:
     obs = c.RouterObservation(spec_error="spec.a: x", policy_found=False, policy_name="p")
-    assert _by_type(c.router_conditions(obs, ""))["Ready"][1] == "InvalidSpec"
+    assert _by_type(c.router_status(obs, ""))["Ready"][1] == "InvalidSpec"
 
 
 def test_initial_conditions_say_in_progress_at_once() -> None:

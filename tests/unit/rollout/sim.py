@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fdp_operator.conditions import RouterObservation, router_status
 from fdp_operator.models import RolloutSpec, RolloutStrategy
 from fdp_operator.rollout import ROLES, decide, incumbent_role
 from fdp_operator.rollout.types import (
@@ -152,8 +153,13 @@ class Sim:
         return dep.revision if dep is not None else None
 
     def condition(self, type_: str) -> tuple[str, str]:
+        """(status, reason) of the condition the operator writes to the CR for the last decision."""
         assert self.last is not None
-        for c in self.last.conditions:
-            if c.type == type_:
-                return c.status, c.reason
+        written = router_status(
+            RouterObservation(policy_name="pol", nodes_selected=1, nodes_ready=1, rollout=self.last.facts()),
+            "serving",
+        )
+        for ctype, status, reason, _ in written:
+            if ctype == type_:
+                return status, reason
         raise KeyError(type_)

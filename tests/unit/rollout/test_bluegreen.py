@@ -23,7 +23,7 @@ def test_the_first_revision_goes_straight_to_blue_and_becomes_healthy() -> None:
     first = sim.reconcile()
     assert first.active_role == "blue" and sim.replicas_of("blue") == 4
     assert not first.ready and first.progressing
-    assert sim.condition("Ready") == ("False", "StableUnavailable")
+    assert sim.condition("Ready") == ("False", "Progressing")
     assert sim.condition("Reconciling")[0] == "True"
     sim.run()
     assert sim.last.ready and not sim.last.progressing
@@ -62,7 +62,8 @@ def test_preview_replicas_are_scaled_to_full_size_before_the_switch() -> None:
     sim.kubelet()
     d = sim.reconcile()
     assert d.active_role == "blue", "not switched while the preview runs only 1 of 4"
-    assert sim.replicas_of("green") == 4 and sim.condition("Reconciling")[1] == "ScalingUpPreview"
+    assert sim.replicas_of("green") == 4 and sim.condition("Reconciling") == ("True", "Progressing")
+    assert sim.status["message"].startswith("promoting rev2: scaling green to 4")
     sim.kubelet()
     assert sim.reconcile().active_role == "green"
 
@@ -128,7 +129,7 @@ def test_abort_zeroes_the_preview_keeps_blue_serving_and_stays_degraded_until_th
     assert sim.replicas_of("green") == 0 and sim.replicas_of("blue") == 4
     assert sim.revision_of("blue") == "rev1" and d.active_role == "blue"
     assert d.stalled_reason == "Aborted" and sim.status["phase"] == "Degraded"
-    assert sim.condition("Stalled") == ("True", "Aborted")
+    assert sim.condition("Stalled") == ("True", "RolloutStalled") and sim.status["abortReason"] == "Aborted"
     assert sim.condition("Ready")[0] == "True", "stable keeps serving"
     assert sim.condition("Reconciling")[0] == "False", "kstatus must read Failed, not InProgress"
     assert "To retry, change the pod template" in d.message and "rev1" in d.message
@@ -154,7 +155,8 @@ def test_a_preview_that_never_becomes_ready_is_rolled_back_at_the_progress_deadl
     assert d.stalled_reason == "ProgressDeadlineExceeded"
     assert sim.replicas_of("green") == 0 and sim.replicas_of("blue") == 4 and sim.active_color == "blue"
     assert sim.condition("Ready")[0] == "True"
-    assert sim.condition("Stalled") == ("True", "ProgressDeadlineExceeded")
+    assert sim.condition("Stalled") == ("True", "RolloutStalled")
+    assert sim.status["abortReason"] == "ProgressDeadlineExceeded"
 
 
 def test_a_failed_analysis_rolls_back_before_promotion() -> None:

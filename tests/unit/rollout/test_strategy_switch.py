@@ -52,7 +52,8 @@ def test_blue_green_to_canary_with_a_new_image_walks_every_canary_step() -> None
     assert sim.revision_of("stable") == "rev1", "the new revision must not go straight to stable"
     assert sim.replicas_of("stable") == 4 and sim.replicas_of("canary") == 0
     assert sim.revision_of("blue") == "rev1" and sim.active_color == "blue"
-    assert d.ready and d.progressing and sim.condition("Reconciling") == ("True", "SwitchingStrategy")
+    assert d.ready and d.progressing and sim.condition("Reconciling") == ("True", "Progressing")
+    assert sim.status["message"].startswith("switching to Canary") and sim.status["switchingFrom"]
     assert sim.status["stableRevision"] == "rev1" and sim.status["currentRevision"] == "rev2"
     # 2. stable is Available: blue goes, the canary starts at the first step
     d = settle(sim)

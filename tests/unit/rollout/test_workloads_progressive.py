@@ -132,17 +132,8 @@ def test_a_blue_green_update_previews_green_and_keeps_blues_observed_template_un
     assert plan.available and plan.progressing
     got = {
         t: s
-        for t, s, _, _ in cond.router_conditions(
-            cond.RouterObservation(
-                policy_name="pol",
-                nodes_selected=1,
-                nodes_ready=1,
-                workloads_available=plan.available,
-                rollout_progressing=plan.progressing,
-                rollout_stalled=plan.stalled_reason,
-                rollout_message=plan.message,
-                extra=tuple(plan.conditions),
-            ),
+        for t, s, _, _ in cond.router_status(
+            cond.RouterObservation(policy_name="pol", nodes_selected=1, nodes_ready=1, rollout=plan.rollout),
             "serving",
         )
     }
@@ -171,16 +162,8 @@ def test_an_aborted_rollout_keeps_ready_true_with_stalled_true() -> None:
     assert scaled(plan)["fr1-green"] == 0
     got = {
         t: (s, reason)
-        for t, s, reason, _ in cond.router_conditions(
-            cond.RouterObservation(
-                policy_name="pol",
-                nodes_selected=1,
-                nodes_ready=1,
-                workloads_available=plan.available,
-                rollout_progressing=plan.progressing,
-                rollout_stalled=plan.stalled_reason,
-                rollout_message=plan.message,
-            ),
+        for t, s, reason, _ in cond.router_status(
+            cond.RouterObservation(policy_name="pol", nodes_selected=1, nodes_ready=1, rollout=plan.rollout),
             "serving",
         )
     }

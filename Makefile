@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-unit test-e2e test-kind lint cluster-up cluster-down router-demo deps clean
+.PHONY: help demo test test-unit test-e2e test-kind lint cluster-up cluster-down router-demo deps clean images
 
 help:
 	@echo "make demo         run the full demo on the local cluster (builds/reuses everything)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-kind    run the e2e suite on a kind cluster (needs Docker; not on these machines)"
 	@echo "make lint         ruff, mypy, import-linter"
 	@echo "make test-unit    the fast tier (no cluster, no integration tests); make test-e2e the cluster tier"
+	@echo "make images       build the router and operator images (docs/images.md; not part of make test)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +60,10 @@ test-kind: $(STAMP)
 	$(KIND) get kubeconfig --name fdp-e2e > $(VENV)/kind-kubeconfig
 	KUBECONFIG=$(abspath $(VENV)/kind-kubeconfig) FDP_USE_PATH_TOOLS=1 $(BIN)/python -m pytest -m e2e $(PYTEST_ARGS); \
 	  rc=$$?; $(KIND) delete cluster --name fdp-e2e; exit $$rc
+
+# Docker if it works, else a private dockerd and an mmdebstrap base image (docs/images.md).
+images:
+	hack/images/build.sh
 
 cluster-up:
 	@hack/cluster/up.sh

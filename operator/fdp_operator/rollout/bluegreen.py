@@ -23,6 +23,7 @@ between "switch the Service" and "write status" resumes correctly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from fdp_operator.rollout import common, switch
@@ -97,7 +98,7 @@ def _decide(inp: RolloutInput, active: str) -> RolloutDecision:
     if stable == inp.desired_revision:
         return _steady(inp, active)
     if inp.status.aborted_revision == inp.desired_revision:
-        return _failed(inp, active, stable, events=())
+        return _failed(inp, active, stable, inp.status)
     return _rolling(inp, active, stable)
 
 
@@ -195,169 +196,184 @@ def _failed(
     inp: RolloutInput,
     active: str,
     stable: str,
+    status: RolloutStatus,
+    events: list[str] | tuple[str, ...] = (),
     *,
-    events: tuple[str, ...],
-    reason: str | None = None,
+    reason: Reason | None = None,
     detail: str = "",
-    status: RolloutStatus | None = None,
 ) -> RolloutDecision:
     """After abort / deadline / failed analysis: preview at 0, active untouched, Stalled."""
-    status = status or inp.status
-    why = common.reason_of(reason or status.abort_reason)
-    rev = inp.desired_revision
-    inactive = other(active)
-    act = inp.deployments.get(active)
-    message = common.failed_rollout_message(inp, status, why, stable, detail)
-    status, more = common.consume_intents(
-        inp, status, f"the rollout of {rev} failed; change the spec to retry"
-    )
-    status = status.with_(
+    return common.failed(
+        inp,
+        status.with_(
+            active_color=active, preview_color=None, preview_available_since=None, promoting_revision=None
+        ),
         strategy=STRATEGY,
-        current_revision=rev,
-        stable_revision=stable,
-        active_color=active,
-        preview_color=None,
-        preview_available_since=None,
-        promoting_revision=None,
-        aborted_revision=rev,
-        abort_reason=str(why),
-        phase=Phase.DEGRADED,
-        message=message,
-        pause_reason=None,
-    )
-    intents = [DeploymentIntent(active, stable, _active_replicas(inp))]
-    ina = inp.deployments.get(inactive)
-    if ina is not None:
-        intents.append(DeploymentIntent(inactive, ina.revision or rev, 0))
-    serving = act is not None and act.serving()
-    return common.decision(
-        intents=intents,
+        serving_role=active,
+        other_role=other(active),
+        stable=stable,
+        replicas=_active_replicas(inp),
         active_role=active,
-        preview_role=inactive,
-        hpa_role=active,
-        status=status,
-        ready=serving,
-        reconciling=False,
-        message=message,
-        stalled=why,
-        events=events + tuple(more),
+        preview_role=other(active),
+        events=events,
+        reason=reason,
+        detail=detail,
     )
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """The promotion gate's verdict on this reconcile: promote now, wait (why), or fail."""
+
+    status: RolloutStatus
+    promoting: bool
+    paused: Reason | None = None
+    requeue: float | None = None
+    analysis_failed: bool = False
 
 
 def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
     """A new revision is on its way: preview it on the inactive color, gate, promote."""
     rev = inp.desired_revision
-    spec = inp.spec
-    now = inp.now
-    inactive = other(active)
-    ina = inp.deployments.get(inactive)
-    act = inp.deployments.get(active)
-    prev = inp.status
-    new_rollout = prev.current_revision != rev
-    status = prev.with_(strategy=STRATEGY, current_revision=rev, stable_revision=stable, active_color=active)
-    if new_rollout:
-        status = status.with_(
-            preview_available_since=None, promoting_revision=None, aborted_revision=None, abort_reason=None
-        )
-    events: list[str] = []
-    if new_rollout:
-        events.append(f"rolling out revision {rev} to {inactive} (preview); {active} keeps serving {stable}")
-
+    status, events = _begin(inp, active, stable)
     abort = common.unhandled(inp.intents.abort, status.handled_abort)
     if abort:
         status = status.with_(handled_abort=abort, aborted_revision=rev, abort_reason=Reason.ABORTED)
+        return _failed(inp, active, stable, status, [*events, f"rollout of {rev} aborted by user"])
+    total = _full_count(inp, active)
+    gate = _promotion_gate(inp, active, status, events)
+    if gate.analysis_failed:
+        assert inp.analysis is not None
+        status = gate.status.with_(aborted_revision=rev, abort_reason=Reason.ANALYSIS_FAILED)
         return _failed(
-            inp, active, stable, events=(*events, f"rollout of {rev} aborted by user"), status=status
+            inp, active, stable, status, events, reason=Reason.ANALYSIS_FAILED, detail=inp.analysis.message
         )
+    if gate.promoting and _preview_ready(inp, active, total):
+        return _switch(inp, active, stable, gate.status, events)
+    return _sync_status(inp, active, stable, gate, events)
 
-    total = inp.total_replicas if not inp.autoscaled or act is None else act.spec_replicas
-    preview_n = spec.preview_replicas or total
+
+def _begin(inp: RolloutInput, active: str, stable: str) -> tuple[RolloutStatus, list[str]]:
+    """A revision seen for the first time starts with no preview history."""
+    rev = inp.desired_revision
+    status = inp.status.with_(
+        strategy=STRATEGY, current_revision=rev, stable_revision=stable, active_color=active
+    )
+    if inp.status.current_revision == rev:
+        return status, []
+    status = status.with_(
+        preview_available_since=None, promoting_revision=None, aborted_revision=None, abort_reason=None
+    )
+    return status, [
+        f"rolling out revision {rev} to {other(active)} (preview); {active} keeps serving {stable}"
+    ]
+
+
+def _full_count(inp: RolloutInput, active: str) -> int:
+    act = inp.deployments.get(active)
+    return inp.total_replicas if not inp.autoscaled or act is None else act.spec_replicas
+
+
+def _preview_count(inp: RolloutInput, active: str) -> int:
+    return inp.spec.preview_replicas or _full_count(inp, active)
+
+
+def _preview_ready(inp: RolloutInput, active: str, n: int) -> bool:
+    ina = inp.deployments.get(other(active))
+    return ina is not None and ina.available_at(inp.desired_revision, n)
+
+
+def _promotion_gate(inp: RolloutInput, active: str, status: RolloutStatus, events: list[str]) -> _Gate:
+    """Once the preview is Available: analysis, spec.rollout.paused, a promote intent, or the
+    auto-promotion timer decide whether it is promoted (appends events)."""
+    rev = inp.desired_revision
+    spec = inp.spec
     promoting = status.promoting_revision == rev
-    paused: Reason | None = None
-    requeue: float | None = None
+    if promoting or not _preview_ready(inp, active, _preview_count(inp, active)):
+        return _Gate(status, promoting)
+    since = status.preview_available_since or inp.now
+    status = status.with_(preview_available_since=since)
+    if inp.analysis is not None and inp.analysis.verdict == AnalysisVerdict.FAILED:
+        return _Gate(status, False, analysis_failed=True)
+    token = common.unhandled(inp.intents.promote, status.handled_promote)
+    auto_at = since + timedelta(seconds=spec.auto_promotion_seconds or 0)
+    if spec.paused:
+        return _Gate(status, False, paused=Reason.PAUSED_BY_SPEC)
+    if token or (spec.auto_promotion_enabled and inp.now >= auto_at):
+        status = status.with_(promoting_revision=rev)
+        if token:
+            status = status.with_(handled_promote=token)
+            events.append(f"promotion of {rev} requested by user")
+        return _Gate(status, True)
+    if spec.auto_promotion_enabled:
+        return _Gate(
+            status,
+            False,
+            paused=Reason.AUTO_PROMOTION_PENDING,
+            requeue=common.seconds_until(inp.now, auto_at),
+        )
+    return _Gate(status, False, paused=Reason.WAITING_FOR_PROMOTION)
 
-    def preview_ready(n: int) -> bool:
-        return ina is not None and ina.available_at(rev, n)
 
-    if not promoting and preview_ready(preview_n):
-        since = status.preview_available_since or now
-        status = status.with_(preview_available_since=since)
-        token = common.unhandled(inp.intents.promote, status.handled_promote)
-        if inp.analysis is not None and inp.analysis.verdict == AnalysisVerdict.FAILED:
-            status = status.with_(aborted_revision=rev, abort_reason=Reason.ANALYSIS_FAILED)
-            return _failed(
-                inp,
-                active,
-                stable,
-                events=tuple(events),
-                reason=Reason.ANALYSIS_FAILED,
-                detail=inp.analysis.message,
-                status=status,
-            )
-        auto_at = since + timedelta(seconds=spec.auto_promotion_seconds or 0)
-        if spec.paused:
-            paused = Reason.PAUSED_BY_SPEC
-        elif token or (spec.auto_promotion_enabled and now >= auto_at):
-            promoting = True
-            status = status.with_(promoting_revision=rev)
-            if token:
-                status = status.with_(handled_promote=token)
-                events.append(f"promotion of {rev} requested by user")
-        elif spec.auto_promotion_enabled:
-            paused = Reason.AUTO_PROMOTION_PENDING
-            requeue = common.seconds_until(now, auto_at)
-        else:
-            paused = Reason.WAITING_FOR_PROMOTION
-
-    if promoting and preview_ready(total):
-        return _switch(inp, active, stable, status, events)
-
-    target_n = total if promoting else preview_n
-    available = ina.available_replicas if ina else 0
-    if paused is Reason.PAUSED_BY_SPEC:
-        message = (
+def _preview_message(inp: RolloutInput, active: str, gate: _Gate, target_n: int, available: int) -> str:
+    rev = inp.desired_revision
+    inactive = other(active)
+    if gate.paused is Reason.PAUSED_BY_SPEC:
+        return (
             f"preview {inactive} runs revision {rev}; paused by spec.rollout.paused "
             f"(set it to false to continue)"
         )
-    elif paused is Reason.AUTO_PROMOTION_PENDING:
-        message = f"preview {inactive} runs revision {rev}; promoting automatically in {requeue:.0f}s"
-    elif paused is Reason.WAITING_FOR_PROMOTION:
+    if gate.paused is Reason.AUTO_PROMOTION_PENDING:
+        return f"preview {inactive} runs revision {rev}; promoting automatically in {gate.requeue:.0f}s"
+    if gate.paused is Reason.WAITING_FOR_PROMOTION:
         ignored = (
             " (autoPromotionSeconds only applies when autoPromotionEnabled is true)"
-            if spec.auto_promotion_seconds
+            if inp.spec.auto_promotion_seconds
             else ""
         )
-        message = (
+        return (
             f"preview {inactive} runs revision {rev} and is available; waiting for promotion: "
             f"run `fdp-operator promote NAME` or set annotation fdp.io/promote{ignored}"
         )
-    elif promoting:
-        message = f"promoting {rev}: scaling {inactive} to {target_n} replica(s) ({available} available)"
-    else:
-        message = (
-            f"waiting for preview {inactive} to have {target_n} available replica(s) "
-            f"of revision {rev} ({available} now)"
-        )
+    if gate.promoting:
+        return f"promoting {rev}: scaling {inactive} to {target_n} replica(s) ({available} available)"
+    return (
+        f"waiting for preview {inactive} to have {target_n} available replica(s) "
+        f"of revision {rev} ({available} now)"
+    )
 
-    marker = f"{rev}|{promoting}|{available}|{ina.updated_replicas if ina else 0}"
-    last, marker = common.progress_clock(prev, marker, now, paused=paused is not None)
-    due = common.deadline(last, spec.progress_deadline_seconds)
-    if paused is None and now >= due:
-        status = status.with_(aborted_revision=rev, abort_reason=Reason.PROGRESS_DEADLINE_EXCEEDED)
+
+def _sync_status(
+    inp: RolloutInput, active: str, stable: str, gate: _Gate, events: list[str]
+) -> RolloutDecision:
+    """Size the preview, check the progress deadline, write status."""
+    rev = inp.desired_revision
+    inactive = other(active)
+    ina = inp.deployments.get(inactive)
+    act = inp.deployments.get(active)
+    paused, requeue = gate.paused, gate.requeue
+    target_n = _full_count(inp, active) if gate.promoting else _preview_count(inp, active)
+    available = ina.available_replicas if ina else 0
+    message = _preview_message(inp, active, gate, target_n, available)
+    marker = f"{rev}|{gate.promoting}|{available}|{ina.updated_replicas if ina else 0}"
+    last, marker = common.progress_clock(inp.status, marker, inp.now, paused=paused is not None)
+    due = common.deadline(last, inp.spec.progress_deadline_seconds)
+    if paused is None and inp.now >= due:
+        # The preview made no progress for progressDeadlineSeconds (a pause does not count).
+        status = gate.status.with_(aborted_revision=rev, abort_reason=Reason.PROGRESS_DEADLINE_EXCEEDED)
         return _failed(
             inp,
             active,
             stable,
-            events=(*events, f"rollout of {rev} exceeded its progress deadline; rolled back"),
+            status,
+            [*events, f"rollout of {rev} exceeded its progress deadline; rolled back"],
             reason=Reason.PROGRESS_DEADLINE_EXCEEDED,
             detail=message,
-            status=status,
         )
     if paused is None:
-        wait = common.seconds_until(now, due)
+        wait = common.seconds_until(inp.now, due)
         requeue = min(requeue, wait) if requeue else wait
-
-    status = status.with_(
+    status = gate.status.with_(
         preview_color=inactive,
         phase=Phase.PAUSED if paused else Phase.PROGRESSING,
         pause_reason=str(paused) if paused else None,
@@ -366,7 +382,6 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
         progress_marker=marker,
         scale_down_at=None,
     )
-    serving = act is not None and act.serving()
     return common.decision(
         intents=(
             DeploymentIntent(active, stable, _active_replicas(inp)),
@@ -376,7 +391,7 @@ def _rolling(inp: RolloutInput, active: str, stable: str) -> RolloutDecision:
         preview_role=inactive,
         hpa_role=active,
         status=status,
-        ready=serving,
+        ready=act is not None and act.serving(),
         reconciling=True,
         message=message,
         paused=paused,

@@ -3,7 +3,8 @@
 Called by ``render/workloads.py`` once per reconcile. Two Deployments, ``stable`` and
 ``canary``, behind one Service; a weight is realised as a replica ratio (``split.py``).
 
-The rollout walks ``spec.rollout.steps`` from ``status.rollout.currentStepIndex``:
+The rollout walks ``spec.rollout.steps`` from ``status.rollout.currentStepIndex``
+(``_rolling``: ``_begin``, abort, ``_walk_steps``, then ``_promote`` or ``_sync_status``):
 
 * ``setWeight: W``: size the canary for W% and wait until both sides are Available (plus
   the analysis, when configured), then go on.
@@ -24,6 +25,9 @@ is sized in proportion to it (``split.canary_for_stable``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from fdp_operator.models import CanaryStep, parse_duration
 from fdp_operator.rollout import common, split, switch
@@ -98,7 +102,7 @@ def _decide(inp: RolloutInput) -> RolloutDecision:
     if stable == inp.desired_revision:
         return _steady(inp)
     if inp.status.aborted_revision == inp.desired_revision:
-        return _failed(inp, stable, events=(), status=inp.status)
+        return _failed(inp, stable, inp.status)
     return _rolling(inp, stable)
 
 
@@ -214,45 +218,27 @@ def _steady(inp: RolloutInput) -> RolloutDecision:
 def _failed(
     inp: RolloutInput,
     stable: str,
-    *,
-    events: tuple[str, ...] | list[str],
     status: RolloutStatus,
+    events: list[str] | tuple[str, ...] = (),
+    *,
     reason: Reason | None = None,
     detail: str = "",
 ) -> RolloutDecision:
     """After abort / deadline / failed analysis: canary at 0, stable back to full size."""
-    rev = inp.desired_revision
-    why = common.reason_of(reason or status.abort_reason)
-    message = common.failed_rollout_message(inp, status, why, stable, detail)
-    status, more = common.consume_intents(
-        inp, status, f"the rollout of {rev} failed; change the spec to retry"
-    )
-    status = status.with_(
-        strategy=STRATEGY,
-        current_revision=rev,
-        stable_revision=stable,
-        aborted_revision=rev,
-        abort_reason=str(why),
-        phase=Phase.DEGRADED,
-        pause_reason=None,
-        canary_weight=0,
-    )
     write_n, _ = _stable_count(inp)
-    intents = [DeploymentIntent(STABLE, stable, write_n)]
-    can = inp.deployments.get(CANARY)
-    if can is not None:
-        intents.append(DeploymentIntent(CANARY, can.revision or rev, 0))
-    st = inp.deployments.get(STABLE)
-    serving = st is not None and st.serving()
-    return _decision(
+    return common.failed(
         inp,
-        intents=intents,
-        status=status,
-        ready=serving,
-        reconciling=False,
-        message=message,
-        stalled=why,
-        events=[*events, *more],
+        status.with_(canary_weight=0),
+        strategy=STRATEGY,
+        serving_role=STABLE,
+        other_role=CANARY,
+        stable=stable,
+        replicas=write_n,
+        active_role=None,
+        preview_role=None,
+        events=events,
+        reason=reason,
+        detail=detail,
     )
 
 
@@ -266,143 +252,172 @@ def _side_ready(dep: DeploymentView | None, revision: str, replicas: int, *, exa
     return dep.runs(revision) and dep.available_replicas >= replicas
 
 
-def _rolling(inp: RolloutInput, stable: str) -> RolloutDecision:
-    rev = inp.desired_revision
-    spec = inp.spec
-    now = inp.now
-    steps = spec.steps
-    prev = inp.status
-    st = inp.deployments.get(STABLE)
-    can = inp.deployments.get(CANARY)
-    status = prev.with_(strategy=STRATEGY, current_revision=rev, stable_revision=stable)
-    events: list[str] = []
-    if prev.current_revision != rev:
-        status = status.with_(
-            current_step_index=0, step_started_at=now, aborted_revision=None, abort_reason=None
-        )
-        events.append(f"canary rollout of revision {rev} started; stable serves {stable}")
+@dataclass(frozen=True)
+class _Walk:
+    """Where this reconcile's walk through ``spec.rollout.steps`` stopped, and why."""
 
+    index: int
+    started: datetime
+    status: RolloutStatus
+    paused: Reason | None = None
+    requeue: float | None = None
+    waiting: str = ""
+    analysis_failed: bool = False
+
+
+def _rolling(inp: RolloutInput, stable: str) -> RolloutDecision:
+    """A new revision walks the steps; the step names read as the algorithm (Argo's canary.go)."""
+    rev = inp.desired_revision
+    status, events = _begin(inp, stable)
     abort = common.unhandled(inp.intents.abort, status.handled_abort)
     if abort:
         status = status.with_(handled_abort=abort, aborted_revision=rev, abort_reason=Reason.ABORTED)
-        return _failed(inp, stable, events=[*events, f"rollout of {rev} aborted by user"], status=status)
-
-    index = min(status.current_step_index or 0, len(steps))
-    started = status.step_started_at or now
-    token = common.unhandled(inp.intents.promote, status.handled_promote)
-    if token and inp.intents.promote_full:
-        index, started = len(steps), now
-        status = status.with_(handled_promote=token)
-        events.append(f"full promotion of {rev} requested by user")
-        token = None
-
-    paused: Reason | None = None
-    requeue: float | None = None
-    waiting = ""
-    for _ in range(len(steps) + 1):
-        if index >= len(steps):
-            break
-        weight = weight_at(steps, index)
-        write_stable, stable_n, canary_n = _sizes(inp, weight)
-        both_ready = _side_ready(can, rev, canary_n, exact=True) and _side_ready(
-            st, stable, stable_n, exact=not inp.autoscaled
-        )
-        step = steps[index]
-        if spec.paused:
-            paused = Reason.PAUSED_BY_SPEC
-            break
-        if step.set_weight is not None:
-            if not both_ready:
-                have = can.available_replicas if can is not None and can.runs(rev) else 0
-                waiting = (
-                    f"waiting for {canary_n} canary and {stable_n} stable pod(s) "
-                    f"to be available ({have} canary now)"
-                )
-                break
-            if inp.analysis is not None and inp.analysis.verdict == AnalysisVerdict.FAILED:
-                status = status.with_(aborted_revision=rev, abort_reason=Reason.ANALYSIS_FAILED)
-                return _failed(
-                    inp,
-                    stable,
-                    events=[*events, f"analysis failed at step {index}: {inp.analysis.message}"],
-                    status=status,
-                    reason=Reason.ANALYSIS_FAILED,
-                    detail=inp.analysis.message,
-                )
-            index, started = index + 1, now
-            continue
-        assert step.pause is not None
-        if token:
-            status = status.with_(handled_promote=token)
-            events.append(f"promoted past pause step {index}")
-            token = None
-            index, started = index + 1, now
-            continue
-        if step.pause.duration is None:
-            paused = Reason.WAITING_FOR_PROMOTION
-            break
-        seconds = parse_duration(step.pause.duration)
-        elapsed = (now - started).total_seconds()
-        if elapsed >= seconds:
-            index, started = index + 1, now
-            continue
-        paused = Reason.PAUSE_STEP
-        requeue = max(seconds - elapsed, 1.0)
-        break
-
-    status = status.with_(current_step_index=index, step_started_at=started)
-    if index >= len(steps):
-        return _promote(inp, stable, status, events)
-
-    weight = weight_at(steps, index)
-    write_stable, stable_n, canary_n = _sizes(inp, weight)
-    intents = [
-        DeploymentIntent(STABLE, stable, write_stable),
-        DeploymentIntent(CANARY, rev, canary_n),
-    ]
-    where = f"step {index + 1}/{len(steps)}, weight {weight}% ({canary_n} canary / {stable_n} stable)"
-    if paused is Reason.PAUSED_BY_SPEC:
-        message = f"canary {rev} at {where}; paused by spec.rollout.paused (set it to false to continue)"
-    elif paused is Reason.WAITING_FOR_PROMOTION:
-        message = (
-            f"canary {rev} at {where}; paused until promoted: run `fdp-operator promote NAME` "
-            f"(or `--full` to skip the remaining steps) or set annotation fdp.io/promote"
-        )
-    elif paused is Reason.PAUSE_STEP:
-        message = f"canary {rev} at {where}; pause step ends in {requeue:.0f}s"
-    else:
-        message = f"canary {rev} at {where}: {waiting}"
-
-    have_canary = can.available_replicas if can is not None and can.runs(rev) else 0
-    marker = f"{rev}|{index}|{have_canary}|{st.available_replicas if st else 0}"
-    last, marker = common.progress_clock(prev, marker, now, paused=paused is not None)
-    due = common.deadline(last, spec.progress_deadline_seconds)
-    if paused is None and now >= due:
-        status = status.with_(aborted_revision=rev, abort_reason=Reason.PROGRESS_DEADLINE_EXCEEDED)
+        return _failed(inp, stable, status, [*events, f"rollout of {rev} aborted by user"])
+    walk = _walk_steps(inp, stable, status, events)
+    if walk.analysis_failed:
+        assert inp.analysis is not None
+        status = walk.status.with_(aborted_revision=rev, abort_reason=Reason.ANALYSIS_FAILED)
         return _failed(
             inp,
             stable,
-            events=[*events, f"rollout of {rev} exceeded its progress deadline; rolled back"],
-            status=status,
+            status,
+            [*events, f"analysis failed at step {walk.index}: {inp.analysis.message}"],
+            reason=Reason.ANALYSIS_FAILED,
+            detail=inp.analysis.message,
+        )
+    status = walk.status.with_(current_step_index=walk.index, step_started_at=walk.started)
+    if walk.index >= len(inp.spec.steps):
+        return _promote(inp, stable, status, events)
+    return _sync_status(inp, stable, replace(walk, status=status), events)
+
+
+def _begin(inp: RolloutInput, stable: str) -> tuple[RolloutStatus, list[str]]:
+    """A revision seen for the first time starts at step 0."""
+    rev = inp.desired_revision
+    status = inp.status.with_(strategy=STRATEGY, current_revision=rev, stable_revision=stable)
+    if inp.status.current_revision == rev:
+        return status, []
+    status = status.with_(
+        current_step_index=0, step_started_at=inp.now, aborted_revision=None, abort_reason=None
+    )
+    return status, [f"canary rollout of revision {rev} started; stable serves {stable}"]
+
+
+def _walk_steps(inp: RolloutInput, stable: str, status: RolloutStatus, events: list[str]) -> _Walk:
+    """Pass every step that is complete now; stop at the first that is not (appends events)."""
+    steps = inp.spec.steps
+    index = min(status.current_step_index or 0, len(steps))
+    started = status.step_started_at or inp.now
+    token = common.unhandled(inp.intents.promote, status.handled_promote)
+    if token and inp.intents.promote_full:
+        index, started = len(steps), inp.now
+        status = status.with_(handled_promote=token)
+        events.append(f"full promotion of {inp.desired_revision} requested by user")
+        token = None
+    while index < len(steps):
+        step = steps[index]
+        if inp.spec.paused:
+            return _Walk(index, started, status, paused=Reason.PAUSED_BY_SPEC)
+        if step.set_weight is not None:
+            waiting = _weight_reached(inp, stable, index)
+            if waiting:
+                return _Walk(index, started, status, waiting=waiting)
+            if inp.analysis is not None and inp.analysis.verdict == AnalysisVerdict.FAILED:
+                return _Walk(index, started, status, analysis_failed=True)
+        elif token:
+            status = status.with_(handled_promote=token)
+            events.append(f"promoted past pause step {index}")
+            token = None
+        else:
+            paused, requeue = _pause_step(step, started, inp.now)
+            if paused is not None:
+                return _Walk(index, started, status, paused=paused, requeue=requeue)
+        index, started = index + 1, inp.now
+    return _Walk(index, started, status)
+
+
+def _weight_reached(inp: RolloutInput, stable: str, index: int) -> str:
+    """ "" when both sides are Available at step ``index``'s weight, else what is awaited."""
+    _, stable_n, canary_n = _sizes(inp, weight_at(inp.spec.steps, index))
+    st = inp.deployments.get(STABLE)
+    can = inp.deployments.get(CANARY)
+    rev = inp.desired_revision
+    if _side_ready(can, rev, canary_n, exact=True) and _side_ready(
+        st, stable, stable_n, exact=not inp.autoscaled
+    ):
+        return ""
+    have = can.available_replicas if can is not None and can.runs(rev) else 0
+    return f"waiting for {canary_n} canary and {stable_n} stable pod(s) to be available ({have} canary now)"
+
+
+def _pause_step(step: CanaryStep, started: datetime, now: datetime) -> tuple[Reason | None, float | None]:
+    """(why it still waits, seconds left) for a pause step; (None, None) once it is over."""
+    assert step.pause is not None
+    if step.pause.duration is None:
+        return Reason.WAITING_FOR_PROMOTION, None
+    seconds = parse_duration(step.pause.duration)
+    elapsed = (now - started).total_seconds()
+    if elapsed >= seconds:
+        return None, None
+    return Reason.PAUSE_STEP, max(seconds - elapsed, 1.0)
+
+
+def _step_message(inp: RolloutInput, walk: _Walk, where: str) -> str:
+    rev = inp.desired_revision
+    if walk.paused is Reason.PAUSED_BY_SPEC:
+        return f"canary {rev} at {where}; paused by spec.rollout.paused (set it to false to continue)"
+    if walk.paused is Reason.WAITING_FOR_PROMOTION:
+        return (
+            f"canary {rev} at {where}; paused until promoted: run `fdp-operator promote NAME` "
+            f"(or `--full` to skip the remaining steps) or set annotation fdp.io/promote"
+        )
+    if walk.paused is Reason.PAUSE_STEP:
+        return f"canary {rev} at {where}; pause step ends in {walk.requeue:.0f}s"
+    return f"canary {rev} at {where}: {walk.waiting}"
+
+
+def _sync_status(inp: RolloutInput, stable: str, walk: _Walk, events: list[str]) -> RolloutDecision:
+    """Size both tracks for the current step, check the progress deadline, write status."""
+    rev = inp.desired_revision
+    st = inp.deployments.get(STABLE)
+    can = inp.deployments.get(CANARY)
+    index, paused, requeue = walk.index, walk.paused, walk.requeue
+    weight = weight_at(inp.spec.steps, index)
+    write_stable, stable_n, canary_n = _sizes(inp, weight)
+    where = (
+        f"step {index + 1}/{len(inp.spec.steps)}, weight {weight}% ({canary_n} canary / {stable_n} stable)"
+    )
+    message = _step_message(inp, walk, where)
+    have_canary = can.available_replicas if can is not None and can.runs(rev) else 0
+    marker = f"{rev}|{index}|{have_canary}|{st.available_replicas if st else 0}"
+    last, marker = common.progress_clock(inp.status, marker, inp.now, paused=paused is not None)
+    due = common.deadline(last, inp.spec.progress_deadline_seconds)
+    if paused is None and inp.now >= due:
+        # No pod became available for progressDeadlineSeconds (pauses do not count).
+        status = walk.status.with_(aborted_revision=rev, abort_reason=Reason.PROGRESS_DEADLINE_EXCEEDED)
+        return _failed(
+            inp,
+            stable,
+            status,
+            [*events, f"rollout of {rev} exceeded its progress deadline; rolled back"],
             reason=Reason.PROGRESS_DEADLINE_EXCEEDED,
             detail=message,
         )
     if paused is None:
-        wait = common.seconds_until(now, due)
+        wait = common.seconds_until(inp.now, due)
         requeue = min(requeue, wait) if requeue else wait
-    status = status.with_(
+    status = walk.status.with_(
         canary_weight=weight,
         phase=Phase.PAUSED if paused else Phase.PROGRESSING,
         pause_reason=str(paused) if paused else None,
         last_progress_time=last,
         progress_marker=marker,
     )
-    serving = st is not None and st.serving()
     return _decision(
         inp,
-        intents=intents,
+        intents=[DeploymentIntent(STABLE, stable, write_stable), DeploymentIntent(CANARY, rev, canary_n)],
         status=status,
-        ready=serving,
+        ready=st is not None and st.serving(),
         reconciling=True,
         message=message,
         paused=paused,

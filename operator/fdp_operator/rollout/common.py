@@ -133,3 +133,57 @@ def reason_of(text: str | None) -> Reason:
     except ValueError:
         return Reason.ABORTED
     return reason if reason in FAILURE_REASONS else Reason.ABORTED
+
+
+def failed(
+    inp: RolloutInput,
+    status: RolloutStatus,
+    *,
+    strategy: str,
+    serving_role: str,
+    other_role: str,
+    stable: str,
+    replicas: int | None,
+    active_role: str | None,
+    preview_role: str | None,
+    events: Iterable[str] = (),
+    reason: Reason | None = None,
+    detail: str = "",
+) -> RolloutDecision:
+    """After abort / deadline / failed analysis: ``other_role`` (preview or canary) at 0,
+    ``serving_role`` on the stable revision at ``replicas`` (None: the HPA's), Stalled.
+
+    Blue/green and canary alike; ``status`` comes with the strategy's own fields reset. The
+    first failure's detail stays in the message on later reconciles (``failed_rollout_message``).
+    """
+    rev = inp.desired_revision
+    why = reason_of(reason or status.abort_reason)
+    message = failed_rollout_message(inp, status, why, stable, detail)
+    status, more = consume_intents(inp, status, f"the rollout of {rev} failed; change the spec to retry")
+    status = status.with_(
+        strategy=strategy,
+        current_revision=rev,
+        stable_revision=stable,
+        aborted_revision=rev,
+        abort_reason=str(why),
+        phase=Phase.DEGRADED,
+        message=message,
+        pause_reason=None,
+    )
+    intents = [DeploymentIntent(serving_role, stable, replicas)]
+    other = inp.deployments.get(other_role)
+    if other is not None:
+        intents.append(DeploymentIntent(other_role, other.revision or rev, 0))
+    serving = inp.deployments.get(serving_role)
+    return decision(
+        intents=intents,
+        active_role=active_role,
+        preview_role=preview_role,
+        hpa_role=serving_role,
+        status=status,
+        ready=serving is not None and serving.serving(),
+        reconciling=False,
+        message=message,
+        stalled=why,
+        events=[*events, *more],
+    )

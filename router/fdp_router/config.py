@@ -419,6 +419,35 @@ class LedgerTimeouts(_Frozen):
         return self
 
 
+class LedgerRetention(_Frozen):
+    """What the live ledger keeps (docs/ledger-operations.md, "Retention and archival"): audit
+    records older than `audit_seconds` move to sealed segment files in `archive_dir`, each
+    ending in a signed checkpoint (`fdp-router ledger verify --archive` checks them offline),
+    and budget rows of closed windows are dropped. Unset `audit_seconds`: nothing is pruned."""
+
+    audit_seconds: int | None = Field(
+        None,
+        ge=60,
+        description="how long an audit record stays in the live database; unset: forever (no pruning)",
+    )
+    archive_dir: str | None = Field(
+        None, description="directory the pruned audit segments are written to (required with audit_seconds)"
+    )
+    interval_seconds: int = Field(3600, ge=60, le=7 * 86400, description="how often the router prunes")
+    in_router: bool = Field(
+        True,
+        description="the router prunes on its own; false: run `fdp-router ledger prune` instead (a "
+        "CronJob), e.g. with several replicas on PostgreSQL and no shared archive volume",
+    )
+    max_records_per_run: int = Field(200_000, ge=1000, le=10_000_000, description="records archived per run")
+
+    @model_validator(mode="after")
+    def _archive_needed(self) -> LedgerRetention:
+        if self.audit_seconds is not None and not self.archive_dir:
+            raise ValueError("ledger.retention: audit_seconds needs archive_dir (pruned records are archived)")
+        return self
+
+
 class LedgerConfig(_Frozen):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: str = "fdp-ledger.sqlite"
@@ -434,6 +463,18 @@ class LedgerConfig(_Frozen):
         "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
     )
     timeouts: LedgerTimeouts = LedgerTimeouts()
+    retention: LedgerRetention = LedgerRetention()
+    checkpoint_file: str | None = Field(
+        None,
+        description="the latest checkpoint written by `fdp-router ledger checkpoint`, kept where the "
+        "database's writers cannot change it; the router refuses a ledger whose head is older or "
+        "different (a restored backup, a truncated database) unless restore_gap accepts it",
+    )
+    restore_gap: Literal["refuse", "charge_full_window"] = Field(
+        "refuse",
+        description="a ledger behind checkpoint_file: refuse to serve (default), or accept it and count "
+        "every unit's full budget as spent until the current window closes (recorded in the audit trail)",
+    )
 
 
 class CacheConfig(_Frozen):

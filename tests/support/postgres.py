@@ -12,9 +12,11 @@ postmaster and every backend: a hung server whose kernel still accepts connectio
 ``kill`` (SIGKILL of all of them: a crash), ``start`` again on the same data directory and
 port (crash recovery), ``restart`` (fast shutdown, then start), and ``standby`` (a streaming
 replica, synchronous if asked) that ``promote`` turns into the primary (a failover).
+``dump``/``restore``: a database through ``pg_dump -Fc`` / ``pg_restore`` (the ledger's
+documented backup path).
 
-Used by tests/unit/privacy/conftest.py, tests/unit/privacy/test_ledger_faults.py and
-benchmarks/ledger_bench.py.
+Used by tests/unit/privacy/conftest.py, tests/unit/privacy/test_ledger_faults.py,
+tests/unit/privacy/test_ledger_backup.py and benchmarks/ledger_bench.py.
 """
 
 from __future__ import annotations
@@ -104,6 +106,34 @@ class PgServer:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return psycopg.conninfo.make_conninfo(self.dsn, dbname=name)
+
+    # --- backup and restore with PostgreSQL's own tools (docs/ledger-operations.md) ---------
+
+    def _tool(self, name: str) -> str:
+        if self.bindir is not None and (self.bindir / name).exists():
+            return str(self.bindir / name)
+        found = shutil.which(name)
+        if found:
+            return found
+        return str(find_bindir() / name)
+
+    def dump(self, dsn: str, path: Path) -> None:
+        """``pg_dump -Fc`` of one database: one consistent snapshot of every ledger table."""
+        subprocess.run(
+            [self._tool("pg_dump"), "-Fc", "--no-owner", "-f", str(path), "-d", dsn],
+            check=True,
+            capture_output=True,
+        )
+
+    def restore(self, path: Path) -> str:
+        """``pg_restore`` a dump into a fresh database; returns its DSN."""
+        dsn = self.new_database()
+        subprocess.run(
+            [self._tool("pg_restore"), "--no-owner", "--exit-on-error", "-d", dsn, str(path)],
+            check=True,
+            capture_output=True,
+        )
+        return dsn
 
     @property
     def data(self) -> Path:

@@ -9,6 +9,8 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import abc
+import hmac
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -53,6 +55,13 @@ class UnknownReservation(PrivacyError, KeyError):
     """commit/release of an id the ledger never issued (or already settled)."""
 
 
+class LedgerIntegrityError(PrivacyError):
+    """The ledger's database fails a check that only a holder of the audit key can pass (a row
+    MAC, the head, the identity row), or it is behind the last exported checkpoint (a restored
+    backup, a truncated database), or its schema predates these checks. Raised when a ledger
+    is opened: the router refuses to start; the message says what to do."""
+
+
 class LedgerUnavailable(PrivacyError):
     """The ledger cannot be used now: its database is down, frozen, unreachable, full,
     read-only, busy beyond ``ledger.timeouts`` or failing over. Transient: retry later.
@@ -60,9 +69,11 @@ class LedgerUnavailable(PrivacyError):
     Raised instead of waiting longer than the configured bounds. A reservation that raised it
     gave no caller a Reservation, so no node may be called for it; when the failure hit the
     transaction's commit its outcome is unknown and the spend may be recorded (the safe side).
-    `kind` is one of `KINDS` (a metric label: bounded)."""
+    `kind` is one of `KINDS` (a metric label: bounded); two are not faults of the database:
+    ``integrity`` (its head row fails its MAC: it was changed without the key) and
+    ``key_exhausted`` (the active audit key sealed its AES-GCM limit of records: rotate it)."""
 
-    KINDS = ("timeout", "connection", "busy", "disk_full", "read_only", "io")
+    KINDS = ("timeout", "connection", "busy", "disk_full", "read_only", "io", "integrity", "key_exhausted")
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"ledger unavailable ({kind}): {detail}")
@@ -140,6 +151,15 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def query_hash(self, text: str) -> str:
+        """The keyed hash of a query's text that audit records carry (never the text). The SQL
+        ledgers key it from the audit key, so auditors holding the key can match queries;
+        this default (ledgers without an audit key: test fakes) uses a key of its own."""
+        key = self.__dict__.get("_fdp_query_hash_key")
+        if key is None:
+            key = self.__dict__["_fdp_query_hash_key"] = secrets.token_bytes(32)
+        return hmac.digest(key, text.encode("utf-8"), "sha256").hex()
 
     async def check(self) -> None:
         """Return if the ledger can record a spend now, raise LedgerUnavailable if not (a

@@ -6,8 +6,17 @@ hospitals, nodes, the keyed query hash, request id) with AES-256-GCM. The GCM as
 data binds the ciphertext to the clear fields and to the previous record's hash, and each
 record's hash is SHA-256 over the previous hash and all of its stored fields: editing,
 reordering or deleting a record breaks the chain at that record, and forging one needs the
-key. (Truncating the tail is caught against the stored head row; keep an external copy of
-the head hash if the database administrator is not trusted.)
+key. Truncating the tail is caught against the head row (itself under a keyed MAC) and, when
+whoever can write the database is not trusted, against a signed checkpoint kept outside it
+(`Checkpoint`; ``fdp-router ledger checkpoint`` / ``ledger verify --expect-head``).
+
+AES-GCM with random 96-bit nonces is safe for at most 2^32 encryptions under one key (NIST
+SP 800-38D, 8.3): the ledger counts the records each key sealed and refuses to seal more than
+`NONCE_LIMIT` under one key (rotate: append a key to the ring), warning from `NONCE_WARN` on.
+
+Keys derived from the ring (`derive`: HMAC-SHA256 of a label, never a key used as is for two
+purposes) key the query hash, the ledger's row MACs and pseudonyms (ledger/integrity.py) and
+the checkpoints.
 
 Keys: a keyring of 32-byte keys, each with an id stored per record, so keys can be rotated
 (new records use the active key; old ones stay readable while their key is in the ring).
@@ -45,6 +54,20 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 CLEAR_FIELDS = ("seq", "ts", "kind", "reservation_id", "epsilon", "delta", "key_id")
+NONCE_LIMIT = 1 << 32  # records one key may seal (random 96-bit GCM nonces)
+NONCE_WARN = 1 << 31  # from here on, every NONCE_WARN_STEP records sealed: a warning
+NONCE_WARN_STEP = 1 << 24
+CHECKPOINT_VERSION = 1
+
+
+def derive(key: bytes, label: str) -> bytes:
+    """A 32-byte key for one purpose (`label`) derived from a ring key."""
+    return hmac.digest(key, b"fdp-derive " + label.encode("ascii"), "sha256")
+
+
+def mac_hex(key: bytes, data: bytes) -> str:
+    """HMAC-SHA256 truncated to 128 bits, as hex (what the ledger stores per row)."""
+    return hmac.digest(key, data, "sha256")[:16].hex()
 
 
 def query_hash(key: bytes, text: str) -> str:
@@ -217,31 +240,161 @@ class VerifyResult:
     checked: int
     first_bad_seq: int | None = None
     reason: str = ""
+    head_seq: int | None = None  # the chain's last record (None: not known)
+    start_seq: int = 0  # the chain was checked from the record after this one
+    notes: tuple[str, ...] = ()  # what was and was not checked
+
+
+class ChainCheck:
+    """Streaming check of sequence, chaining, hashes and (with a keyring) each record's tag:
+    feed records in sequence order, read `failure` after each. Starts after (seq, hash)
+    `start` (the genesis, an archived prefix's end, a checkpoint)."""
+
+    def __init__(self, keyring: Keyring | None, start: tuple[int, str] = (0, GENESIS)) -> None:
+        self.keyring = keyring
+        self.start_seq = start[0]
+        self.prev_hash = start[1]
+        self.expected_seq = start[0] + 1
+        self.checked = 0
+        self.failure: VerifyResult | None = None
+
+    @property
+    def last(self) -> tuple[int, str]:
+        return self.expected_seq - 1, self.prev_hash
+
+    def feed(self, rec: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Check one record; returns its unsealed fields (with a keyring), else None. After a
+        failure (`self.failure` set) nothing more is checked."""
+        if self.failure is not None:
+            return None
+        seq = int(rec["seq"])
+        if seq != self.expected_seq:
+            self._fail(self.expected_seq, f"record {self.expected_seq} missing (found {seq} next)")
+        elif rec["prev_hash"] != self.prev_hash:
+            self._fail(seq, "prev_hash does not match the previous record's hash")
+        elif record_hash(rec) != rec["hash"]:
+            self._fail(seq, "hash mismatch (record edited)")
+        if self.failure is not None:
+            return None
+        data = None
+        if self.keyring is not None:
+            try:
+                data = unseal(self.keyring, rec)
+            except ValueError as exc:
+                self._fail(seq, str(exc))
+                return None
+        self.prev_hash, self.expected_seq, self.checked = rec["hash"], seq + 1, self.checked + 1
+        return data
+
+    def _fail(self, seq: int, reason: str) -> None:
+        self.failure = VerifyResult(False, self.checked, seq, reason, start_seq=self.start_seq)
+
+    def finish(self, head: tuple[int, str] | None = None) -> VerifyResult:
+        """The result, checking that the chain ends where `head` (seq, hash) says."""
+        if self.failure is not None:
+            return self.failure
+        end_seq, end_hash = self.last
+        if head is not None:
+            head_seq, head_hash = head
+            if head_seq != end_seq or head_hash != end_hash:
+                return VerifyResult(
+                    False,
+                    self.checked,
+                    self.expected_seq,
+                    f"chain ends at {end_seq} but the head says {head_seq}"
+                    + ("" if head_seq != end_seq else " (with another hash)"),
+                    start_seq=self.start_seq,
+                )
+        return VerifyResult(True, self.checked, head_seq=end_seq, start_seq=self.start_seq)
 
 
 def verify_chain(
-    records: Iterable[Mapping[str, Any]], keyring: Keyring | None, head: tuple[int, str] | None = None
+    records: Iterable[Mapping[str, Any]],
+    keyring: Keyring | None,
+    head: tuple[int, str] | None = None,
+    *,
+    start: tuple[int, str] = (0, GENESIS),
 ) -> VerifyResult:
     """Check sequence, chaining, hashes and (with a keyring) each record's authentication tag."""
-    prev_hash, expected_seq, n = GENESIS, 1, 0
+    check = ChainCheck(keyring, start)
     for rec in records:
-        seq = int(rec["seq"])
-        if seq != expected_seq:
-            return VerifyResult(False, n, expected_seq, f"record {expected_seq} missing (found {seq} next)")
-        if rec["prev_hash"] != prev_hash:
-            return VerifyResult(False, n, seq, "prev_hash does not match the previous record's hash")
-        if record_hash(rec) != rec["hash"]:
-            return VerifyResult(False, n, seq, "hash mismatch (record edited)")
-        if keyring is not None:
-            try:
-                unseal(keyring, rec)
-            except ValueError as exc:
-                return VerifyResult(False, n, seq, str(exc))
-        prev_hash, expected_seq, n = rec["hash"], seq + 1, n + 1
-    if head is not None:
-        head_seq, head_hash = head
-        if head_seq != expected_seq - 1 or (head_seq > 0 and head_hash != prev_hash):
-            return VerifyResult(
-                False, n, expected_seq, f"chain ends at {expected_seq - 1} but the head says {head_seq}"
-            )
-    return VerifyResult(True, n)
+        check.feed(rec)
+        if check.failure is not None:
+            break
+    return check.finish(head)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement "ledger `ledger_id` had `seq` records ending in hash `head` at
+    `time`", MACed with a key derived from ring key `key_id`. Kept outside the database (a
+    Secret, an object store, the FederatedRouter status): a ledger shorter than it or
+    different from it was truncated, rolled back or rewritten."""
+
+    ledger_id: str
+    seq: int
+    head: str
+    time: str
+    key_id: str
+    mac: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": CHECKPOINT_VERSION,
+            "ledger_id": self.ledger_id,
+            "seq": self.seq,
+            "head": self.head,
+            "time": self.time,
+            "key_id": self.key_id,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps({**self.body(), "mac": self.mac}, sort_keys=True)
+
+
+def _checkpoint_mac(key: bytes, body: Mapping[str, Any]) -> str:
+    return hmac.digest(derive(key, "checkpoint v1"), _canonical(dict(body)), "sha256").hex()
+
+
+def sign_checkpoint(
+    keyring: Keyring, key_id: str, *, ledger_id: str, seq: int, head: str, time: str
+) -> Checkpoint:
+    unsigned = Checkpoint(ledger_id, int(seq), head, time, key_id, "")
+    return Checkpoint(
+        ledger_id, int(seq), head, time, key_id, _checkpoint_mac(keyring.keys[key_id], unsigned.body())
+    )
+
+
+def parse_checkpoint(text: str, source: str) -> Checkpoint:
+    """A checkpoint from its JSON text; InvalidPrivacyRequest naming `source` if malformed."""
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("v") != CHECKPOINT_VERSION:
+            raise ValueError(f"not a version {CHECKPOINT_VERSION} ledger checkpoint")
+        cp = Checkpoint(
+            ledger_id=str(data["ledger_id"]),
+            seq=int(data["seq"]),
+            head=str(data["head"]),
+            time=str(data["time"]),
+            key_id=str(data["key_id"]),
+            mac=str(data["mac"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidPrivacyRequest(source, f"not a ledger checkpoint ({exc})") from None
+    if cp.seq < 0 or len(cp.head) != 64:
+        raise InvalidPrivacyRequest(source, "not a ledger checkpoint (seq or head out of range)")
+    return cp
+
+
+def check_checkpoint(keyring: Keyring, cp: Checkpoint) -> None:
+    """Raise ValueError unless `cp` was signed with a key of this ring."""
+    key = keyring.keys.get(cp.key_id)
+    if key is None:
+        raise ValueError(
+            f"the checkpoint is signed with key {cp.key_id!r}, which is not in the audit keyring"
+        )
+    if not hmac.compare_digest(_checkpoint_mac(key, cp.body()), cp.mac):
+        raise ValueError("the checkpoint's MAC is wrong (edited, or signed with another key)")

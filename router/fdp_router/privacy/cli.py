@@ -6,8 +6,14 @@ SREs use these to reason about policies and to check the audit trail:
   which accountant (PLD, RDP, basic) gave it;
 - ``privacy plan``: how many such queries the admission filter admits under a budget,
   next to basic composition and PLD for a fixed, non-adaptive sequence;
-- ``ledger verify``: checks the audit chain and reports the first broken record
-  (exit 1 when broken, 2 on bad input).
+- ``ledger verify``: checks the audit chain, every row's MAC, the budgets against the trail,
+  optionally against an exported checkpoint (``--expect-head``), incrementally from one
+  (``--since``) and the archived segments (``--archive``); reports the first broken record
+  (exit 1 when broken, 2 on bad input or a missing database, which it never creates);
+- ``ledger checkpoint``: a signed checkpoint of the head, to keep outside the database;
+- ``ledger prune``: archive and prune by ``ledger.retention`` (what the router does itself);
+- ``ledger backup`` / ``ledger restore``: SQLite's online backup API (PostgreSQL: its tools);
+- ``ledger migrate``: a schema 1 ledger to schema 2, after verifying it.
 
 Registered by ``fdp_router.cli`` through ``register(subparsers)``.
 """
@@ -17,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fdp_router.config import LedgerConfig, load_config
 from fdp_router.privacy import filter as flt
@@ -27,6 +35,10 @@ from fdp_router.privacy.accounting import epsilon_pld, tightest
 from fdp_router.privacy.api import InvalidPrivacyRequest
 from fdp_router.privacy.events import Event, GaussianEvent, LaplaceEvent, PureDpEvent, SelfComposedEvent
 from fdp_router.privacy.mechanisms import check_delta, epsilon_for_sigma
+
+if TYPE_CHECKING:
+    from fdp_router.privacy.audit import Checkpoint, Keyring
+    from fdp_router.privacy.ledger.core import SqlDriver
 
 
 def register(subparsers: Any) -> None:
@@ -47,16 +59,69 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--json", action="store_true", help="print a JSON object")
     plan.set_defaults(func=cmd_plan)
 
-    ledger = subparsers.add_parser("ledger", help="inspect the privacy ledger")
+    ledger = subparsers.add_parser("ledger", help="verify, checkpoint, prune, back up the privacy ledger")
     lsub = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND", required=True)
-    ver = lsub.add_parser("verify", help="check the audit hash chain; report the first broken record")
-    src = ver.add_mutually_exclusive_group(required=True)
-    src.add_argument("--sqlite", metavar="PATH", help="SQLite ledger file")
-    src.add_argument("--dsn", help="PostgreSQL DSN")
-    src.add_argument("--config", metavar="FILE", help="router config file (uses its ledger section)")
-    ver.add_argument("--key-file", help="audit keyring file (default: config / $FDP_AUDIT_KEY / dev key)")
+    ver = lsub.add_parser(
+        "verify", help="check the audit trail, row MACs and budgets; report the first break"
+    )
+    _source_args(ver, required=False)
+    ver.add_argument(
+        "--expect-head",
+        metavar="FILE|JSON",
+        help="a checkpoint exported earlier: fail if the ledger is shorter than it or different",
+    )
+    ver.add_argument(
+        "--since",
+        metavar="FILE|JSON",
+        help="verify incrementally from this checkpoint (chain, tags, row MACs; no budget replay)",
+    )
+    ver.add_argument("--archive", metavar="DIR", help="also verify the archived segments in DIR (offline)")
     ver.add_argument("--json", action="store_true")
     ver.set_defaults(func=cmd_verify)
+
+    cp = lsub.add_parser("checkpoint", help="print (and write) a signed checkpoint of the ledger's head")
+    _source_args(cp)
+    cp.add_argument("--out", metavar="FILE", help="also write it to FILE (atomically)")
+    cp.add_argument(
+        "--since",
+        metavar="FILE|JSON",
+        help="the previous checkpoint: verify the trail from it first and refuse to sign a broken one",
+    )
+    cp.set_defaults(func=cmd_checkpoint)
+
+    pr = lsub.add_parser(
+        "prune", help="archive audit records older than ledger.retention, prune closed windows"
+    )
+    pr.add_argument("--config", metavar="FILE", required=True, help="router config file")
+    pr.add_argument("--key-file", help="audit keyring file (default: the config's)")
+    pr.set_defaults(func=cmd_prune)
+
+    bk = lsub.add_parser("backup", help="a consistent copy of a live SQLite ledger (online backup API)")
+    _source_args(bk, dsn=False, key=False)
+    bk.add_argument("--out", metavar="FILE", required=True, help="the backup file (must not exist)")
+    bk.set_defaults(func=cmd_backup)
+
+    rs = lsub.add_parser("restore", help="restore a SQLite ledger from a backup (no router may be using it)")
+    _source_args(rs, dsn=False)
+    rs.add_argument("--from", dest="backup", metavar="FILE", required=True, help="the backup file")
+    rs.add_argument("--force", action="store_true", help="overwrite an existing ledger database")
+    rs.set_defaults(func=cmd_restore)
+
+    mg = lsub.add_parser("migrate", help="convert a schema 1 ledger to schema 2 (verifies it first)")
+    _source_args(mg)
+    mg.set_defaults(func=cmd_migrate)
+
+
+def _source_args(
+    p: argparse.ArgumentParser, *, required: bool = True, dsn: bool = True, key: bool = True
+) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
+    src.add_argument("--sqlite", metavar="PATH", help="SQLite ledger file")
+    if dsn:
+        src.add_argument("--dsn", help="PostgreSQL DSN")
+    src.add_argument("--config", metavar="FILE", help="router config file (uses its ledger section)")
+    if key:
+        p.add_argument("--key-file", help="audit keyring file (default: config / $FDP_AUDIT_KEY / dev key)")
 
 
 def _mechanism_args(p: argparse.ArgumentParser) -> None:
@@ -199,39 +264,96 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+class _NoDatabase(Exception):
+    """The named ledger database does not exist (exit 2; nothing is created)."""
+
+
+def _ledger_cfg(args: argparse.Namespace) -> tuple[LedgerConfig, str]:
+    """The ledger config the arguments name, and a phrase for messages."""
+    if getattr(args, "config", None):
+        return load_config(args.config).ledger, f"the ledger of {args.config}"
+    if getattr(args, "sqlite", None):
+        return LedgerConfig(backend="sqlite", sqlite_path=args.sqlite), args.sqlite
+    return LedgerConfig(backend="postgres"), "the PostgreSQL ledger"
+
+
+def _keyring(args: argparse.Namespace, ledger_cfg: LedgerConfig) -> Keyring:
     from fdp_router.privacy.audit import load_keyring, parse_keyring
-    from fdp_router.privacy.ledger import verify_ledger
+
+    if getattr(args, "key_file", None):
+        return parse_keyring(Path(args.key_file).read_text(encoding="utf-8"), "--key-file")
+    if ledger_cfg.backend == "sqlite":
+        path = Path(ledger_cfg.sqlite_path)
+        dev = path.with_name(path.name + ".audit-key")
+        return load_keyring(ledger_cfg, dev_key_path=dev if dev.exists() else None)
+    return load_keyring(ledger_cfg)
+
+
+def _driver(args: argparse.Namespace, ledger_cfg: LedgerConfig, *, read_only: bool) -> SqlDriver:
+    """The database driver; an SQLite file must exist (never created here)."""
+    if ledger_cfg.backend == "sqlite":
+        from fdp_router.privacy.ledger.sqlite import SqliteDriver
+
+        path = Path(ledger_cfg.sqlite_path)
+        if not path.is_file():
+            where = f" (ledger.sqlite_path in {args.config})" if getattr(args, "config", None) else ""
+            raise _NoDatabase(f"no ledger database at {path}{where}; nothing was created")
+        return SqliteDriver(path, ledger_cfg.timeouts, read_only=read_only)
+    from fdp_router.privacy.ledger import postgres_dsn
+    from fdp_router.privacy.ledger.postgres import PostgresDriver
+
+    return PostgresDriver(getattr(args, "dsn", None) or postgres_dsn(ledger_cfg), ledger_cfg.timeouts)
+
+
+def _checkpoint_arg(value: str | None, flag: str) -> Checkpoint | None:
+    from fdp_router.privacy.audit import parse_checkpoint
+
+    if value is None:
+        return None
+    text = value if value.lstrip().startswith("{") else Path(value).read_text(encoding="utf-8")
+    return parse_checkpoint(text, flag)
+
+
+def _guarded(fn: Callable[[], int]) -> int:
+    """Run a ledger command: bad input, a missing database or an unreadable ledger exit 2."""
+    from fdp_router.privacy.api import LedgerIntegrityError, LedgerUnavailable
 
     try:
-        if args.config:
-            ledger_cfg = load_config(args.config).ledger
-        elif args.sqlite:
-            if not Path(args.sqlite).is_file():
-                raise InvalidPrivacyRequest("--sqlite", f"{args.sqlite} does not exist")
-            ledger_cfg = LedgerConfig(backend="sqlite", sqlite_path=args.sqlite)
-        else:
-            ledger_cfg = LedgerConfig(backend="postgres")
-        if args.key_file:
-            keyring = parse_keyring(Path(args.key_file).read_text(encoding="utf-8"), "--key-file")
-        elif ledger_cfg.backend == "sqlite":
-            path = Path(ledger_cfg.sqlite_path)
-            dev = path.with_name(path.name + ".audit-key")
-            keyring = load_keyring(ledger_cfg, dev_key_path=dev if dev.exists() else None)
-        else:
-            keyring = load_keyring(ledger_cfg)
-        if ledger_cfg.backend == "sqlite":
-            from fdp_router.privacy.ledger.sqlite import SqliteDriver
-
-            driver: Any = SqliteDriver(ledger_cfg.sqlite_path)
-        else:
-            from fdp_router.privacy.ledger import postgres_dsn
-            from fdp_router.privacy.ledger.postgres import PostgresDriver
-
-            driver = PostgresDriver(args.dsn or postgres_dsn(ledger_cfg))
-        result = verify_ledger(driver, keyring)
-    except (InvalidPrivacyRequest, OSError) as exc:
+        return fn()
+    except (InvalidPrivacyRequest, _NoDatabase, LedgerIntegrityError, OSError, ValueError) as exc:
         return _fail(str(exc))
+    except LedgerUnavailable as exc:
+        return _fail(str(exc))
+    except Exception as exc:  # a database error (connection refused, not a ledger...)
+        if type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg"):
+            return _fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _verify(args))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from fdp_router.privacy.ledger import verify_archive, verify_ledger
+
+    expect = _checkpoint_arg(args.expect_head, "--expect-head")
+    since = _checkpoint_arg(args.since, "--since")
+    if not (args.sqlite or args.dsn or args.config):
+        if not args.archive:
+            raise InvalidPrivacyRequest("--sqlite/--dsn/--config", "name the ledger (or --archive DIR alone)")
+        if args.key_file is None:
+            raise InvalidPrivacyRequest("--key-file", "is required to verify an archive on its own")
+        result = verify_archive(args.archive, _keyring(args, LedgerConfig()))
+    else:
+        ledger_cfg, _ = _ledger_cfg(args)
+        driver = _driver(args, ledger_cfg, read_only=True)
+        try:
+            result = verify_ledger(
+                driver, _keyring(args, ledger_cfg), expect_head=expect, since=since, archive=args.archive
+            )
+        finally:
+            driver.close()
     if args.json:
         print(
             json.dumps(
@@ -240,11 +362,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "checked": result.checked,
                     "first_bad_seq": result.first_bad_seq,
                     "reason": result.reason,
+                    "head_seq": result.head_seq,
+                    "start_seq": result.start_seq,
+                    "notes": list(result.notes),
                 }
             )
         )
     elif result.ok:
         print(f"ok: {result.checked} audit records, chain intact")
+        for note in result.notes:
+            print(f"  note: {note}")
     elif result.first_bad_seq is None:
         print(f"BROKEN: {result.reason} (the {result.checked} audit records themselves are intact)")
     else:
@@ -253,3 +380,133 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"({result.checked} records verified before it)"
         )
     return 0 if result.ok else 1
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _checkpoint(args))
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from fdp_router.privacy.ledger import verify_ledger
+    from fdp_router.privacy.ledger.maintenance import make_checkpoint
+
+    ledger_cfg, _ = _ledger_cfg(args)
+    driver = _driver(args, ledger_cfg, read_only=True)
+    try:
+        keyring = _keyring(args, ledger_cfg)
+        since = _checkpoint_arg(args.since, "--since")
+        if since is not None:
+            result = verify_ledger(driver, keyring, since=since)
+            if not result.ok:
+                print(f"BROKEN since the previous checkpoint: {result.reason}; not signed", file=sys.stderr)
+                return 1
+        cp = make_checkpoint(driver, keyring)
+    finally:
+        driver.close()
+    text = cp.to_json()
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    print(text)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _prune(args))
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from fdp_router.privacy.ledger.maintenance import prune
+
+    cfg = load_config(args.config)
+    if cfg.ledger.retention.audit_seconds is None:
+        raise InvalidPrivacyRequest("ledger.retention.audit_seconds", "is not set: nothing to prune")
+    driver = _driver(args, cfg.ledger, read_only=False)
+    try:
+        report = prune(
+            driver, _keyring(args, cfg.ledger), cfg.privacy, cfg.ledger.retention, datetime.now(UTC)
+        )
+    finally:
+        driver.close()
+    print(report.describe())
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _backup(args))
+
+
+def _backup(args: argparse.Namespace) -> int:
+    ledger_cfg, _ = _ledger_cfg(args)
+    if ledger_cfg.backend != "sqlite":
+        raise InvalidPrivacyRequest(
+            "ledger.backend",
+            "PostgreSQL ledgers are backed up with PostgreSQL's tools (pg_dump, or pg_basebackup with WAL "
+            'archiving): docs/ledger-operations.md, "Backup and restore"',
+        )
+    driver = _driver(args, ledger_cfg, read_only=True)
+    try:
+        driver.backup_to(args.out)  # type: ignore[attr-defined]
+    finally:
+        driver.close()
+    print(f"backup written to {args.out}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _restore(args))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from fdp_router.privacy.ledger import verify_ledger
+    from fdp_router.privacy.ledger.sqlite import SqliteDriver
+
+    ledger_cfg, _ = _ledger_cfg(args)
+    if ledger_cfg.backend != "sqlite":
+        raise InvalidPrivacyRequest(
+            "ledger.backend", "restore PostgreSQL ledgers with pg_restore: docs/ledger-operations.md"
+        )
+    backup = Path(args.backup)
+    if not backup.is_file():
+        raise _NoDatabase(f"no backup at {backup}")
+    target = Path(ledger_cfg.sqlite_path)
+    if target.exists() and not args.force:
+        raise InvalidPrivacyRequest(
+            "--force", f"{target} exists; pass --force to overwrite it with the backup"
+        )
+    keyring = _keyring(args, ledger_cfg)
+    source = SqliteDriver(backup, read_only=True)
+    try:
+        checked = verify_ledger(source, keyring)
+    finally:
+        source.close()
+    if not checked.ok:
+        print(f"the backup does not verify: {checked.reason}; nothing restored", file=sys.stderr)
+        return 1
+    SqliteDriver(target, ledger_cfg.timeouts).restore_from(backup)
+    print(
+        f"restored {target} from {backup} (head: record {checked.head_seq}). A router with "
+        "ledger.checkpoint_file refuses it if a later checkpoint was exported (ledger.restore_gap)."
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _migrate(args))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from fdp_router.privacy.ledger.maintenance import migrate
+
+    ledger_cfg, _ = _ledger_cfg(args)
+    driver = _driver(args, ledger_cfg, read_only=False)
+    try:
+        report = migrate(driver, _keyring(args, ledger_cfg))
+    finally:
+        driver.close()
+    print(report.detail)
+    return 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ from typing import Any
 
 import orjson
 
-from fdp_router.config import LedgerTimeouts, PrivacyConfig
+from fdp_router.config import LedgerRetention, LedgerTimeouts, PrivacyConfig
 from fdp_router.errors import LedgerUnavailableError
 from fdp_router.privacy import audit as audit_mod
 from fdp_router.privacy import events as ev
@@ -62,33 +63,53 @@ from fdp_router.privacy.api import (
     Charge,
     InvalidPrivacyRequest,
     Ledger,
+    LedgerIntegrityError,
     LedgerUnavailable,
     PrivacyError,
     Reservation,
     Scope,
     UnknownReservation,
 )
+from fdp_router.privacy.ledger.integrity import HEAD_COLUMNS, Head, Integrity, ledger_row, read_ledger_row
 from fdp_router.privacy.ledger.watchdog import Guard, Watchdog
 from fdp_router.privacy.policy import budget_of, check_policy, guarantee, window_of
 
 log = logging.getLogger(__name__)
 
+# Schema 2 (ledger/integrity.py): pseudonymous unit keys and a keyed MAC on every trusted row.
+# A database of schema 1 (clear identifiers, no MACs) is refused with a pointer to
+# `fdp-router ledger migrate` (maintenance.py), which verifies it and converts it in place.
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS fdp_units (
         scope TEXT NOT NULL, unit_key TEXT NOT NULL, window_id BIGINT NOT NULL,
         rdp TEXT NOT NULL, basic_eps DOUBLE PRECISION NOT NULL, n_queries BIGINT NOT NULL,
-        PRIMARY KEY (scope, unit_key, window_id))""",
+        mac TEXT NOT NULL, PRIMARY KEY (scope, unit_key, window_id))""",
     """CREATE TABLE IF NOT EXISTS fdp_reservations (
         id TEXT PRIMARY KEY, window_id BIGINT NOT NULL, units TEXT NOT NULL, event TEXT NOT NULL,
         rdp TEXT NOT NULL, epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL,
-        state TEXT NOT NULL, created_at TEXT NOT NULL, settled_at TEXT)""",
+        state TEXT NOT NULL, created_at TEXT NOT NULL, settled_at TEXT, mac TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS fdp_audit (
         seq BIGINT PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, reservation_id TEXT NOT NULL,
         epsilon DOUBLE PRECISION NOT NULL, delta DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL,
         nonce TEXT NOT NULL, ciphertext TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS fdp_head (
-        id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)""",
+        id INTEGER PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL,
+        key_id TEXT NOT NULL, key_count BIGINT NOT NULL, base_seq BIGINT NOT NULL,
+        base_hash TEXT NOT NULL, base_window BIGINT NOT NULL, mac TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS fdp_carry (
+        scope TEXT NOT NULL, unit_key TEXT NOT NULL, window_id BIGINT NOT NULL,
+        rdp TEXT NOT NULL, basic_eps DOUBLE PRECISION NOT NULL, n_queries BIGINT NOT NULL,
+        mac TEXT NOT NULL, PRIMARY KEY (scope, unit_key, window_id))""",
+    """CREATE TABLE IF NOT EXISTS fdp_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL, mac TEXT NOT NULL)""",
 )
+OLD_SCHEMA = (
+    "this ledger database has schema 1 (clear user and department identifiers, no row MACs); this "
+    "router needs schema 2. Stop every router using it, back it up, and run `fdp-router ledger "
+    "migrate --config <router config>` (it verifies the trail, then converts the database in one "
+    'transaction): docs/ledger-operations.md, "Upgrading a schema 1 ledger"'
+)
+SELECT_HEAD = f"SELECT {', '.join(HEAD_COLUMNS)} FROM fdp_head WHERE id = 1"  # noqa: S608
+INSERT_HEAD = f"INSERT INTO fdp_head (id, {', '.join(HEAD_COLUMNS)}) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 AUDIT_COLUMNS = (
     "seq",
     "ts",
@@ -152,20 +173,55 @@ class SqlDriver(abc.ABC):
     def sql(self, text: str) -> str:
         return text
 
-    def init_schema(self, conn: Any) -> None:
-        cur = conn.cursor()
+    @abc.abstractmethod
+    def begin_schema(self, conn: Any) -> Any:
+        """Start a transaction that serialises schema creation across processes; a cursor."""
+
+    @abc.abstractmethod
+    def table_exists(self, cur: Any, name: str) -> bool: ...
+
+    def init_schema(self, conn: Any, keyring: audit_mod.Keyring) -> Integrity:
+        """Create the schema (or find it), in one transaction; returns the ledger's Integrity.
+        Raises LedgerIntegrityError for a schema 1 database or a damaged identity row."""
+        cur = self.begin_schema(conn)
+        existed = self.table_exists(cur, "fdp_head")
+        if existed and not self.table_exists(cur, "fdp_meta"):
+            raise LedgerIntegrityError(OLD_SCHEMA)
         for stmt in SCHEMA:
             cur.execute(stmt)
-        cur.execute(
-            self.sql("INSERT INTO fdp_head (id, seq, hash) VALUES (1, 0, ?) ON CONFLICT (id) DO NOTHING"),
-            (audit_mod.GENESIS,),
-        )
         self.extra_schema(cur)
+        cur.execute("SELECT value, mac FROM fdp_meta WHERE name = 'ledger'")
+        row = cur.fetchone()
+        if row is not None:
+            integrity = read_ledger_row(keyring, str(row[0]), str(row[1]))
+        elif existed:
+            raise LedgerIntegrityError(
+                "the ledger's identity row (fdp_meta 'ledger') is missing: the database was changed "
+                "without the audit key (run `fdp-router ledger verify`)"
+            )
+        else:
+            ledger_id, key_id = secrets.token_hex(8), keyring.active_id
+            value, mac = ledger_row(keyring, ledger_id, key_id)
+            cur.execute(
+                self.sql("INSERT INTO fdp_meta (name, value, mac) VALUES ('ledger', ?, ?)"), (value, mac)
+            )
+            integrity = Integrity(keyring, ledger_id, key_id)
+            head = integrity.signed_head(Head(0, audit_mod.GENESIS, "", 0, 0, audit_mod.GENESIS, 0, ""))
+            cur.execute(
+                self.sql(INSERT_HEAD),
+                (*head.fields(), head.mac),
+            )
         conn.commit()
+        return integrity
+
+    def drop_old_triggers(self, cur: Any) -> None:
+        """Schema 1's guards that schema 2 replaces (``ledger migrate``). Default: none."""
+        return None
 
     @abc.abstractmethod
     def extra_schema(self, cur: Any) -> None:
-        """Append-only guards (triggers) on the audit table."""
+        """Append-only guards (triggers) on the audit table: no UPDATE; DELETE only of records
+        at or below the head's ``base_seq`` (archived, maintenance.py moves it first)."""
 
     @abc.abstractmethod
     def classify(self, exc: BaseException) -> str | None:
@@ -272,7 +328,15 @@ class SqlLedger(Ledger):
         now: Callable[[], datetime] | None = None,
         *,
         deferred_commit: bool = False,
+        retention: LedgerRetention | None = None,
+        checkpoint: audit_mod.Checkpoint | None = None,
+        restore_gap: str = "refuse",
     ) -> None:
+        """Opens (creating if needed) the ledger's schema and checks its identity and head
+        rows. With `checkpoint` (the last one exported), refuses a ledger that does not
+        contain it (LedgerIntegrityError) unless `restore_gap` is ``charge_full_window``: then
+        the gap is recorded and every unit's budget counts as spent until the window closes.
+        With `retention` (and ``in_router``), a thread archives and prunes every interval."""
         check_policy(privacy_cfg)
         self._deferred_commit = deferred_commit
         self._driver = driver
@@ -284,15 +348,25 @@ class SqlLedger(Ledger):
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._stopped: Future[None] = Future()
         self._observer: Observer | None = None
-        # Unit states as of our last commit; valid while the audit head's seq is unchanged.
+        # Unit states as of our last commit; valid while the head's (seq, base_seq) is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
-        self._units_seq = -1
+        self._units_seq: tuple[int, int] = (-1, -1)
         self._closed = False
         self._writer_conn: Any = None
+        self._gap_until: int | None = None  # windows up to this one count as fully spent
+        self._key_usage: tuple[str, int] = (keyring.active_id, 0)
+        self._warned_at = 0
+        self._tampered_seen: set[tuple[str, str, int]] = set()
+        self._retention = retention
+        self._maintenance_stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
         try:
             self._writer_conn = driver.connect_writer()
             with driver.bounded(self._writer_conn):
-                driver.init_schema(self._writer_conn)
+                self._integrity = driver.init_schema(self._writer_conn, keyring)
+                head, gaps = self._load_state()
+                if checkpoint is not None:
+                    self._check_checkpoint(checkpoint, restore_gap, head, gaps)
         except Exception as exc:
             _close_quietly(self._writer_conn)
             driver.close()
@@ -302,12 +376,138 @@ class SqlLedger(Ledger):
             raise error from exc
         self._thread = threading.Thread(target=self._writer_loop, name="fdp-ledger-writer", daemon=True)
         self._thread.start()
+        if retention is not None and retention.audit_seconds is not None and retention.in_router:
+            self._maintenance = threading.Thread(target=self._maintain, name="fdp-ledger-prune", daemon=True)
+            self._maintenance.start()
+
+    # --- opening: identity, head, checkpoint, restore gap ---------------------------------
+
+    @property
+    def integrity(self) -> Integrity:
+        return self._integrity
+
+    @property
+    def driver(self) -> SqlDriver:
+        return self._driver
+
+    @property
+    def key_usage(self) -> tuple[str, int, int]:
+        """(the key sealing new records, how many records it has sealed, its limit): for a
+        gauge; the ledger refuses to seal past the limit (rotate the key before)."""
+        key_id, count = self._key_usage
+        return key_id, count, audit_mod.NONCE_LIMIT
+
+    def _load_state(self) -> tuple[Head, list[dict[str, Any]]]:
+        """Read and check the head and the accepted restore gaps (writer connection)."""
+        conn = self._writer_conn
+        cur = conn.cursor()
+        cur.execute(SELECT_HEAD)
+        head = Head(*cur.fetchone())
+        if not self._integrity.head_ok(head):
+            raise LedgerIntegrityError(
+                "the ledger's head row fails its MAC: the database was changed without the audit key "
+                "(run `fdp-router ledger verify`; restore a backup if it reports damage)"
+            )
+        gaps = read_meta_json(cur, self._driver, self._integrity, "gaps") or []
+        conn.commit()
+        if gaps:
+            self._gap_until = max(int(g["until_window"]) for g in gaps)
+        self._key_usage = (head.key_id or self._keyring.active_id, head.key_count)
+        self._warn_key_usage(head.key_id, head.key_count)
+        return head, gaps
+
+    def _check_checkpoint(
+        self, cp: audit_mod.Checkpoint, restore_gap: str, head: Head, gaps: list[dict[str, Any]]
+    ) -> None:
+        try:
+            audit_mod.check_checkpoint(self._keyring, cp)
+        except ValueError as exc:
+            raise LedgerIntegrityError(f"ledger.checkpoint_file: {exc}") from None
+        behind = compare_to_checkpoint(self._writer_conn.cursor(), self._driver, self._integrity, head, cp)
+        self._writer_conn.commit()
+        if behind is None:
+            return
+        if any(g["checkpoint"] == cp.body() for g in gaps):
+            log.warning(
+                "ledger: behind the checkpoint (%s); the gap was accepted earlier and is charged", behind
+            )
+            return
+        if restore_gap != "charge_full_window":
+            raise LedgerIntegrityError(
+                f"the ledger is behind the last exported checkpoint ({behind}); it may have lost "
+                "spends, so serving from it could give budget back. Restore a newer backup, or accept "
+                "the gap with ledger.restore_gap: charge_full_window (every unit's budget then counts "
+                "as fully spent until the current window closes): docs/ledger-operations.md, "
+                '"Backup and restore"'
+            )
+        self._accept_gap(cp, behind)
+
+    def _accept_gap(self, cp: audit_mod.Checkpoint, behind: str) -> None:
+        """Record, in the trail and the (MACed) meta row ``gaps``, that this ledger serves
+        although it is behind `cp`, charging every unit its full budget until the current
+        window closes. One transaction on the writer connection (before the writer starts)."""
+        now = self._now()
+        window = window_of(self._cfg, now).id
+        conn = self._writer_conn
+        cur = self._driver.begin_locked(conn)
+        cur.execute(SELECT_HEAD)
+        tx = _Batch(cur, self._driver, Head(*cur.fetchone()), self._units, self._integrity)
+        gaps = tx.meta_json("gaps") or []
+        entry = {
+            "checkpoint": cp.body(),
+            "until_window": window,
+            "accepted_at": now.isoformat(),
+            "behind": behind,
+        }
+        gaps.append(entry)
+        tx.meta_writes["gaps"] = json.dumps(gaps, sort_keys=True)
+        self._prepare_key(tx, 1)
+        self._audit(tx, kind="gap", rid="", eps=0.0, ts=now.isoformat(), sensitive=entry)
+        tx.flush()
+        conn.commit()
+        self._units.clear()
+        self._gap_until = max(window, self._gap_until if self._gap_until is not None else window)
+        log.error(
+            "ledger: serving although behind the last exported checkpoint (%s), as ledger.restore_gap "
+            "allows: every unit counts as fully spent until window %d closes",
+            behind,
+            window,
+        )
+
+    # --- retention (maintenance.py does the work) ------------------------------------------
+
+    def _maintain(self) -> None:
+        from fdp_router.privacy.ledger import maintenance
+
+        assert self._retention is not None
+        while not self._maintenance_stop.wait(self._retention.interval_seconds):
+            try:
+                report = maintenance.prune(
+                    self._driver, self._keyring, self._cfg, self._retention, self._now()
+                )
+                if report.archived:
+                    log.info("ledger: %s", report.describe())
+            except Exception:
+                log.exception("ledger: pruning failed; the live database keeps the records")
+
+    def _warn_key_usage(self, key_id: str, count: int) -> None:
+        if count < audit_mod.NONCE_WARN or count - self._warned_at < audit_mod.NONCE_WARN_STEP:
+            return
+        self._warned_at = count
+        log.warning(
+            "ledger: audit key %r has sealed %d records of the %d AES-GCM allows with random nonces; "
+            "rotate it (append a new key to the keyring and restart) before it refuses to seal more",
+            key_id,
+            count,
+            audit_mod.NONCE_LIMIT,
+        )
 
     @property
     def keyring(self) -> audit_mod.Keyring:
         return self._keyring
 
     def query_hash(self, text: str) -> str:
+        """HMAC of the query text under a key derived from the active audit key."""
         return audit_mod.query_hash(self._keyring.query_hash_key, text)
 
     def set_observer(self, observer: Observer | None) -> None:
@@ -379,10 +579,18 @@ class SqlLedger(Ledger):
     async def budget(self, scope: Scope, key: str) -> BudgetStatus:
         scope = Scope(scope)
         win = window_of(self._cfg, self._now())
-        row = await self._read(self._read_unit, scope, key, win.id)
+        stored = self._integrity.stored_key(scope.value, key)
+        row = await self._read(self._read_unit, scope, stored, win.id)
         spent = tuple(json.loads(row[0])) if row else flt.zero()
         total = budget_of(self._cfg, scope)
         consumed = flt.filter_epsilon(spent, self._cfg.delta)
+        if row is not None and not hmac.compare_digest(
+            self._integrity.unit_mac(scope.value, stored, win.id, row[0], row[1], row[2]), row[3]
+        ):
+            self._report_tampered((scope.value, stored, win.id), key)
+            consumed = total  # a row changed without the key: counted as fully spent
+        if self._gap_until is not None and win.id <= self._gap_until:
+            consumed = total  # an accepted restore gap: fully spent until the window closes
         default_cost = flt.rdp_curve(ev.event_for_request(self._cfg, None))
         return BudgetStatus(
             scope=scope,
@@ -407,10 +615,26 @@ class SqlLedger(Ledger):
         if self._closed:
             return
         self._closed = True
+        self._maintenance_stop.set()
         self._queue.put(_Op("stop", None))
         await asyncio.wrap_future(self._stopped)
         await asyncio.to_thread(self._thread.join)
+        if self._maintenance is not None:
+            await asyncio.to_thread(self._maintenance.join)
         await asyncio.to_thread(self._driver.close)
+
+    def _report_tampered(self, ident: tuple[str, str, int], clear_key: str) -> None:
+        """Log a unit row that fails its MAC, once per unit and process."""
+        if ident in self._tampered_seen:
+            return
+        self._tampered_seen.add(ident)
+        log.error(
+            "ledger integrity: the %s unit %r (window %d) fails its MAC (changed without the audit key); "
+            "it counts as fully spent. Run `fdp-router ledger verify`",
+            ident[0],
+            clear_key,
+            ident[2],
+        )
 
     async def _submit(self, op: _Op) -> Any:
         """Queue `op` for the writer and wait for its outcome, at most
@@ -521,7 +745,8 @@ class SqlLedger(Ledger):
         cur = conn.cursor()
         cur.execute(
             self._driver.sql(
-                "SELECT rdp, basic_eps, n_queries FROM fdp_units WHERE scope=? AND unit_key=? AND window_id=?"
+                "SELECT rdp, basic_eps, n_queries, mac FROM fdp_units "
+                "WHERE scope=? AND unit_key=? AND window_id=?"
             ),
             (scope.value, key, window_id),
         )
@@ -646,11 +871,18 @@ class SqlLedger(Ledger):
         with self._driver.bounded(conn) as guard:
             try:
                 cur = self._driver.begin_locked(conn)
-                cur.execute(self._driver.sql("SELECT seq, hash FROM fdp_head WHERE id = 1"))
-                seq, head_hash = cur.fetchone()
-                if int(seq) != self._units_seq:  # another process wrote since our last batch
+                cur.execute(SELECT_HEAD)
+                head = Head(*cur.fetchone())
+                if not self._integrity.head_ok(head):
+                    raise LedgerUnavailableError(
+                        "integrity",
+                        "the ledger's head row fails its MAC: the database was changed without the audit "
+                        "key; nothing is recorded until it is repaired (run `fdp-router ledger verify`)",
+                    )
+                if (head.seq, head.base_seq) != self._units_seq:  # another writer since our last batch
                     self._units.clear()
-                tx = _Batch(cur, self._driver, int(seq), str(head_hash), self._units)
+                tx = _Batch(cur, self._driver, head, self._units, self._integrity)
+                self._prepare_key(tx, sum(1 for op in batch if op.kind != "ping"))
                 # Settlements first (a release frees room for a reservation in the same batch):
                 # any order of one batch's operations is a valid serialisation, they were concurrent.
                 settles = [op for op in batch if op.kind in ("commit", "release")]
@@ -673,8 +905,32 @@ class SqlLedger(Ledger):
                 conn.commit()
             finally:
                 progress.fired = guard.fired
-        self._units_seq = tx.seq
+        self._units_seq = (tx.seq, head.base_seq)
+        self._key_usage = (tx.key_id or self._keyring.active_id, tx.key_count)
+        self._warn_key_usage(tx.key_id, tx.key_count)
         return outcomes
+
+    def _prepare_key(self, tx: _Batch, records: int) -> None:
+        """Seal with the active key from now on (its earlier count comes back from the meta
+        row ``key_usage``), and refuse the batch if its `records` would take the key past
+        the AES-GCM random-nonce limit."""
+        active = self._keyring.active_id
+        key_id, count = tx.key_id, tx.key_count
+        if key_id != active:
+            usage = tx.meta_json("key_usage") or {}
+            if key_id:
+                usage[key_id] = count
+            count = int(usage.get(active, 0))
+            if records:  # only a batch that seals switches (a check() only asks whether it could)
+                tx.key_id, tx.key_count = active, count
+                tx.meta_writes["key_usage"] = json.dumps(usage, sort_keys=True)
+        if count + max(records, 1) > audit_mod.NONCE_LIMIT:
+            raise LedgerUnavailableError(
+                "key_exhausted",
+                f"audit key {active!r} has sealed {count} records; AES-GCM with random nonces "
+                f"allows {audit_mod.NONCE_LIMIT} per key. Rotate it: append a new key line to the "
+                'audit keyring and restart the router (docs/privacy.md, "Key rotation")',
+            )
 
     def _audit(
         self, tx: _Batch, *, kind: str, rid: str, eps: float, ts: str, sensitive: dict[str, Any]
@@ -692,16 +948,24 @@ class SqlLedger(Ledger):
         )
         tx.audits.append(tuple(rec[c] for c in AUDIT_COLUMNS))
         tx.seq, tx.head_hash = rec["seq"], rec["hash"]
+        tx.key_count += 1
 
     def _reserve_in(self, tx: _Batch, op: _Op) -> Reservation:
         assert op.now is not None and op.charge is not None
         now = op.now.isoformat()
         charge = op.charge
         units = units_of(charge)
+        if self._gap_until is not None and op.window_id <= self._gap_until:
+            raise BudgetExceeded(Scope.USER, charge.user_id, op.epsilon, 0.0)  # accepted restore gap
+        stored_key = self._integrity.stored_key
+        stored = [(scope, stored_key(scope.value, key)) for scope, key in units]
         states = []
-        for scope, key in units:
-            state = tx.unit(scope.value, key, op.window_id)
+        for (scope, key), (_, skey) in zip(units, stored, strict=True):
+            state = tx.unit(scope.value, skey, op.window_id)
             total = budget_of(self._cfg, scope)
+            if state.tampered:
+                self._report_tampered(state.ident, key)
+                raise BudgetExceeded(scope, key, op.epsilon, 0.0)
             if not flt.admits(state.spent, op.cost, total, self._cfg.delta):
                 available = max(0.0, total - flt.filter_epsilon(state.spent, self._cfg.delta))
                 raise BudgetExceeded(scope, key, op.epsilon, available)
@@ -716,16 +980,21 @@ class SqlLedger(Ledger):
         user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, self._cfg.delta))
         rid = secrets.token_hex(16)
         event_json = _event_json(charge.event)
-        tx.reservations.append(
+        units_json = orjson.dumps([[s.value, k] for s, k in stored]).decode()
+        delta = self._cfg.delta
+        tx.reservations.append(  # rdp '': a refund recomputes the cost from the (MACed) event
             (
                 rid,
                 op.window_id,
-                orjson.dumps([[s.value, k] for s, k in units]).decode(),
+                units_json,
                 event_json,
-                _cost_json(op.cost),
+                "",
                 op.epsilon,
-                self._cfg.delta,
+                delta,
                 now,
+                self._integrity.reservation_mac(
+                    rid, op.window_id, units_json, event_json, op.epsilon, delta, now
+                ),
             )
         )
         self._audit(
@@ -748,7 +1017,7 @@ class SqlLedger(Ledger):
             id=rid,
             charge=charge,
             epsilon=op.epsilon,
-            delta=self._cfg.delta,
+            delta=delta,
             created_at=op.now,
             user_remaining_epsilon=user_remaining,
         )
@@ -763,24 +1032,45 @@ class SqlLedger(Ledger):
             found = tx.cur.fetchone()
             state_name = "unknown" if found is None else f"already {found[0]}"
             raise UnknownReservation(f"reservation {op.reservation_id!r} is {state_name}")
-        window_id, units_json, cost_json, eps = row
+        window_id, units_json, event_json, eps, delta, created_at, mac = row
+        intact = hmac.compare_digest(
+            self._integrity.reservation_mac(
+                op.reservation_id, window_id, units_json, event_json, eps, delta, created_at
+            ),
+            mac,
+        )
+        if not intact:
+            log.error(
+                "ledger integrity: reservation %r fails its MAC (changed without the audit key)%s",
+                op.reservation_id,
+                "; nothing refunded" if op.kind == "release" else "",
+            )
+            if op.kind == "release":
+                raise UnknownReservation(
+                    f"reservation {op.reservation_id!r} fails its integrity check; nothing refunded"
+                )
+        sensitive: dict[str, Any] = {"nodes": list(op.nodes)}
         if op.kind == "release":  # refund exactly what the reservation added, in its own window
-            cost = tuple(json.loads(cost_json))
-            for scope_v, key in json.loads(units_json):
+            cost = event_cost(event_json)
+            units = json.loads(units_json)
+            for scope_v, key in units:
                 state = tx.unit(scope_v, key, int(window_id))
-                if not state.exists and state.n == 0:
+                if state.tampered or (not state.exists and state.n == 0):
                     continue
                 state.spent = flt.subtract(state.spent, cost)
                 state.basic = max(0.0, state.basic - float(eps))
                 state.n = max(0, state.n - 1)
                 tx.dirty[state.ident] = state
+            # What the refund changed, so that the trail replays without the reserve record
+            # (archived by then, maintenance.py).
+            sensitive.update(window_id=int(window_id), units=units, event=json.loads(event_json))
         self._audit(
             tx,
             kind=op.kind,
             rid=op.reservation_id,
             eps=float(eps),
             ts=op.now.isoformat(),
-            sensitive={"nodes": list(op.nodes)},
+            sensitive=sensitive,
         )
 
 
@@ -838,16 +1128,85 @@ def _settle(items: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
 @dataclass(slots=True)
 class _UnitState:
     scope: str
-    key: str
+    key: str  # as stored: a pseudonym for users and departments
     window_id: int
     spent: tuple[float, ...]
     basic: float
     n: int
     exists: bool
+    tampered: bool = False  # the row fails its MAC: never trusted, never written
 
     @property
     def ident(self) -> tuple[str, str, int]:
         return (self.scope, self.key, self.window_id)
+
+
+def read_meta_json(cur: Any, driver: SqlDriver, integrity: Integrity, name: str) -> Any:
+    """The JSON value of meta row `name` (None if absent); LedgerUnavailableError(integrity)
+    if its MAC fails."""
+    cur.execute(driver.sql("SELECT value, mac FROM fdp_meta WHERE name = ?"), (name,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    if not hmac.compare_digest(integrity.meta_mac(name, str(row[0])), str(row[1])):
+        raise LedgerUnavailableError(
+            "integrity", f"the ledger's meta row {name!r} fails its MAC: changed without the audit key"
+        )
+    return json.loads(row[0])
+
+
+def load_integrity(cur: Any, driver: SqlDriver, keyring: audit_mod.Keyring) -> Integrity:
+    """The ledger's Integrity from its identity row (LedgerIntegrityError if absent or bad)."""
+    cur.execute("SELECT value, mac FROM fdp_meta WHERE name = 'ledger'")
+    row = cur.fetchone()
+    if row is None:
+        raise LedgerIntegrityError("the ledger's identity row (fdp_meta 'ledger') is missing")
+    return read_ledger_row(keyring, str(row[0]), str(row[1]))
+
+
+def write_meta(cur: Any, driver: SqlDriver, integrity: Integrity, name: str, value: str) -> None:
+    cur.execute(
+        driver.sql(
+            "INSERT INTO fdp_meta (name, value, mac) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, mac = excluded.mac"
+        ),
+        (name, value, integrity.meta_mac(name, value)),
+    )
+
+
+def hash_at(cur: Any, driver: SqlDriver, head: Head, seq: int) -> str | None:
+    """The hash of record `seq` as this database knows it: the genesis, the archived prefix's
+    end, a live record; None if it has no such record (or it was archived)."""
+    if seq == 0:
+        return audit_mod.GENESIS
+    if seq == head.base_seq:
+        return head.base_hash
+    if seq < head.base_seq or seq > head.seq:
+        return None
+    cur.execute(driver.sql("SELECT hash FROM fdp_audit WHERE seq = ?"), (seq,))
+    row = cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+def compare_to_checkpoint(
+    cur: Any, driver: SqlDriver, integrity: Integrity, head: Head, cp: audit_mod.Checkpoint
+) -> str | None:
+    """None when this ledger contains checkpoint `cp` (its record `cp.seq` has the hash `cp`
+    names); else why not, in words. A checkpoint inside the archived prefix counts as
+    contained (the prefix's end is under the head's MAC; `ledger verify --archive` checks it)."""
+    if cp.ledger_id != integrity.ledger_id:
+        return f"the checkpoint is of ledger {cp.ledger_id}, this database is ledger {integrity.ledger_id}"
+    if head.seq < cp.seq:
+        return (
+            f"its head is record {head.seq}, the checkpoint's is record {cp.seq} of {cp.time}: "
+            f"{cp.seq - head.seq} records missing (a restored backup or a truncated database)"
+        )
+    if 0 < cp.seq < head.base_seq:
+        return None
+    got = hash_at(cur, driver, head, cp.seq)
+    if got != cp.head:
+        return f"its record {cp.seq} is not the checkpoint's (the trail was rewritten or replaced)"
+    return None
 
 
 class _Batch:
@@ -855,27 +1214,35 @@ class _Batch:
     one ``executemany`` per table at the end (fewer round trips, and for SQLite fewer GIL
     hand-offs between the writer thread and the event loop).
 
-    Unit states come from ``units`` (kept by the ledger across batches while the audit head
-    shows that nobody else wrote) or are read *inside* this transaction. Valid because the
-    batch holds the ledger's write lock from its first read to its commit.
+    Unit states come from ``units`` (kept by the ledger across batches while the head shows
+    that nobody else wrote) or are read, and their MACs checked, *inside* this transaction.
+    Valid because the batch holds the ledger's write lock from its first read to its commit.
     """
 
     def __init__(
         self,
         cur: Any,
         driver: SqlDriver,
-        seq: int,
-        head_hash: str,
+        head: Head,
         units: dict[tuple[str, str, int], _UnitState],
+        integrity: Integrity,
     ) -> None:
         self.cur = cur
         self._driver = driver
-        self.seq = seq
-        self.head_hash = head_hash
+        self._integrity = integrity
+        self.head = head
+        self.seq = head.seq
+        self.head_hash = head.hash
+        self.key_id = head.key_id
+        self.key_count = head.key_count
         self._units = units
         self.dirty: dict[tuple[str, str, int], _UnitState] = {}
         self.reservations: list[tuple[Any, ...]] = []
         self.audits: list[tuple[Any, ...]] = []
+        self.meta_writes: dict[str, str] = {}
+
+    def meta_json(self, name: str) -> Any:
+        return read_meta_json(self.cur, self._driver, self._integrity, name)
 
     def unit(self, scope: str, key: str, window_id: int) -> _UnitState:
         ident = (scope, key, window_id)
@@ -883,7 +1250,7 @@ class _Batch:
         if state is None:
             self.cur.execute(
                 self._driver.sql(
-                    "SELECT rdp, basic_eps, n_queries FROM fdp_units "
+                    "SELECT rdp, basic_eps, n_queries, mac FROM fdp_units "
                     "WHERE scope=? AND unit_key=? AND window_id=?"
                 ),
                 ident,
@@ -892,17 +1259,19 @@ class _Batch:
             if row is None:
                 state = _UnitState(scope, key, window_id, flt.zero(), 0.0, 0, False)
             else:
-                state = _UnitState(
-                    scope, key, window_id, tuple(json.loads(row[0])), float(row[1]), int(row[2]), True
+                rdp, basic, n, mac = str(row[0]), float(row[1]), int(row[2]), str(row[3])
+                intact = hmac.compare_digest(
+                    self._integrity.unit_mac(scope, key, window_id, rdp, basic, n), mac
                 )
+                state = _UnitState(scope, key, window_id, tuple(json.loads(rdp)), basic, n, True, not intact)
             self._units[ident] = state
         return state
 
     def settle(self, ops: Sequence[_Op]) -> dict[int, tuple[Any, ...] | None]:
         """Mark the reservations of these commit/release operations settled: one UPDATE ...
         RETURNING per kind. Returns, per operation (by id()), the reservation's (window_id,
-        units, rdp, epsilon), or None when it was unknown or already settled (a duplicate
-        in the batch gets None: the first one settled it)."""
+        units, event, epsilon, delta, created_at, mac), or None when it was unknown or
+        already settled (a duplicate in the batch gets None: the first one settled it)."""
         out: dict[int, tuple[Any, ...] | None] = {}
         for kind, new_state in (("commit", "committed"), ("release", "released")):
             group = [op for op in ops if op.kind == kind]
@@ -915,7 +1284,8 @@ class _Batch:
                 self.cur.execute(
                     self._driver.sql(
                         "UPDATE fdp_reservations SET state=?, settled_at=? WHERE state='reserved' AND id IN "  # noqa: S608
-                        f"({', '.join('?' for _ in chunk)}) RETURNING id, window_id, units, rdp, epsilon"
+                        f"({', '.join('?' for _ in chunk)}) RETURNING id, window_id, units, event, "
+                        "epsilon, delta, created_at, mac"
                     ),
                     (new_state, settled_at, *chunk),
                 )
@@ -927,27 +1297,55 @@ class _Batch:
     def flush(self) -> None:
         if self.reservations:
             self._insert(
-                "fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, state, created_at)",
-                "(?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
+                "fdp_reservations (id, window_id, units, event, rdp, epsilon, delta, state, created_at, mac)",
+                "(?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)",
                 self.reservations,
             )
         if self.audits:
             marks = "(" + ", ".join("?" for _ in AUDIT_COLUMNS) + ")"
             self._insert(f"fdp_audit ({', '.join(AUDIT_COLUMNS)})", marks, self.audits)
-            self.cur.execute(
-                self._driver.sql("UPDATE fdp_head SET seq=?, hash=? WHERE id = 1"), (self.seq, self.head_hash)
+            h = self.head
+            head = Head(
+                self.seq,
+                self.head_hash,
+                self.key_id,
+                self.key_count,
+                h.base_seq,
+                h.base_hash,
+                h.base_window,
+                "",
             )
+            self.cur.execute(
+                self._driver.sql(
+                    "UPDATE fdp_head SET seq=?, hash=?, key_id=?, key_count=?, mac=? WHERE id = 1"
+                ),
+                (self.seq, self.head_hash, self.key_id, self.key_count, self._integrity.head_mac(head)),
+            )
+        for name, value in self.meta_writes.items():
+            write_meta(self.cur, self._driver, self._integrity, name, value)
         if self.dirty:
-            rows = [
-                (u.scope, u.key, u.window_id, orjson.dumps(u.spent).decode(), u.basic, u.n)
-                for u in self.dirty.values()
-            ]
+            mac = self._integrity.unit_mac
+            rows = []
+            for u in self.dirty.values():
+                rdp = orjson.dumps(u.spent).decode()
+                rows.append(
+                    (
+                        u.scope,
+                        u.key,
+                        u.window_id,
+                        rdp,
+                        u.basic,
+                        u.n,
+                        mac(u.scope, u.key, u.window_id, rdp, u.basic, u.n),
+                    )
+                )
             self._insert(
-                "fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries)",
-                "(?, ?, ?, ?, ?, ?)",
+                "fdp_units (scope, unit_key, window_id, rdp, basic_eps, n_queries, mac)",
+                "(?, ?, ?, ?, ?, ?, ?)",
                 rows,
                 " ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
-                "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries",
+                "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries, "
+                "mac = excluded.mac",
             )
             for u in self.dirty.values():
                 u.exists = True
@@ -968,9 +1366,10 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-@lru_cache(maxsize=1024)
-def _cost_json(cost: tuple[float, ...]) -> str:
-    return json.dumps(cost)
+@lru_cache(maxsize=4096)
+def event_cost(event_json: str) -> tuple[float, ...]:
+    """The RDP cost curve of a stored event (what its reservation added to each unit)."""
+    return flt.rdp_curve(ev.from_dict(json.loads(event_json)))
 
 
 @lru_cache(maxsize=1024)

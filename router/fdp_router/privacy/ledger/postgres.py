@@ -84,16 +84,22 @@ class PostgresDriver(SqlDriver):
         cur.fetchone()
         return cur
 
-    def init_schema(self, conn: Any) -> None:
+    def begin_schema(self, conn: Any) -> Any:
         # Several replicas may start at once: serialise schema creation with an advisory lock.
         cur = conn.cursor()
         cur.execute("SELECT pg_advisory_xact_lock(7291001)")
-        super().init_schema(conn)
+        return cur
+
+    def table_exists(self, cur: Any, name: str) -> bool:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        return bool(cur.fetchone()[0])
 
     def extra_schema(self, cur: Any) -> None:
+        # DELETE only of archived records (at or below the head's base_seq: maintenance.py).
         cur.execute(
-            "CREATE OR REPLACE FUNCTION fdp_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'fdp_audit is append-only'; END $$"
+            "CREATE OR REPLACE FUNCTION fdp_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT base_seq FROM fdp_head WHERE id = 1) "
+            "THEN RETURN OLD; END IF; RAISE EXCEPTION 'fdp_audit is append-only'; END $$"
         )
         cur.execute("DROP TRIGGER IF EXISTS fdp_audit_no_change ON fdp_audit")
         cur.execute(

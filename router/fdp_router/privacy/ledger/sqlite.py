@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,11 +43,27 @@ _ERRNO_KINDS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROF
 
 
 class SqliteDriver(SqlDriver):
-    def __init__(self, path: str | Path, timeouts: LedgerTimeouts | None = None) -> None:
+    """`read_only`: open the file read-only and never create it (``ledger verify``,
+    ``checkpoint``, the source of a backup)."""
+
+    def __init__(
+        self, path: str | Path, timeouts: LedgerTimeouts | None = None, *, read_only: bool = False
+    ) -> None:
         super().__init__(timeouts)
         self.path = str(path)
+        self.read_only = read_only
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"no ledger database at {self.path}")
+            return sqlite3.connect(
+                f"{Path(self.path).resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.timeouts.lock_seconds,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         conn = sqlite3.connect(
             self.path, timeout=self.timeouts.lock_seconds, isolation_level=None, check_same_thread=False
         )
@@ -64,12 +81,67 @@ class SqliteDriver(SqlDriver):
         conn.raw.execute("BEGIN IMMEDIATE")
         return conn.raw.cursor()
 
+    def begin_schema(self, conn: Any) -> Any:
+        return self.begin_locked(conn)
+
+    def table_exists(self, cur: Any, name: str) -> bool:
+        cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return cur.fetchone() is not None
+
     def extra_schema(self, cur: Any) -> None:
-        for op in ("UPDATE", "DELETE"):
-            cur.execute(
-                f"CREATE TRIGGER IF NOT EXISTS fdp_audit_no_{op.lower()} BEFORE {op} ON fdp_audit "
-                "BEGIN SELECT RAISE(ABORT, 'fdp_audit is append-only'); END"
-            )
+        cur.execute(
+            "CREATE TRIGGER IF NOT EXISTS fdp_audit_no_update BEFORE UPDATE ON fdp_audit "
+            "BEGIN SELECT RAISE(ABORT, 'fdp_audit is append-only'); END"
+        )
+        cur.execute(
+            "CREATE TRIGGER IF NOT EXISTS fdp_audit_no_delete BEFORE DELETE ON fdp_audit "
+            "WHEN OLD.seq > (SELECT base_seq FROM fdp_head WHERE id = 1) "
+            "BEGIN SELECT RAISE(ABORT, 'fdp_audit is append-only (only archived records are pruned)'); END"
+        )
+
+    def drop_old_triggers(self, cur: Any) -> None:
+        """Schema 1's delete trigger refused every DELETE (migration replaces it)."""
+        cur.execute("DROP TRIGGER IF EXISTS fdp_audit_no_delete")
+
+    # --- backup and restore (SQLite's online backup API) ------------------------------------
+
+    def backup_to(self, dest: str | Path) -> None:
+        """A consistent copy of the live database at `dest` (a new file), taken with SQLite's
+        online backup API while routers keep writing: the copy is one committed state."""
+        dest = Path(dest)
+        if dest.exists():
+            raise FileExistsError(f"{dest} exists; choose a new file")
+        tmp = dest.with_name(dest.name + ".partial")
+        tmp.unlink(missing_ok=True)
+        src = sqlite3.connect(
+            f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeouts.lock_seconds
+        )
+        try:
+            out = sqlite3.connect(tmp)
+            try:
+                src.backup(out, pages=1024)
+                out.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                out.close()
+        finally:
+            src.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+
+    def restore_from(self, backup: str | Path) -> None:
+        """Overwrite this database with `backup`, page by page, through SQLite (so its WAL
+        and any reader see one consistent switch). No router may be using it."""
+        src = sqlite3.connect(f"{Path(backup).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(self.path, timeout=self.timeouts.lock_seconds)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode = WAL")
+            finally:
+                dst.close()
+        finally:
+            src.close()
 
     def classify(self, exc: BaseException) -> str | None:
         if isinstance(exc, sqlite3.Error):

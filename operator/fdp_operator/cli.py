@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fdp_operator.security import OperatorSettings
 
     try:
-        OperatorSettings.from_env(os.environ)
+        settings = OperatorSettings.from_env(os.environ)
     except ValueError as exc:
         print(f"fdp-operator: {exc}", file=sys.stderr)
         return 2
@@ -78,8 +78,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"fdp-operator: {exc}", file=sys.stderr)
             return 2
         raise
-    os.environ["FDP_RESYNC_SECONDS"] = str(args.resync_seconds)
-    os.environ["FDP_PROBE_TICK_SECONDS"] = str(args.probe_tick_seconds)
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
@@ -88,9 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf logs every timer tick at INFO; our own logger reports the transitions.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    import fdp_operator.handlers  # noqa: F401  (registers the handlers with kopf)
+    from fdp_operator.handlers import OperatorConfig, build_registry
 
     kopf.run(
+        registry=build_registry(OperatorConfig(args.resync_seconds, args.probe_tick_seconds), settings),
         standalone=True,
         clusterwide=args.all_namespaces,
         namespaces=namespaces,

@@ -9,37 +9,35 @@ revision back by itself, and the progress deadline still bounds a stuck rollout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import aiohttp
 
 from fdp_operator.models import FederatedRouter, RolloutStrategy
+from fdp_operator.render.workloads import role_deployment
 from fdp_operator.rollout.analysis import error_rate_query, judge
-from fdp_operator.rollout.types import Analysis, AnalysisVerdict
+from fdp_operator.rollout.canary import CANARY
+from fdp_operator.rollout.types import Analysis, AnalysisVerdict, RolloutStatus
 
 TIMEOUT_SECONDS = 5.0
 
 
-def analysed_deployment(router: FederatedRouter, rollout_status: Mapping[str, Any]) -> str | None:
+def analysed_deployment(router: FederatedRouter, rollout: RolloutStatus) -> str | None:
     """The Deployment running the new revision, if a rollout is in progress."""
-    if rollout_status.get("stableRevision") == rollout_status.get("currentRevision"):
+    if rollout.stable_revision == rollout.current_revision:
         return None
-    name = router.ref.name
     if router.spec.rollout.strategy == RolloutStrategy.CANARY:
-        return f"{name}-canary"
-    if router.spec.rollout.strategy == RolloutStrategy.BLUE_GREEN and rollout_status.get("previewColor"):
-        return f"{name}-{rollout_status['previewColor']}"
+        return role_deployment(router.ref.name, CANARY)
+    if router.spec.rollout.strategy == RolloutStrategy.BLUE_GREEN and rollout.preview_color:
+        return role_deployment(router.ref.name, rollout.preview_color)
     return None
 
 
 async def fetch_analysis(
-    router: FederatedRouter, rollout_status: Mapping[str, Any], session: aiohttp.ClientSession | None = None
+    router: FederatedRouter, rollout: RolloutStatus, session: aiohttp.ClientSession | None = None
 ) -> Analysis | None:
     spec = router.spec.rollout.analysis
     if spec is None or not spec.prometheus_url:
         return None
-    deployment = analysed_deployment(router, rollout_status)
+    deployment = analysed_deployment(router, rollout)
     if deployment is None:
         return None
     url = spec.prometheus_url.rstrip("/") + "/api/v1/query"

@@ -41,6 +41,7 @@ from fdp_operator.render import names
 from fdp_operator.render.config import selected_nodes
 from fdp_operator.render.router import Rendered, dsn_targets, render
 from fdp_operator.render.workloads import SCALE_FIELD_MANAGER, ObservedState
+from fdp_operator.rollout.types import RolloutStatus
 from fdp_operator.security import (
     OperatorSettings,
     image_refusal,
@@ -235,7 +236,7 @@ async def reconcile_router(
         services=services,
         previous_rollout_status=old_status.get("rollout") or {},
         hpa=hpas.get(name),
-        analysis=await fetch_analysis(router, old_status.get("rollout") or {}),
+        analysis=await fetch_analysis(router, RolloutStatus.from_dict(old_status.get("rollout"))),
     )
 
     # 6. render (pure)

@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 from fdp_operator.analysis import fetch_analysis
 from fdp_operator.models import parse_router
-from fdp_operator.rollout.types import AnalysisVerdict
+from fdp_operator.rollout.types import AnalysisVerdict, RolloutStatus
 
-ROLLING = {"stableRevision": "a", "currentRevision": "b", "previewColor": "green"}
+ROLLING = RolloutStatus(stable_revision="a", current_revision="b", preview_color="green")
 
 
 def router(url: str | None, strategy: str = "Canary") -> Any:
@@ -66,7 +66,7 @@ async def test_blue_green_analyses_the_preview_color(aiohttp_server) -> None:
 
 async def test_no_query_without_a_rollout_in_progress_or_without_a_url(aiohttp_server) -> None:
     url, queries = await prometheus(aiohttp_server, "0.9")
-    assert await fetch_analysis(router(url), {"stableRevision": "a", "currentRevision": "a"}) is None
+    assert await fetch_analysis(router(url), RolloutStatus(stable_revision="a", current_revision="a")) is None
     assert await fetch_analysis(router(None), ROLLING) is None
     assert queries == []
 

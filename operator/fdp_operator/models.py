@@ -34,6 +34,7 @@ from fdp_router.config import (
     PrivacyConfig,
     RateBucket,
     RateLimitConfig,
+    SecurityLevel,
     Strategy,
     check_options,
 )
@@ -59,12 +60,6 @@ def parse_duration(text: str) -> float:
     if not _DURATION_RE.match(text):
         raise ValueError(f"{text!r} is not a duration like '2160h', '30m' or '90s'")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(text))
-
-
-def _check_duration(v: str | None) -> str | None:
-    if v is not None:
-        parse_duration(v)
-    return v
 
 
 Duration = Annotated[str, Field(pattern=_DURATION_RE.pattern)]
@@ -236,12 +231,6 @@ class NodePrivacySpec(SpecModel):
     def config(self) -> NodePrivacy:
         """The router's view: ``nodes[].privacy`` in the rendered config."""
         return NodePrivacy(data_class=self.data_class.config, mechanism=self.mechanism.config)
-
-
-class SecurityLevel(StrEnum):
-    STANDARD = "standard"
-    HIGH = "high"
-    CRITICAL = "critical"
 
 
 class NodeAuthSpec(SpecModel):

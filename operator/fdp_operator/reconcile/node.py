@@ -1,10 +1,10 @@
 """Reconcile one HospitalNode: probe it when due, record the result, announce transitions.
 
-Called by the node timer in handlers.py every tick; a probe runs only when the node's
-``healthCheck.intervalSeconds`` has passed since the last one (kept in the per-object
-memo). ``Ready`` flips to False after ``failureThreshold`` consecutive failures, which is
-also when routers drop the node from their config (see reconcile/router.node_is_healthy),
-and flips back on the first success. Returns the Event to post on a transition.
+Called by the node's probe daemon in handlers.py (``node_prober``) once per
+``healthCheck.intervalSeconds``, and at once after a spec change; every call probes.
+``Ready`` flips to False after ``failureThreshold`` consecutive failures, which is also when
+routers drop the node from their config (see reconcile/router.node_is_healthy), and flips
+back on the first success. Returns the Event to post on a transition.
 """
 
 from __future__ import annotations

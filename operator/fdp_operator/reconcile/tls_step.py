@@ -31,7 +31,6 @@ class TLSState:
     not_after: datetime | None = None
     renewal_time: datetime | None = None
     error: str | None = None
-    issued_reason: str | None = None
     #: the existing Secret was refused (security.py): (reason, message)
     refused: tuple[str, str] | None = None
 
@@ -97,5 +96,4 @@ async def ensure_tls(kube: Kube, router: FederatedRouter, now: datetime) -> TLSS
         serial=info.serial,
         not_after=info.not_after,
         renewal_time=tls.renewal_time(info, renew_before),
-        issued_reason=why,
     )

@@ -199,26 +199,26 @@ async def _stream(
             privacy = _privacy_doc(summary, rt)
             try:
                 await resp.prepare(request)
+                last = b""  # what is left to send goes out with the end of the response
                 if s.upstream is None or s.upstream.data is not None:
                     # A cached answer, or a node that answered whole: the same events.
-                    await resp.write(
-                        framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
-                    )
+                    last = framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
                 else:
                     decoder = SseDecoder()
                     async for piece in s.upstream.chunks():
                         out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
+                        if framer.node_done:
+                            last = out
+                            break
                         if out:
                             await resp.write(out)
-                        if framer.node_done:
-                            break
                     else:
-                        tail = b"".join([framer.node_event(data) for data in decoder.close()])
-                        if tail:
-                            await resp.write(tail)
+                        last = b"".join([framer.node_event(data) for data in decoder.close()])
                         if framer.finish is None:
+                            if last:
+                                await resp.write(last)
                             raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
-                await resp.write(framer.close(privacy, estimate_usage(creq.messages, framer.text)))
+                last += framer.close(privacy, estimate_usage(creq.messages, framer.text))
             except (BackendFailure, StreamBroken) as exc:
                 # The spend is committed: the stream ends with an error event, no [DONE].
                 log.warning(
@@ -249,7 +249,7 @@ async def _stream(
                     ),
                 )
             with contextlib.suppress(ConnectionError):
-                await resp.write_eof()
+                await resp.write_eof(last)
             return resp
     except ClientGone:
         return web.Response(status=499, text="client closed the request before the first byte; refunded")

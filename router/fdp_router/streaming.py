@@ -60,6 +60,25 @@ class SseDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
+        if not self._data and b"\r" not in buf:
+            # The common case, as OpenAI-compatible servers send it: events of one
+            # `data: ` line each, LF line ends. Anything else goes through the line parser.
+            blocks = buf.split(b"\n\n")
+            tail = blocks.pop()
+            out: list[bytes] = []
+            for i, block in enumerate(blocks):
+                if block[:6] == b"data: " and b"\n" not in block:
+                    out.append(block[6:])
+                else:
+                    self._buf = b""
+                    return out + self._lines(b"\n\n".join([*blocks[i:], tail]))
+            if len(tail) > MAX_EVENT_BYTES:
+                raise StreamBroken(f"an event longer than {MAX_EVENT_BYTES} bytes")
+            self._buf = tail
+            return out
+        return self._lines(buf)
+
+    def _lines(self, buf: bytes) -> list[bytes]:
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         if len(self._buf) > MAX_EVENT_BYTES:
@@ -154,6 +173,21 @@ class Reframer:
     node_done: bool = False
     _role_sent: bool = False
     _held: dict[str, Any] | None = None  # the chunk with finish_reason, sent last
+    _head: bytes = b""  # `data: {"id": ..., "choices":[` of every chunk, serialised once
+    _tail: bytes = b""
+
+    def __post_init__(self) -> None:
+        doc = orjson.dumps(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": self.fingerprint,
+            }
+        )
+        self._head = b"data: " + doc[:-1] + b',"choices":['
+        self._tail = b'],"usage":null}\n\n' if self.include_usage else b"]}\n\n"
 
     @property
     def text(self) -> str:
@@ -195,9 +229,9 @@ class Reframer:
             # Only a short code: a node's error text may echo the prompt.
             code = code if isinstance(code, str) and _CODE.match(code) else "no code"
             raise StreamBroken(f"the node sent an error event ({code})")
-        usage = node_usage(obj.get("usage"))
+        usage = obj.get("usage")
         if usage is not None:
-            self.usage = usage
+            self.usage = node_usage(usage) or self.usage
         out = b""
         choices = obj.get("choices")
         for ch in choices if isinstance(choices, list) else ():
@@ -210,12 +244,12 @@ class Reframer:
                 d["content"] = content
                 self.parts.append(content)
             logprobs = ch.get("logprobs") if self.pass_logprobs else None
-            finish = finish_reason(ch.get("finish_reason"))
-            if finish is not None:
+            finish = ch.get("finish_reason")
+            if finish is not None and (finish := finish_reason(finish)) is not None:
                 self.finish = finish
                 self._held = self._chunk([self._choice(d, finish, logprobs)])
             elif d or logprobs is not None or not self._role_sent:
-                out += event(self._chunk([self._choice(d, None, logprobs)]))
+                out += self._head + orjson.dumps(self._choice(d, None, logprobs)) + self._tail
         return out
 
     def whole(self, text: str, finish: str | None, logprobs: Any = None, usage: Any = None) -> bytes:

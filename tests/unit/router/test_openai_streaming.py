@@ -303,6 +303,16 @@ def test_sse_decoder_handles_split_events_comments_and_multiline_data() -> None:
     assert out == [b'{"a"\n:1}', b"[DONE]", b"tail"]
 
 
+def test_sse_decoder_gives_the_same_events_wherever_the_stream_is_split() -> None:
+    events = [b'{"a": 1}', b'{"b": "x\\ny"}', b"[DONE]"]
+    stream = b"".join(b"data: " + e + b"\n\n" for e in events[:2]) + b": c\n\nid: 1\ndata: [DONE]\n\n"
+    for cut in range(len(stream) + 1):
+        for cut2 in range(cut, len(stream) + 1, 7):
+            dec = SseDecoder()
+            got = dec.feed(stream[:cut]) + dec.feed(stream[cut:cut2]) + dec.feed(stream[cut2:]) + dec.close()
+            assert got == events, (cut, cut2, got)
+
+
 def test_reframer_holds_the_finish_chunk_for_the_privacy_summary() -> None:
     fr = Reframer(id="chatcmpl-1", model="m", fingerprint="f")
     out = fr.node_event(b'{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]}')

@@ -110,26 +110,37 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # ---------------------------------------------------------------- indexes (in memory)
 
 
-def router_refs(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any]:
-    """namespace -> (router name, node selector, policy name): for usedBy lists."""
-    selector = spec.get("nodeSelector") or {}
-    policy = (spec.get("policyRef") or {}).get("name", "")
-    return {namespace: (name, selector, policy)}
+@dataclass(frozen=True)
+class RouterRef:
+    """What the policy and node handlers need to know about a router, parsed once when indexed."""
+
+    name: str
+    #: None: the selector does not parse (the router's own status says so); selects nothing
+    selector: LabelSelector | None
+    policy: str
 
 
-def _routers_selecting(index: kopf.Index[str, Any], namespace: str, labels: Mapping[str, str]) -> list[str]:
-    out = []
-    for name, selector, _policy in index.get(namespace, []):
-        try:
-            if LabelSelector.model_validate(selector).matches(dict(labels)):
-                out.append(name)
-        except ValueError:
-            continue
-    return out
+def router_refs(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, RouterRef]:
+    """namespace -> RouterRef: for usedBy lists and for poking the routers a change concerns."""
+    try:
+        selector: LabelSelector | None = LabelSelector.model_validate(spec.get("nodeSelector") or {})
+    except ValueError:
+        selector = None
+    return {namespace: RouterRef(name, selector, str((spec.get("policyRef") or {}).get("name", "")))}
 
 
-def _routers_using(index: kopf.Index[str, Any], namespace: str, policy: str) -> list[str]:
-    return [name for name, _sel, pol in index.get(namespace, []) if pol == policy]
+def _routers_selecting(
+    index: kopf.Index[str, RouterRef], namespace: str, labels: Mapping[str, str]
+) -> list[str]:
+    return [
+        r.name
+        for r in index.get(namespace, [])
+        if r.selector is not None and r.selector.matches(dict(labels))
+    ]
+
+
+def _routers_using(index: kopf.Index[str, RouterRef], namespace: str, policy: str) -> list[str]:
+    return [r.name for r in index.get(namespace, []) if r.policy == policy]
 
 
 # ---------------------------------------------------------------- FederatedRouter
@@ -209,34 +220,34 @@ async def router_deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) 
 # ---------------------------------------------------------------- PrivacyPolicy
 
 
-async def _reconcile_policy(rt: Runtime, body: kopf.Body, router_refs: kopf.Index[str, Any]) -> None:
+async def _reconcile_policy(rt: Runtime, body: kopf.Body, router_refs: kopf.Index[str, RouterRef]) -> None:
     meta = body.metadata
     used_by = _routers_using(router_refs, meta.namespace or "", meta.name or "")
     async with rt.lock(meta.uid or ""):
         await reconcile_policy(rt.kube, dict(body), used_by, _now())
 
 
-def _poke_users(rt: Runtime, body: kopf.Body, router_refs: kopf.Index[str, Any]) -> None:
+def _poke_users(rt: Runtime, body: kopf.Body, router_refs: kopf.Index[str, RouterRef]) -> None:
     meta = body.metadata
     for router in _routers_using(router_refs, meta.namespace or "", meta.name or ""):
         poke_router(rt, meta.namespace or "", router)
 
 
 async def policy_changed(
-    body: kopf.Body, router_refs: kopf.Index[str, Any], memo: kopf.Memo, **_: Any
+    body: kopf.Body, router_refs: kopf.Index[str, RouterRef], memo: kopf.Memo, **_: Any
 ) -> None:
     _poke_users(_rt(memo), body, router_refs)
     await _reconcile_policy(_rt(memo), body, router_refs)
 
 
 async def policy_deleted(
-    body: kopf.Body, router_refs: kopf.Index[str, Any], memo: kopf.Memo, **_: Any
+    body: kopf.Body, router_refs: kopf.Index[str, RouterRef], memo: kopf.Memo, **_: Any
 ) -> None:
     _poke_users(_rt(memo), body, router_refs)
 
 
 async def policy_resync(
-    body: kopf.Body, router_refs: kopf.Index[str, Any], memo: kopf.Memo, **_: Any
+    body: kopf.Body, router_refs: kopf.Index[str, RouterRef], memo: kopf.Memo, **_: Any
 ) -> None:
     await _reconcile_policy(_rt(memo), body, router_refs)
 
@@ -262,7 +273,11 @@ async def node_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 async def node_prober(
-    body: kopf.Body, stopped: kopf.DaemonStopped, router_refs: kopf.Index[str, Any], memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    router_refs: kopf.Index[str, RouterRef],
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """One long-lived task per node: probe, record, sleep ``intervalSeconds`` (a spec change
     probes at once). ``body`` is kopf's live view of the latest object."""

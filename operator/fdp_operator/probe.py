@@ -1,6 +1,6 @@
 """HTTP(S) health probes of HospitalNodes, with the node's mTLS settings.
 
-Called by ``reconcile/node.py`` on the node timer. The TLS context is built from the
+Called by ``reconcile/node.py`` from the node's probe daemon. The TLS context is built from the
 Secrets the HospitalNode references (``ca.crt`` of ``tls.caSecretRef``; ``tls.crt`` and
 ``tls.key`` of ``tls.clientCertSecretRef``), and the request carries the node's credentials
 (``spec.auth``), exactly what the router pods mount and send.

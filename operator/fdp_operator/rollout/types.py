@@ -39,7 +39,7 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True)
 class DeploymentView:
-    """The parts of an observed Deployment the engine needs (built by ``views.deployment_view``)."""
+    """The parts of an observed Deployment the engine needs (``render.workloads.deployment_view``)."""
 
     name: str
     revision: str | None

@@ -192,6 +192,7 @@ async def _stream(
                 include_usage=creq.include_usage,
                 pass_usage=s.public,
                 pass_logprobs=s.public and creq.logprobs,
+                check_privacy=s.check_privacy,
             )
             resp = web.StreamResponse(
                 headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}

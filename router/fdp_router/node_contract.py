@@ -146,3 +146,22 @@ def check_report(declared: NodePrivacy, sent: SentPrivacy, report: PrivacyReport
     if _over(report.delta, sent.delta):
         return Violation.DELTA
     return None
+
+
+def check_stream_report(
+    declared: NodePrivacy, sent: SentPrivacy, cleared: PrivacyReport | None, body: Any
+) -> Violation | None:
+    """A ``privacy`` object a node put in its stream, after its headers' report `cleared` the
+    answer: None if it says the same, else why the rest of the stream may not be relayed (the
+    same rule as a whole answer whose headers and body disagree)."""
+    if declared.data_class == DataClass.PUBLIC:
+        return None
+    late = parse_report({}, body)
+    if late is None or cleared is None:
+        return Violation.NO_REPORT if cleared is None else Violation.INCONSISTENT
+    same = (
+        late.epsilon == cleared.epsilon
+        and late.delta == cleared.delta
+        and (not cleared.mechanism or late.mechanism == cleared.mechanism)
+    )
+    return check_report(declared, sent, late) or (None if same else Violation.INCONSISTENT)

@@ -65,7 +65,7 @@ from fdp_router.errors import (
     PrivacyBudgetExceeded,
 )
 from fdp_router.metrics import Metrics
-from fdp_router.node_contract import Purpose, SentPrivacy, check_report
+from fdp_router.node_contract import Purpose, SentPrivacy, check_report, check_stream_report
 from fdp_router.overload import AdmissionController
 from fdp_router.privacy import events
 from fdp_router.privacy.api import (
@@ -225,6 +225,9 @@ class StreamRelease:
     cached: dict[str, Any] | None
     public: bool
     cache_key: tuple[str, str]
+    # A `privacy` object in the node's stream -> the violation label if it contradicts the
+    # report that cleared the answer (``node_contract.check_stream_report``).
+    check_privacy: Callable[[Any], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +443,18 @@ class RequestPath:
                     logprobs=out.logprobs,
                 )
                 public = ok.reservation is None
-                yield StreamRelease(summary, ok.reply, None, public=public, cache_key=key)
+                cleared = ok.reply.report
+
+                def check_privacy(body: Any, ok: Cleared = ok) -> str | None:
+                    violation = check_stream_report(ok.cfg.privacy, ok.sent, cleared, body)
+                    if violation is None:
+                        return None
+                    self._violation(ok.node_id, violation.value)
+                    return violation.value
+
+                yield StreamRelease(
+                    summary, ok.reply, None, public=public, cache_key=key, check_privacy=check_privacy
+                )
             finally:
                 await ok.reply.close()
 

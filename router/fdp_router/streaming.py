@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,15 @@ FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "f
 
 class StreamBroken(Exception):
     """A node's stream cannot be relayed further (malformed, an error event, too large)."""
+
+
+class ReportContradicted(StreamBroken):
+    """A ``privacy`` object in a node's stream does not match the report its headers cleared
+    the answer on: nothing more of it is relayed. `reason` is the violation's label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"privacy contract violation in the stream ({reason})")
+        self.reason = reason
 
 
 class SseDecoder:
@@ -158,7 +167,10 @@ class Reframer:
     was released: the text, the finish reason, the node's usage.
 
     `pass_usage` / `pass_logprobs`: whether the node's token counts and logprobs may go to
-    the client (a Public node's; a PHI node's answer is released as text only)."""
+    the client (a Public node's; a PHI node's answer is released as text only).
+    `check_privacy`: given a ``privacy`` object in the node's stream, the violation label
+    if it contradicts the report the answer was cleared on (`ReportContradicted`, raised
+    before anything of that event is relayed)."""
 
     id: str
     model: str
@@ -166,6 +178,7 @@ class Reframer:
     include_usage: bool = False
     pass_usage: bool = False
     pass_logprobs: bool = False
+    check_privacy: Callable[[Any], str | None] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     parts: list[str] = field(default_factory=list)
     finish: str | None = None
@@ -229,6 +242,10 @@ class Reframer:
             # Only a short code: a node's error text may echo the prompt.
             code = code if isinstance(code, str) and _CODE.match(code) else "no code"
             raise StreamBroken(f"the node sent an error event ({code})")
+        if "privacy" in obj and self.check_privacy is not None:
+            reason = self.check_privacy(obj["privacy"])
+            if reason is not None:
+                raise ReportContradicted(reason)
         usage = obj.get("usage")
         if usage is not None:
             self.usage = node_usage(usage) or self.usage

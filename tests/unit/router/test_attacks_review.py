@@ -1,0 +1,110 @@
+"""Attacks on the privacy promise against a live router and live nodes (an attack-minded
+review): each test is one attempt; the ones that broke it are regression tests for the fix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from fdp_router.runtime import HOLDER
+
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
+from .test_openai_streaming import budget, post_stream, sse_events
+
+
+def _chunk(content: str, **extra: Any) -> bytes:
+    body = {"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}], **extra}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def test_a_stream_whose_body_reports_more_than_its_headers_is_cut_off_and_never_cached(
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
+) -> None:
+    """A node reports the reserved epsilon in its headers (checked before the first byte),
+    then, in its stream, a privacy object that says it spent 50x that. The router cannot take
+    back what was already relayed, but it must not relay another byte of an answer whose own
+    report contradicts the one it was cleared on (the whole-answer path refuses such an
+    inconsistent report outright), must count the violation, and must not cache it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        eps = request.headers["X-FDP-Privacy-Epsilon"]
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "X-FDP-Privacy-Epsilon": eps,
+                "X-FDP-Privacy-Delta": "0.0",
+                "X-FDP-Privacy-Mechanism": "pure_dp",
+            }
+        )
+        await resp.prepare(request)
+        await resp.write(_chunk("noisy "))
+        over = {"epsilon": float(eps) * 50, "delta": 0.0, "mechanism": "pure_dp"}
+        await resp.write(_chunk("RAW-PATIENT-COUNT-17", privacy=over))
+        done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(b"data: " + json.dumps(done).encode() + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "liar",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    body = {
+        "model": PHI_MODEL,
+        "messages": [{"role": "user", "content": q("liar")}],
+        "stream": True,
+        "privacy_budget": 0.2,
+    }
+    resp = await post_stream(str(client.make_url("")), body)
+    assert resp.status_code == 200
+    assert b"RAW-PATIENT-COUNT-17" not in resp.content
+    data, _ = sse_events(resp.content)
+    assert "[DONE]" not in data and json.loads(data[-1])["error"]["code"] == "stream_broken"
+    rt = client.app[HOLDER].current
+    assert len(rt.cache) == 0
+    metrics = (await (await client.get("/metrics")).text()).splitlines()
+    assert any(
+        line.startswith("fdp_node_contract_violations_total") and 'node="liar"' in line for line in metrics
+    ), metrics
+    assert (await budget(client))["details"]["queries"] == 1  # a byte went out: it stays charged
+
+
+async def test_odd_sampling_fields_never_count_against_a_node(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """Client-chosen fields a node may not like must be the client's 400 or an answer, never a
+    node failure (which would let a client eject hospitals)."""
+    client = await router(demo_cluster.config(routing={"outlier_consecutive_failures": 2}))
+    odd: list[dict[str, Any]] = [
+        {"top_logprobs": 20},
+        {"logprobs": True, "top_logprobs": 20},
+        {"stop": ["a", "b", "c", "d"]},
+        {"stop": ""},
+        {"seed": -(2**63)},
+        {"top_p": 0},
+        {"max_tokens": 1},
+        {"temperature": 0},
+        {"temperature": 2},
+        {"n": 1},
+    ]
+    for i, extra in enumerate(odd):
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": PHI_MODEL, "messages": [{"role": "user", "content": q(f"odd{i}")}], **extra},
+            headers=auth(),
+        )
+        assert r.status in (200, 400), (extra, r.status, await r.text())
+    for n in demo_cluster.nodes:
+        assert n.state.failures == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert not any(
+        line.startswith("fdp_node_failures_total{") and not line.rstrip().endswith(" 0.0")
+        for line in metrics.splitlines()
+    )

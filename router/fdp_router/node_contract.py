@@ -100,7 +100,15 @@ def parse_report(headers: Mapping[str, str], body: Any) -> PrivacyReport | None:
     if EPSILON_HEADER in headers:
         eps, delta = _number(headers.get(EPSILON_HEADER)), _number(headers.get(DELTA_HEADER, "0"))
         if eps is not None and delta is not None:
-            from_headers = PrivacyReport(eps, delta, str(headers.get(MECHANISM_HEADER, "")))
+            # A header sent twice with different values is a report that contradicts itself
+            # (`get` would read only the first).
+            getall = getattr(headers, "getall", None)
+            single = getall is None or all(
+                len(set(getall(h, ()))) <= 1 for h in (EPSILON_HEADER, DELTA_HEADER, MECHANISM_HEADER)
+            )
+            from_headers = PrivacyReport(
+                eps, delta, str(headers.get(MECHANISM_HEADER, "")), consistent=single
+            )
     from_body: PrivacyReport | None = None
     if isinstance(body, dict) and "epsilon" in body:
         eps, delta = _number(body.get("epsilon")), _number(body.get("delta", 0))
@@ -112,7 +120,8 @@ def parse_report(headers: Mapping[str, str], body: Any) -> PrivacyReport | None:
     if from_headers is None or from_body is None:
         return from_headers or from_body
     agree = (
-        from_headers.epsilon == from_body.epsilon
+        from_headers.consistent
+        and from_headers.epsilon == from_body.epsilon
         and from_headers.delta == from_body.delta
         and (not from_headers.mechanism or from_headers.mechanism == from_body.mechanism)
     )

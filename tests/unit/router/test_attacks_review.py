@@ -108,3 +108,43 @@ async def test_odd_sampling_fields_never_count_against_a_node(
         line.startswith("fdp_node_failures_total{") and not line.rstrip().endswith(" 0.0")
         for line in metrics.splitlines()
     )
+
+
+async def test_a_node_that_sends_its_epsilon_header_twice_is_not_released(
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
+) -> None:
+    """Two `X-FDP-Privacy-Epsilon` headers, the reserved one first and 50x that second: a
+    reader of the first header would release an answer its node says cost more than reserved."""
+    from multidict import CIMultiDict
+
+    async def handler(request: web.Request) -> web.Response:
+        eps = request.headers["X-FDP-Privacy-Epsilon"]
+        headers = CIMultiDict(
+            [
+                ("X-FDP-Privacy-Epsilon", eps),
+                ("X-FDP-Privacy-Epsilon", repr(float(eps) * 50)),
+                ("X-FDP-Privacy-Delta", "0.0"),
+                ("X-FDP-Privacy-Mechanism", "pure_dp"),
+            ]
+        )
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "RAW-17"}}]}
+        return web.json_response(body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "twice",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q("twice")}], "privacy_budget": 0.2}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 502 and "RAW-17" not in await r.text()
+    assert (await budget(client))["consumed_budget"] == 0
+    resp = await post_stream(str(client.make_url("")), {**body, "stream": True})
+    assert resp.status_code == 502 and b"RAW-17" not in resp.content
+    assert (await budget(client))["consumed_budget"] == 0

@@ -118,7 +118,19 @@ def parse_report(headers: Mapping[str, str], body: Any) -> PrivacyReport | None:
                 eps, delta, str(body.get("mechanism", "")), basis if isinstance(basis, str) else ""
             )
     if from_headers is None or from_body is None:
-        return from_headers or from_body
+        readable = from_headers or from_body
+        # Present in both places but unreadable in one (inf, NaN, negative, not a number):
+        # that part may not be dropped in favour of the other; the report contradicts itself.
+        if (
+            readable is not None
+            and EPSILON_HEADER in headers
+            and isinstance(body, dict)
+            and "epsilon" in body
+        ):
+            return PrivacyReport(
+                readable.epsilon, readable.delta, readable.mechanism, readable.basis, consistent=False
+            )
+        return readable
     agree = (
         from_headers.consistent
         and from_headers.epsilon == from_body.epsilon

@@ -148,3 +148,46 @@ async def test_a_node_that_sends_its_epsilon_header_twice_is_not_released(
     resp = await post_stream(str(client.make_url("")), {**body, "stream": True})
     assert resp.status_code == 502 and b"RAW-17" not in resp.content
     assert (await budget(client))["consumed_budget"] == 0
+
+
+async def test_an_unreadable_spend_in_one_place_is_not_outvoted_by_a_fitting_one(
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
+) -> None:
+    """A node whose headers say it spent `inf` (or NaN, -1, garbage) and whose body says it spent
+    the reserved epsilon, or the other way round: the unreadable part must not simply be
+    dropped and the answer released on the other."""
+    cases = [("inf", None), ("nan", None), ("-1", None), ("lots", None), (None, "inf"), (None, -1)]
+    seen: list[tuple[Any, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        eps = request.headers["X-FDP-Privacy-Epsilon"]
+        head, body_eps = cases[len(seen)]
+        seen.append((head, body_eps))
+        headers = {
+            "X-FDP-Privacy-Epsilon": head if head is not None else eps,
+            "X-FDP-Privacy-Delta": "0.0",
+            "X-FDP-Privacy-Mechanism": "pure_dp",
+        }
+        privacy = {"epsilon": body_eps if body_eps is not None else float(eps), "mechanism": "pure_dp"}
+        body = {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "RAW-17"}}],
+            "privacy": privacy,
+        }
+        return web.json_response(body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "unreadable",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    for i, case in enumerate(cases):
+        body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q(f"u{i}")}]}
+        r = await client.post("/v1/chat/completions", json=body, headers=auth())
+        assert r.status == 502 and "RAW-17" not in await r.text(), (case, r.status)
+    assert (await budget(client))["consumed_budget"] == 0

@@ -3,11 +3,13 @@ review): each test is one attempt; the ones that broke it are regression tests f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 from fdp_router.runtime import HOLDER
+from multidict import CIMultiDict
 
 from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
 from .test_openai_streaming import budget, post_stream, sse_events
@@ -115,7 +117,6 @@ async def test_a_node_that_sends_its_epsilon_header_twice_is_not_released(
 ) -> None:
     """Two `X-FDP-Privacy-Epsilon` headers, the reserved one first and 50x that second: a
     reader of the first header would release an answer its node says cost more than reserved."""
-    from multidict import CIMultiDict
 
     async def handler(request: web.Request) -> web.Response:
         eps = request.headers["X-FDP-Privacy-Epsilon"]
@@ -191,3 +192,48 @@ async def test_an_unreadable_spend_in_one_place_is_not_outvoted_by_a_fitting_one
         r = await client.post("/v1/chat/completions", json=body, headers=auth())
         assert r.status == 502 and "RAW-17" not in await r.text(), (case, r.status)
     assert (await budget(client))["consumed_budget"] == 0
+
+
+async def test_a_burst_of_concurrent_requests_never_spends_past_the_user_budget(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """30 distinct questions at once, each at 0.3, against a per-user budget of 2.0: the
+    reservations race, but at most 6 may be released and the ledger never goes over."""
+    client = await router()
+
+    async def ask(i: int) -> int:
+        body = {
+            "model": PHI_MODEL,
+            "messages": [{"role": "user", "content": q(f"burst{i}")}],
+            "privacy_budget": 0.3,
+        }
+        r = await client.post("/v1/chat/completions", json=body, headers=auth())
+        await r.read()
+        return r.status
+
+    statuses = await asyncio.gather(*(ask(i) for i in range(30)))
+    assert statuses.count(200) == 6 and set(statuses) == {200, 403}, statuses
+    doc = await budget(client)
+    assert doc["consumed_budget"] <= 2.0 + 1e-9 and doc["details"]["queries"] == 6
+    assert sum(n.state.releases for n in demo_cluster.nodes) == 6
+
+
+async def test_a_phi_node_declared_public_by_mistake_releases_nothing(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """A config mix-up: a PHI node's endpoint entered as a Public node. The router sends it
+    epsilon 0 for a release; a node keeping the contract refuses (the client's 400, no
+    ejection), so no patient-data answer goes out for free."""
+    phi = demo_cluster.nodes[0]
+    node = {
+        "id": "mislabelled",
+        "hospital": "hospital-0",
+        "endpoint": phi.url,
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "public", "mechanism": "none"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q("mix")}]}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 400, await r.text()
+    assert phi.state.releases == 0 and phi.state.failures == 0

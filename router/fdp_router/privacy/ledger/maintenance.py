@@ -171,8 +171,10 @@ def prune(
             )
             # 3. the database, chunk by chunk
             done = 0
+            state: _CarryState | None = None
             for chunk in _chunks(list(zip(records, datas, strict=True)), CHUNK):
-                if not _prune_chunk(conn, driver, integrity, chunk, window):
+                state = _prune_chunk(conn, driver, integrity, chunk, window, state)
+                if state is None:
                     log.warning("ledger prune: another pruner moved the base; stopping")
                     break
                 done += len(chunk)
@@ -191,11 +193,21 @@ def prune(
         conn.close()
 
 
+_CarryState = dict[tuple[str, str, int], tuple[tuple[float, ...], float, int]]
+
+
 def _prune_chunk(
-    conn: Any, driver: SqlDriver, integrity: Integrity, chunk: Sequence[tuple[Any, ...]], window: int
-) -> bool:
+    conn: Any,
+    driver: SqlDriver,
+    integrity: Integrity,
+    chunk: Sequence[tuple[Any, ...]],
+    window: int,
+    state: _CarryState | None,
+) -> _CarryState | None:
     """One transaction: carry what the chunk's records added to open windows, delete their
-    reservations and the records, move the base. False if the base moved meanwhile."""
+    reservations and the records, move the base. Returns the carried sums as now stored
+    (read, MACs checked, in the first chunk's transaction; only pruners write them, one at a
+    time), or None if the base moved meanwhile (another pruner)."""
     records = [r for r, _ in chunk]
     first, last = int(records[0]["seq"]), int(records[-1]["seq"])
     cur = driver.begin_locked(conn)
@@ -203,15 +215,17 @@ def _prune_chunk(
         head = _head(cur, integrity)
         if head.base_seq != first - 1:
             conn.rollback()
-            return False
+            return None
         base_window = max(head.base_window, window)
+        if state is None:
+            state = _read_carries(cur, driver, integrity, base_window)
         carries: dict[tuple[str, str, int], _Carry] = {}
         reserved: list[str] = []
         for rec, data in chunk:
             _carry(carries, rec, data, integrity, base_window)
             if rec["kind"] == "reserve":
                 reserved.append(str(rec["reservation_id"]))
-        _write_carries(cur, driver, integrity, carries)
+        _write_carries(cur, driver, integrity, carries, state)
         for ids in _chunks(reserved, 500):
             cur.execute(
                 driver.sql(f"DELETE FROM fdp_reservations WHERE id IN ({', '.join('?' for _ in ids)})"),  # noqa: S608
@@ -226,7 +240,7 @@ def _prune_chunk(
         )
         cur.execute(driver.sql("DELETE FROM fdp_audit WHERE seq <= ?"), (last,))
         conn.commit()
-        return True
+        return state
     except BaseException:
         conn.rollback()
         raise
@@ -263,36 +277,48 @@ def _carry(
         c.basic += sign * float(rec["epsilon"])
 
 
+def _read_carries(cur: Any, driver: SqlDriver, integrity: Integrity, base_window: int) -> _CarryState:
+    cur.execute(
+        driver.sql(
+            "SELECT scope, unit_key, window_id, rdp, basic_eps, n_queries, mac FROM fdp_carry "
+            "WHERE window_id >= ?"
+        ),
+        (base_window,),
+    )
+    state: _CarryState = {}
+    for scope, key, win, rdp, basic, n, mac in _rows(cur):
+        if integrity.carry_mac(scope, key, int(win), str(rdp), float(basic), int(n)) != mac:
+            raise LedgerIntegrityError(f"a carried-sum row of {scope} unit (window {win}) fails its MAC")
+        state[(str(scope), str(key), int(win))] = (tuple(json.loads(rdp)), float(basic), int(n))
+    return state
+
+
 def _write_carries(
-    cur: Any, driver: SqlDriver, integrity: Integrity, carries: dict[tuple[str, str, int], _Carry]
+    cur: Any,
+    driver: SqlDriver,
+    integrity: Integrity,
+    carries: dict[tuple[str, str, int], _Carry],
+    state: _CarryState,
 ) -> None:
-    for (scope, key, win), c in carries.items():
-        cur.execute(
-            driver.sql(
-                "SELECT rdp, basic_eps, n_queries, mac FROM fdp_carry "
-                "WHERE scope=? AND unit_key=? AND window_id=?"
-            ),
-            (scope, key, win),
-        )
-        row = cur.fetchone()
-        spent, basic, n = flt.zero(), 0.0, 0
-        if row is not None:
-            if integrity.carry_mac(scope, key, win, str(row[0]), float(row[1]), int(row[2])) != row[3]:
-                raise LedgerIntegrityError(f"a carried-sum row of {scope} unit (window {win}) fails its MAC")
-            spent, basic, n = tuple(json.loads(row[0])), float(row[1]), int(row[2])
+    rows = []
+    for unit, c in carries.items():
+        spent, basic, n = state.get(unit, (flt.zero(), 0.0, 0))
         for event, k in c.counts.items():
             spent = tuple(s + k * x for s, x in zip(spent, event_cost(event), strict=True))
             n += k
         basic += c.basic
+        state[unit] = (spent, basic, n)
         rdp = orjson.dumps(spent).decode()
+        rows.append((*unit, rdp, basic, n, integrity.carry_mac(*unit, rdp, basic, n)))
+    for part in _chunks(rows, 100):
         cur.execute(
             driver.sql(
-                "INSERT INTO fdp_carry (scope, unit_key, window_id, rdp, basic_eps, n_queries, mac) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET "
-                "rdp = excluded.rdp, basic_eps = excluded.basic_eps, n_queries = excluded.n_queries, "
-                "mac = excluded.mac"
+                "INSERT INTO fdp_carry (scope, unit_key, window_id, rdp, basic_eps, n_queries, mac) VALUES "  # noqa: S608
+                + ", ".join("(?, ?, ?, ?, ?, ?, ?)" for _ in part)
+                + " ON CONFLICT (scope, unit_key, window_id) DO UPDATE SET rdp = excluded.rdp, "
+                "basic_eps = excluded.basic_eps, n_queries = excluded.n_queries, mac = excluded.mac"
             ),
-            (scope, key, win, rdp, basic, n, integrity.carry_mac(scope, key, win, rdp, basic, n)),
+            [v for row in part for v in row],
         )
 
 

@@ -119,11 +119,12 @@ def parse_report(headers: Mapping[str, str], body: Any) -> PrivacyReport | None:
             )
     if from_headers is None or from_body is None:
         readable = from_headers or from_body
-        # Present in both places but unreadable in one (inf, NaN, negative, not a number):
-        # that part may not be dropped in favour of the other; the report contradicts itself.
+        # Present in both places but unreadable in one (inf, NaN, negative, not a number, a
+        # delta header without its epsilon): that part may not be dropped in favour of the
+        # other; the report contradicts itself.
         if (
             readable is not None
-            and EPSILON_HEADER in headers
+            and (EPSILON_HEADER in headers or DELTA_HEADER in headers)
             and isinstance(body, dict)
             and "epsilon" in body
         ):

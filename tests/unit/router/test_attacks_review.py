@@ -237,3 +237,35 @@ async def test_a_phi_node_declared_public_by_mistake_releases_nothing(
     r = await client.post("/v1/chat/completions", json=body, headers=auth())
     assert r.status == 400, await r.text()
     assert phi.state.releases == 0 and phi.state.failures == 0
+
+
+async def test_a_delta_header_without_an_epsilon_header_is_not_ignored(
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
+) -> None:
+    """A pure-DP node whose headers carry only `X-FDP-Privacy-Delta: 0.5` (a delta it was never
+    given) and whose body reports the reserved epsilon with delta 0: the header's spend must
+    not be dropped because its epsilon header is missing."""
+
+    async def handler(request: web.Request) -> web.Response:
+        eps = float(request.headers["X-FDP-Privacy-Epsilon"])
+        body = {
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "RAW-17"}}],
+            "privacy": {"epsilon": eps, "delta": 0.0, "mechanism": "pure_dp"},
+        }
+        return web.json_response(body, headers={"X-FDP-Privacy-Delta": "0.5"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "delta-only",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q("delta")}]}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 502 and "RAW-17" not in await r.text()
+    assert (await budget(client))["consumed_budget"] == 0

@@ -14,6 +14,9 @@ commit acknowledges nothing, a crash after it loses nothing.
 
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
+User and department keys are stored as keyed pseudonyms and every trusted row carries a
+keyed MAC, checked whenever a row is read (integrity.py); ``SqlLedger`` also checks the
+identity and head rows when it opens, and the last exported checkpoint if it is given one.
 
 Bounded (``ledger.timeouts``): every operation has an overall deadline (queueing included),
 every transaction and read runs under the driver's watchdog (a frozen server is cut off after
@@ -619,8 +622,8 @@ class SqlLedger(Ledger):
         self._queue.put(_Op("stop", None))
         await asyncio.wrap_future(self._stopped)
         await asyncio.to_thread(self._thread.join)
-        if self._maintenance is not None:
-            await asyncio.to_thread(self._maintenance.join)
+        if self._maintenance is not None:  # a prune stuck on a frozen database is not waited for
+            await asyncio.to_thread(self._maintenance.join, self._timeouts.operation_seconds)
         await asyncio.to_thread(self._driver.close)
 
     def _report_tampered(self, ident: tuple[str, str, int], clear_key: str) -> None:

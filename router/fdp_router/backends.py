@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 
 from fdp_router.balancers import NodeView
-from fdp_router.config import HospitalNodeConfig, NodeTLS, RoutingConfig
+from fdp_router.config import DataClass, HospitalNodeConfig, NodeTLS, RoutingConfig
 from fdp_router.metrics import Metrics
 from fdp_router.node_contract import EPSILON_HEADER, PrivacyReport, SentPrivacy, parse_report
 
@@ -331,6 +331,10 @@ class BackendPool:
         """The POST of one call (an aiohttp request context manager, not yet sent)."""
         assert self.session is not None
         body = {**payload, "model": st.cfg.model, "fdp_privacy": privacy.body()}
+        if st.cfg.privacy.data_class == DataClass.PHI:
+            # A client-chosen seed must never reach a node whose answer comes from patient data:
+            # a DP wrapper that seeded its noise from the request would lose its guarantee.
+            body.pop("seed", None)
         return self.session.post(
             f"{st.cfg.endpoint}{st.cfg.api_base_path}/chat/completions",
             data=orjson.dumps(body),

@@ -753,10 +753,8 @@ class RequestPath:
                 usage=node_usage(data.get("usage")),
                 logprobs=choice.get("logprobs") if logprobs else None,
             )
+        # The node's own `basis` text is not released: no mechanism covers what a node writes there.
         basis = f"node-side {ok.cfg.privacy.mechanism.value} mechanism at epsilon {ok.sent.epsilon:g}"
-        report = ok.reply.report
-        if report is not None and report.basis:
-            basis += f" ({report.basis[:200]})"
         return Released(
             text=text,
             node_ids=(ok.node_id,),

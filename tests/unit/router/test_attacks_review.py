@@ -269,3 +269,43 @@ async def test_a_delta_header_without_an_epsilon_header_is_not_ignored(
     r = await client.post("/v1/chat/completions", json=body, headers=auth())
     assert r.status == 502 and "RAW-17" not in await r.text()
     assert (await budget(client))["consumed_budget"] == 0
+
+
+async def test_a_phi_node_never_sees_the_clients_seed_nor_does_its_basis_text_reach_the_client(
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
+) -> None:
+    """A client-chosen seed could undo a DP wrapper that seeds its noise from the request; a
+    node's free-text `basis` is covered by no mechanism (a node could put an exact count there)."""
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        p = body["fdp_privacy"]
+        report = {"epsilon": p["epsilon"], "delta": 0.0, "mechanism": "pure_dp", "basis": "EXACT-COUNT-4711"}
+        return web.json_response(
+            {
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                ],
+                "privacy": report,
+            },
+            headers={"X-FDP-Privacy-Epsilon": repr(p["epsilon"]), "X-FDP-Privacy-Mechanism": "pure_dp"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "phi",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    client = await router(demo_cluster.config(nodes=[node]))
+    body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q("seed")}], "seed": 1234}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 200, await r.text()
+    assert seen and "seed" not in seen[0]
+    assert "EXACT-COUNT-4711" not in await r.text()

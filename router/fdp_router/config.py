@@ -444,7 +444,9 @@ class LedgerRetention(_Frozen):
     @model_validator(mode="after")
     def _archive_needed(self) -> LedgerRetention:
         if self.audit_seconds is not None and not self.archive_dir:
-            raise ValueError("ledger.retention: audit_seconds needs archive_dir (pruned records are archived)")
+            raise ValueError(
+                "ledger.retention: audit_seconds needs archive_dir (pruned records are archived)"
+            )
         return self
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,17 +97,6 @@ STARTED = web.AppKey("started", float)
 # --- runtime construction / reload ---------------------------------------------------------
 
 
-def _query_hasher(ledger: Ledger) -> Callable[[str], str]:
-    method = getattr(ledger, "query_hash", None)
-    if callable(method):
-        return method  # type: ignore[no-any-return]
-    # Ledgers without their own keyed hash (test fakes): a per-process key; never the text.
-    from fdp_router.privacy.audit import query_hash
-
-    key = secrets.token_bytes(32)
-    return lambda text: query_hash(key, text)
-
-
 async def build_runtime(app: web.Application, cfg: RouterConfig, previous: Runtime | None) -> Runtime:
     settings = app[SETTINGS]
     authenticator = Authenticator(cfg.auth, hs256_secret=settings.hs256_secret)
@@ -140,7 +128,7 @@ async def build_runtime(app: web.Application, cfg: RouterConfig, previous: Runti
         ledger=ledger,
         cache=cache,
         admission=admission,
-        query_hasher=_query_hasher(ledger),
+        query_hasher=ledger.query_hash,
         hospital_remaining=dict(previous.hospital_remaining) if previous else {},
     )
     rt.drained.set()

@@ -34,6 +34,7 @@ venv: $(STAMP)
 deps: $(STAMP)
 	hack/ensure-deps.sh
 	PY=$(abspath $(BIN)/python) hack/ensure-litellm.sh >/dev/null
+	PY=$(abspath $(BIN)/python) hack/ensure-llama.sh >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

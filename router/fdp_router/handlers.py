@@ -355,9 +355,9 @@ async def health(request: web.Request) -> web.Response:
                     "entries": len(rt.cache) if rt else 0,
                     "hit_ratio": rt.cache.stats.hit_ratio if rt else 0.0,
                 },
-                "admission": {
-                    "running": rt.admission.running if rt else 0,
-                    "queued": rt.admission.queue_depth if rt else 0,
+                "overload": {
+                    "running": rt.overload.running if rt else 0,
+                    "queued": rt.overload.queue_depth if rt else 0,
                 },
                 "nodes": app[POOL].describe(),
             },
@@ -370,7 +370,7 @@ async def health(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     rt = request.app[HOLDER].current
     if rt is not None:
-        request.app[METRICS].queue_depth.set(rt.admission.queue_depth)
+        request.app[METRICS].queue_depth.set(rt.overload.queue_depth)
     return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
 
 

@@ -1,6 +1,7 @@
-"""Admission control: bounded concurrency, a priority queue with aging, 429 beyond it.
+"""The overload limiter: bounded concurrency, a priority queue with aging, 429 beyond it.
 
-Used by ``service.py`` around the expensive part of a request (reservation + backend
+("Admission" in this project means privacy admission, the ledger's Rényi filter; this is
+load shedding.) Used by ``request_path.py`` around the expensive part of a request (reservation + backend
 calls). At most ``max_concurrency`` requests run; up to ``max_queue`` wait, served by
 effective priority ``priority + waited_seconds / aging_seconds`` so that low priority
 still runs. Because every waiter ages at the same rate, ordering by
@@ -30,7 +31,9 @@ class _Waiter:
     future: asyncio.Future[None] = field(compare=False)
 
 
-class AdmissionController:
+class OverloadLimiter:
+    """At most ``max_concurrency`` requests at once, a bounded priority queue behind them."""
+
     def __init__(self, cfg: OverloadConfig) -> None:
         self.cfg = cfg
         self.running = 0

@@ -25,7 +25,7 @@ call returns at the node's status and headers, so its privacy report (``X-FDP-Pr
 headers) is checked before any of the answer is read or sent; a violation or failure still
 fails over. Then, if the client is still connected, the reservation is committed (durable)
 and only then may the first byte go out: once a byte reached the client the spend stands,
-whatever happens next; a client gone before that is refunded (`ClientGone`). The admission
+whatever happens next; a client gone before that is refunded (`ClientGone`). The overload
 slot is held until the stream ends.
 """
 
@@ -66,7 +66,7 @@ from fdp_router.errors import (
 )
 from fdp_router.metrics import Metrics
 from fdp_router.node_contract import Purpose, SentPrivacy, check_report, check_stream_report
-from fdp_router.overload import AdmissionController
+from fdp_router.overload import OverloadLimiter
 from fdp_router.privacy import events
 from fdp_router.privacy.api import (
     BudgetExceeded,
@@ -101,7 +101,7 @@ class Runtime:
     balancer: Balancer
     ledger: Ledger
     cache: AnswerCache
-    admission: AdmissionController
+    overload: OverloadLimiter
     query_hasher: Callable[[str], str]  # keyed hash of the query text for the audit record
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -351,9 +351,9 @@ class RequestPath:
             who.user, department, rt.query_hasher(canonical), req.request_id, req.specialization
         )
         payload = node_payload(req)
-        self.metrics.queue_depth.set(rt.admission.queue_depth + 1)
-        async with rt.admission.slot(req.priority):
-            self.metrics.queue_depth.set(rt.admission.queue_depth)
+        self.metrics.queue_depth.set(rt.overload.queue_depth + 1)
+        async with rt.overload.slot(req.priority):
+            self.metrics.queue_depth.set(rt.overload.queue_depth)
             if options is not None:
                 out = await self._consensus(rt, who_pays, req.model, options, payload)
             else:
@@ -394,7 +394,7 @@ class RequestPath:
         raises an `ApiError` before anything was sent, or `ClientGone` (refunded) when
         `connected()` is false at the last moment before the commit. Inside the block the
         spend is committed and the caller relays the stream; the node's stream and the
-        admission slot are released on exit. A cached answer is re-released without a node."""
+        overload-limiter slot are released on exit. A cached answer is re-released without a node."""
         self._may_query(who)
         start = time.monotonic()
         if req.require_consensus:
@@ -418,9 +418,9 @@ class RequestPath:
         payload = {**node_payload(req), "stream": True}
         if req.include_usage:
             payload["stream_options"] = {"include_usage": True}
-        self.metrics.queue_depth.set(rt.admission.queue_depth + 1)
-        async with rt.admission.slot(req.priority):
-            self.metrics.queue_depth.set(rt.admission.queue_depth)
+        self.metrics.queue_depth.set(rt.overload.queue_depth + 1)
+        async with rt.overload.slot(req.priority):
+            self.metrics.queue_depth.set(rt.overload.queue_depth)
             ok = await self._clear(rt, who_pays, req.model, epsilon, payload, connected)
             assert isinstance(ok.reply, NodeStream)
             try:

@@ -30,7 +30,7 @@ from fdp_router.config import LedgerConfig, PrivacyConfig, RouterConfig, load_co
 from fdp_router.errors import NoNodeAvailable
 from fdp_router.ledger_health import LEDGER_HEALTH, LedgerHealth
 from fdp_router.metrics import Metrics
-from fdp_router.overload import AdmissionController
+from fdp_router.overload import OverloadLimiter
 from fdp_router.privacy.api import Ledger, LedgerUnavailable, PrivacyError, Scope
 from fdp_router.request_path import RequestPath, Runtime
 
@@ -113,10 +113,10 @@ async def build_runtime(app: web.Application, cfg: RouterConfig, previous: Runti
         if previous is not None and previous.config.cache == cfg.cache
         else AnswerCache(cfg.cache)
     )
-    admission = (
-        previous.admission
+    overload = (
+        previous.overload
         if previous is not None and previous.config.overload == cfg.overload
-        else AdmissionController(cfg.overload)
+        else OverloadLimiter(cfg.overload)
     )
     holder = app[HOLDER]
     holder.generation += 1
@@ -127,7 +127,7 @@ async def build_runtime(app: web.Application, cfg: RouterConfig, previous: Runti
         balancer=make_balancer(cfg.routing.strategy, cfg.routing.seed),
         ledger=ledger,
         cache=cache,
-        admission=admission,
+        overload=overload,
         query_hasher=ledger.query_hash,
         hospital_remaining=dict(previous.hospital_remaining) if previous else {},
     )

@@ -10,7 +10,7 @@ from fdp_router.config import CacheConfig, OverloadConfig, normalize_answer
 from fdp_router.consensus import aggregate
 from fdp_router.errors import Overloaded
 from fdp_router.metrics import Metrics
-from fdp_router.overload import AdmissionController
+from fdp_router.overload import OverloadLimiter
 from fdp_router.request_path import CompletionRequest, canonical_request
 
 
@@ -83,7 +83,7 @@ def test_cache_ttl_expires_and_disabled_cache_never_hits() -> None:
 
 
 async def test_admission_runs_higher_priority_first_and_ages_low_priority() -> None:
-    ctl = AdmissionController(
+    ctl = OverloadLimiter(
         OverloadConfig(max_concurrency=1, max_queue=10, queue_timeout_seconds=5, aging_seconds=0.05)
     )
     order: list[str] = []
@@ -111,7 +111,7 @@ async def test_admission_runs_higher_priority_first_and_ages_low_priority() -> N
 
 
 async def test_admission_rejects_beyond_the_queue_and_after_the_timeout() -> None:
-    ctl = AdmissionController(OverloadConfig(max_concurrency=1, max_queue=1, queue_timeout_seconds=0.2))
+    ctl = OverloadLimiter(OverloadConfig(max_concurrency=1, max_queue=1, queue_timeout_seconds=0.2))
     gate = asyncio.Event()
 
     async def hold() -> None:

@@ -13,7 +13,7 @@ seeds 1..3, 3,000 patients each; their favourites differ for some conditions).
   hospitals and the seven conditions.
 - **Consensus of three hospitals** (PATE GNMax at the router): each hospital votes its true
   majority treatment; the vote histogram over the condition's public treatment list gets
-  OpenDP discrete Gaussian noise (``fdp_router.privacy.mechanisms.report_noisy_max``) with
+  OpenDP discrete Gaussian noise (``fdp_router.consensus.aggregate``, the router's own) with
   sigma the smallest for which the release is (epsilon, 1e-5)-DP *per hospital* (a hospital's
   whole data is the unit): GNMax has RDP alpha / sigma^2, converted by dp_accounting's RDP
   accountant (orders up to 1e6). RDP is used because it holds exactly for the discrete
@@ -40,7 +40,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 from fdp_router import demo_data as dd
-from fdp_router.privacy.mechanisms import report_noisy_max
+from fdp_router.consensus import aggregate
 
 REPO = Path(__file__).resolve().parent.parent
 DELTA = 1e-5
@@ -89,8 +89,9 @@ def consensus(tables: list[dd.PatientTable], sigma: float, runs: int) -> float:
         votes = [0] * len(c.treatments)
         for t in tables:
             votes[c.treatments.index(dd.true_answer(t, dd.TreatmentQuestion(c)))] += 1
-        majority = votes.index(max(votes))
-        hits += sum(report_noisy_max(votes, sigma) == majority for _ in range(runs))
+        majority = c.treatments[votes.index(max(votes))]
+        answers = [dd.true_answer(t, dd.TreatmentQuestion(c)) for t in tables]
+        hits += sum(aggregate(answers, c.treatments, sigma).answer == majority for _ in range(runs))
         total += runs
     return hits / total
 

@@ -13,15 +13,18 @@ request's public `options`. Steps:
    counts by one: RDP eps(alpha) = alpha / sigma^2 per hospital
    (``privacy.events.gnmax_event``), which is what the user, the department and every asked
    hospital are charged.
-3. **Release.** Only the text of the option with the largest noisy count is released (ties to
-   the lowest index, a data-independent rule): never a hospital's own text, so whatever the
-   nodes answer, the output is one of the public options. ``confidence`` (noisy winner count /
-   hospitals asked, clipped to [0, 1]) and ``consensus_reached`` (noisy winner count above
-   half) come from the noisy counts only: post-processing, no extra cost.
+3. **Release.** Only the text of the option with the largest noisy count is released (ties
+   broken uniformly at random with the OS's CSPRNG: data-independent post-processing, and
+   unlike "lowest index" it does not favour the options listed first): never a hospital's own
+   text, so whatever the nodes answer, the output is one of the public options.
+   ``confidence`` (noisy winner count / hospitals asked, clipped to [0, 1]) and
+   ``consensus_reached`` (noisy winner count above half) come from the noisy counts only:
+   post-processing, no extra cost.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -70,7 +73,8 @@ def aggregate(
         else:
             counts[vote] += 1
     noisy = noise(counts, sigma)
-    best = max(range(len(options)), key=lambda i: (noisy[i], -i))
+    top_count = max(noisy)
+    best = secrets.choice([i for i, v in enumerate(noisy) if v == top_count])
     n = len(answers)
     top = noisy[best]
     return ConsensusResult(

@@ -1,7 +1,7 @@
 """Noise mechanisms with secure samplers, and their calibration.
 
-Called by the router's consensus (``report_noisy_max``: GNMax over the integer vote
-histogram), by node-side mechanisms (``noisy_counts``, ``report_noisy_max`` on counts of
+Called by the router's consensus (``noisy_counts``: GNMax over the integer vote
+histogram), by node-side mechanisms (``noisy_counts`` on counts of
 records), by ``events.py`` (calibrating a mechanism to a per-query epsilon, checking
 numbers) and by the ledger and CLI (``check_positive``, ``check_delta``).
 
@@ -164,10 +164,6 @@ def laplace_noise(scale: float) -> float:
     return float(_laplace_measurement(b)(0.0))
 
 
-def add_gaussian(value: float, sigma: float) -> float:
-    return float(_gaussian_measurement(check_positive("sigma", sigma))(float(value)))
-
-
 def noisy_counts(counts: Sequence[int], sigma: float) -> list[int]:
     """The integer vector `counts` plus independent discrete Gaussian noise N_Z(0, sigma^2) on
     each entry (OpenDP's exact sampler on integers: no floating point anywhere).
@@ -185,22 +181,6 @@ def noisy_counts(counts: Sequence[int], sigma: float) -> list[int]:
             raise InvalidPrivacyRequest("counts", f"must be non-negative integers, got {c!r}")
         ints.append(c)
     return [int(v) for v in _int_vector_gaussian(s)(ints)]
-
-
-def report_noisy_max(counts: Sequence[int], sigma: float) -> int:
-    """GNMax (PATE): ``noisy_counts`` on the vote histogram, return the argmax.
-
-    One hospital changing its vote moves two counts by one (L2 sensitivity sqrt 2), so the
-    noisy histogram is a Gaussian mechanism with noise multiplier sigma/sqrt(2): RDP
-    eps(alpha) = alpha / sigma^2 (``events.gnmax_event``). The argmax is post-processing.
-    Ties between noisy counts go to the lowest index (data-independent rule).
-    """
-    noisy = noisy_counts(counts, sigma)
-    best = 0
-    for i, v in enumerate(noisy):
-        if v > noisy[best]:
-            best = i
-    return best
 
 
 @lru_cache(maxsize=256)

@@ -143,10 +143,8 @@ async def test_a_ledger_with_such_a_policy_refuses_to_open(tmp_path: Path) -> No
     assert not (tmp_path / "l.sqlite").exists()
 
 
-def test_report_noisy_max_rejects_bad_counts() -> None:
+def test_noisy_counts_rejects_bad_counts() -> None:
     for counts in ([], [1, -1], [1.5, 2], [True, 1]):
-        with pytest.raises(InvalidPrivacyRequest):
-            mechanisms.report_noisy_max(counts, 1.0)  # type: ignore[arg-type]
         with pytest.raises(InvalidPrivacyRequest):
             mechanisms.noisy_counts(counts, 1.0)  # type: ignore[arg-type]
     for sigma in (0.0, math.nan, 1e-310):
@@ -181,13 +179,6 @@ def test_noisy_counts_are_integers_with_discrete_gaussian_noise_of_the_right_sca
         col = [d[i] for d in draws]
         assert abs(statistics.fmean(col) - true) < 4 * sigma / math.sqrt(n)
         assert statistics.pstdev(col) == pytest.approx(sigma, rel=0.08)
-
-
-def test_report_noisy_max_prefers_clear_winners_and_is_noisy_for_ties() -> None:
-    assert all(mechanisms.report_noisy_max([0, 40, 1], 2.0) == 1 for _ in range(50))
-    picks = [mechanisms.report_noisy_max([5, 5, 5], 3.0) for _ in range(600)]
-    shares = [picks.count(i) / len(picks) for i in range(3)]
-    assert all(0.2 < s < 0.47 for s in shares), shares
 
 
 def test_no_float_prngs_in_the_mechanisms_module() -> None:

@@ -43,9 +43,18 @@ def test_noise_goes_on_every_option_even_those_nobody_voted_for() -> None:
     assert result.consensus_reached and result.confidence == pytest.approx(2 / 3, abs=1e-4)
 
 
-def test_ties_go_to_the_lowest_index_a_data_independent_rule() -> None:
-    result = aggregate(["x"], OPTIONS, 1.0, noise=lambda c, s: [5, 5, 5])
-    assert result.winner == 0
+def test_ties_are_broken_uniformly_not_towards_the_first_option() -> None:
+    picks = [aggregate(["x"], OPTIONS, 1.0, noise=lambda c, s: [5, 5, 5]).winner for _ in range(600)]
+    shares = [picks.count(i) / len(picks) for i in range(3)]
+    assert all(0.25 < s < 0.42 for s in shares), shares
+    assert all(aggregate(["x"], OPTIONS, 1.0, noise=lambda c, s: [5, 6, 5]).winner == 1 for _ in range(20))
+
+
+def test_a_clear_winner_wins_and_equal_votes_are_spread_with_real_noise() -> None:
+    assert all(aggregate(["Admit to ward"] * 40, OPTIONS, 2.0).winner == 1 for _ in range(50))
+    picks = [aggregate(["abstain"], OPTIONS, 3.0).winner for _ in range(600)]
+    shares = [picks.count(i) / len(picks) for i in range(3)]
+    assert all(0.2 < s < 0.47 for s in shares), shares
 
 
 def test_strong_agreement_wins_with_small_noise() -> None:

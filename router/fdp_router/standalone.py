@@ -7,7 +7,8 @@ process; the ledger and a fresh dev JWT secret go to a temporary directory (unle
 ``$FDP_JWT_SECRET`` is set), so a demo never touches real state. Prints a working ``curl``
 and an ``openai`` SDK snippet. With ``--smoke`` it uses free ports, sends queries (a PHI
 answer, a cache hit, accuracy at a small and a large epsilon, a consensus over public options,
-a Public node, an unsupported question, the budget, the OpenAI SDK), prints them and exits 0
+a Public node, an unsupported question, the budget, the OpenAI SDK whole and streaming),
+prints them and exits 0
 only if each got the status it should.
 """
 
@@ -61,6 +62,12 @@ A consensus over public options (one vote per hospital, GNMax):
     -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
     -d '{{"prompt": "{CONSENSUS_QUESTION}", "require_consensus": true, \\
           "candidate_set": "diabetes-first-line", "model": "patient-stats"}}'
+
+Streaming (server-sent events, as OpenAI sends them; the privacy summary is in the last chunk):
+  curl -sN {base}/v1/chat/completions \\
+    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "patient-stats", "stream": true, "privacy_budget": 0.5,
+         "messages": [{{"role": "user", "content": "{PHI_QUESTION}"}}]}}'
 
 openai SDK (pip install openai); model "medical-guidelines" is the Public node (0 epsilon):
   from openai import OpenAI
@@ -176,6 +183,27 @@ async def _smoke(base: str, token: str) -> bool:
         )
         privacy = (r.model_extra or {}).get("privacy")
         print(f"[ok] openai SDK: {r.choices[0].message.content!r} privacy={json.dumps(privacy)}")
+        # Streaming: the node's privacy report is checked before the first byte; the privacy
+        # summary rides in the last chunk.
+        stream = await client.chat.completions.create(
+            model="patient-stats",
+            messages=[{"role": "user", "content": PHI_QUESTION + " (stream)"}],
+            extra_body={"privacy_budget": 0.5},
+            stream=True,
+        )
+        parts: list[str] = []
+        last_privacy = None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+            last_privacy = (chunk.model_extra or {}).get("privacy") or last_privacy
+        streamed = "".join(parts)
+        good = bool(streamed) and last_privacy is not None
+        ok &= good
+        print(
+            f"[{'ok' if good else 'FAILED'}] openai SDK, stream=True: {len(parts)} chunk(s) {streamed!r} "
+            f"privacy={json.dumps(last_privacy)}"
+        )
     except Exception as exc:
         print(f"[FAILED] openai SDK: {exc}")
         ok = False

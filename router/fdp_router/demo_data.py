@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from fdp_router.privacy.mechanisms import opendp
+
 DEFAULT_PATIENTS = 3000
 MIN_PATIENTS = 100
 MAX_PATIENTS = 1_000_000
@@ -359,23 +361,11 @@ def _check_epsilon(epsilon: float) -> float:
 
 # --- OpenDP measurements ----------------------------------------------------------------
 
-_opendp_ready = False
-
-
-def _dp() -> Any:
-    global _opendp_ready
-    import opendp.prelude as dp
-
-    if not _opendp_ready:
-        dp.enable_features("contrib")
-        _opendp_ready = True
-    return dp
-
 
 def _calibrated(make: Callable[[float], Any], d_in: int, epsilon: float) -> Any:
     """The measurement at the smallest scale >= d_in/epsilon (sensitivity d_in, up to OpenDP's
     factor) whose privacy map gives <= epsilon; the exact scale can round up by one ulp."""
-    dp = _dp()
+    dp = opendp()
     first = make(1.0)
     scale = float(first.map(d_in)) / epsilon  # map is linear in 1/scale: map(d_in) at scale 1
     for _ in range(64):
@@ -390,7 +380,7 @@ def _calibrated(make: Callable[[float], Any], d_in: int, epsilon: float) -> Any:
 @lru_cache(maxsize=512)
 def noisy_max_measurement(epsilon: float) -> Any:
     """OpenDP report-noisy-max, epsilon-DP for vote histograms at L-inf distance 1 (non-monotone)."""
-    dp = _dp()
+    dp = opendp()
     space = dp.vector_domain(dp.atom_domain(T=int)), dp.linf_distance(T=int, monotonic=False)
     return _calibrated(lambda s: dp.m.make_noisy_max(*space, dp.max_divergence(), scale=s), 1, epsilon)
 
@@ -398,7 +388,7 @@ def noisy_max_measurement(epsilon: float) -> Any:
 @lru_cache(maxsize=512)
 def noisy_counts_measurement(epsilon: float) -> Any:
     """OpenDP discrete Laplace on an integer vector, epsilon-DP at L1 distance 2."""
-    dp = _dp()
+    dp = opendp()
     space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
     return _calibrated(lambda s: dp.m.make_laplace(*space, scale=s), 2, epsilon)
 

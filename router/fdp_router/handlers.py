@@ -86,6 +86,21 @@ def _privacy_headers(c: Completion) -> dict[str, str]:
     return h
 
 
+def _routing_fields(body: InferenceRequest | OpenAIChatRequest) -> dict[str, Any]:
+    """The privacy and routing fields both APIs share, as `CompletionRequest` arguments."""
+    return {
+        "privacy_budget": body.privacy_budget,
+        "require_consensus": body.require_consensus,
+        "priority": body.priority,
+        "department": body.department,
+        "request_id": request_id_var.get(),
+        "model": body.model,
+        "options": tuple(body.options) if body.options is not None else None,
+        "candidate_set": body.candidate_set,
+        "specialization": body.specialization,
+    }
+
+
 async def inference(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     with holder.use() as rt:
@@ -95,15 +110,7 @@ async def inference(request: web.Request) -> web.Response:
             messages=[{"role": "user", "content": body.prompt}],
             max_tokens=body.max_tokens,
             temperature=body.temperature,
-            privacy_budget=body.privacy_budget,
-            require_consensus=body.require_consensus,
-            priority=body.priority,
-            department=body.department,
-            request_id=request_id_var.get(),
-            model=body.model,
-            options=tuple(body.options) if body.options is not None else None,
-            candidate_set=body.candidate_set,
-            specialization=body.specialization,
+            **_routing_fields(body),
         )
         c = await request.app[PATH].complete(rt, who, creq)
         doc = {
@@ -132,15 +139,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             messages=[{"role": m.role, "content": m.content} for m in body.messages],
             max_tokens=body.max_completion_tokens or body.max_tokens or 256,
             temperature=0.7 if body.temperature is None else body.temperature,
-            privacy_budget=body.privacy_budget,
-            require_consensus=body.require_consensus,
-            priority=body.priority,
-            department=body.department,
-            request_id=request_id_var.get(),
-            model=body.model,
-            options=tuple(body.options) if body.options is not None else None,
-            candidate_set=body.candidate_set,
-            specialization=body.specialization,
+            **_routing_fields(body),
             params=body.node_params(),
             include_usage=body.include_usage,
         )

@@ -31,8 +31,9 @@ from fdp_router.privacy.api import InvalidPrivacyRequest
 _opendp_ready = False
 
 
-def _dp() -> Any:
-    """OpenDP with the `contrib` features enabled (imported lazily: it loads a native library)."""
+def opendp() -> Any:
+    """OpenDP with the `contrib` features enabled (imported lazily: it loads a native library).
+    The one place that enables them: the demo node's mechanisms use it too."""
     global _opendp_ready
     import opendp.prelude as dp
 
@@ -185,17 +186,17 @@ def noisy_counts(counts: Sequence[int], sigma: float) -> list[int]:
 
 @lru_cache(maxsize=256)
 def _gaussian_measurement(sigma: float) -> Any:
-    dp = _dp()
+    dp = opendp()
     return dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=sigma)
 
 
 @lru_cache(maxsize=256)
 def _laplace_measurement(scale: float) -> Any:
-    dp = _dp()
+    dp = opendp()
     return dp.m.make_laplace(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=scale)
 
 
 @lru_cache(maxsize=256)
 def _int_vector_gaussian(sigma: float) -> Any:
-    dp = _dp()
+    dp = opendp()
     return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=sigma)

@@ -216,13 +216,13 @@ async def wait_http(url: str, timeout: float = 180.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    tmp = Path(tempfile.mkdtemp(prefix="fdp-bench-"))
-    node_port, proxy_port, router_port = free_port(), free_port(), free_port()
-    node_url = f"http://127.0.0.1:{node_port}"
-    secret = secrets.token_hex(32)
-    cfg = {
-        "server": {"host": "127.0.0.1", "port": router_port},
+def bench_config(tmp: Path, node_url: str, port: int) -> dict[str, Any]:
+    """The router config every router benchmark measures: one demo PHI node, a durable SQLite
+    ledger with an audit key, budgets that never run out, rate limits off (one user at full
+    speed)."""
+    (tmp / "audit.key").write_text(secrets.token_hex(32))
+    return {
+        "server": {"host": "127.0.0.1", "port": port},
         "nodes": [
             {
                 "id": "bench-node",
@@ -239,16 +239,25 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         },
         "routing": {"strategy": "least_request"},
         "auth": {"algorithms": ["HS256"], "issuer": "bench", "audience": "bench"},
-        "ledger": {"backend": "sqlite", "sqlite_path": str(tmp / "ledger.sqlite")},
+        "ledger": {
+            "backend": "sqlite",
+            "sqlite_path": str(tmp / "ledger.sqlite"),
+            "audit_key_file": str(tmp / "audit.key"),
+        },
         "overload": {"max_concurrency": 256, "max_queue": 1024},
-        # One benchmark user sends at full speed: per-principal rate limits off.
         "rate_limits": {
             "per_user": {"rate_per_second": 0, "burst": 0},
             "per_department": {"rate_per_second": 0, "burst": 0},
         },
     }
-    (tmp / "audit.key").write_text(secrets.token_hex(32))
-    cfg["ledger"]["audit_key_file"] = str(tmp / "audit.key")  # type: ignore[index]
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tmp = Path(tempfile.mkdtemp(prefix="fdp-bench-"))
+    node_port, proxy_port, router_port = free_port(), free_port(), free_port()
+    node_url = f"http://127.0.0.1:{node_port}"
+    secret = secrets.token_hex(32)
+    cfg = bench_config(tmp, node_url, router_port)
     cfg_path = tmp / "router.json"
     cfg_path.write_text(json.dumps(cfg))
     noop_port = free_port()

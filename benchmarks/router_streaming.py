@@ -40,6 +40,7 @@ from router_overhead import (
     BIN,
     NODE_PRIVACY,
     QUESTION,
+    bench_config,
     cpu_seconds,
     free_port,
     serve,
@@ -149,33 +150,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     node_port, proxy_port, router_port = free_port(), free_port(), free_port()
     node_url = f"http://127.0.0.1:{node_port}"
     secret = secrets.token_hex(32)
-    cfg = {
-        "server": {"host": "127.0.0.1", "port": router_port},
-        "nodes": [
-            {
-                "id": "bench-node",
-                "hospital": "bench-hospital",
-                "endpoint": node_url,
-                "model": "patient-stats",
-                "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
-            }
-        ],
-        "privacy": {
-            "default_epsilon_per_query": 0.001,
-            "max_epsilon_per_query": 1.0,
-            "budgets": {"per_user": 1e6, "per_department": 1e7, "per_hospital": 1e8},
-        },
-        "routing": {"strategy": "least_request"},
-        "auth": {"algorithms": ["HS256"], "issuer": "bench", "audience": "bench"},
-        "ledger": {"backend": "sqlite", "sqlite_path": str(tmp / "ledger.sqlite")},
-        "overload": {"max_concurrency": 256, "max_queue": 1024},
-        "rate_limits": {
-            "per_user": {"rate_per_second": 0, "burst": 0},
-            "per_department": {"rate_per_second": 0, "burst": 0},
-        },
-    }
-    (tmp / "audit.key").write_text(secrets.token_hex(32))
-    cfg["ledger"]["audit_key_file"] = str(tmp / "audit.key")  # type: ignore[index]
+    cfg = bench_config(tmp, node_url, router_port)
     cfg_path = tmp / "router.json"
     cfg_path.write_text(json.dumps(cfg))
     env = {**os.environ, "FDP_JWT_SECRET": secret}

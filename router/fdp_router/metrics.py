@@ -3,14 +3,23 @@ collide). Labels are of bounded cardinality: route, status, error type, node, de
 (configured units), outcome — never a user.
 
 Created by ``app.py``; updated by the middleware, ``service.py`` and ``backends.py``.
+
+Several worker processes (``fdp-router serve --workers N``, ``workers.py``): prometheus_client's
+multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR`` in each worker's environment.
+Every worker writes its values to files there; `render` then reads them all
+(MultiProcessCollector): counters and histograms are summed over the workers, each gauge
+is merged as its ``multiprocess_mode`` says (ignored in a single process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # A ledger operation is a durable write: sub-millisecond on a fast disk, seconds only when the
@@ -39,11 +48,26 @@ class Metrics:
         self.budget_rejections = Counter(
             "fdp_budget_rejections", "requests refused by budget", ["scope"], registry=r
         )
-        self.node_healthy = Gauge("fdp_node_healthy", "1 if the node is in rotation", ["node"], registry=r)
+        # Gauges across workers: in_flight/queue sums; node health and ledger_up the minimum
+        # (0 if any worker has the node out of rotation / its ledger down); the hit ratio of
+        # each worker's own cache, one series per pid. "live": only running workers count.
+        self.node_healthy = Gauge(
+            "fdp_node_healthy",
+            "1 if the node is in rotation (several workers: in every worker's rotation)",
+            ["node"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.node_latency = Histogram(
             "fdp_node_latency_seconds", "backend call latency", ["node"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.node_in_flight = Gauge("fdp_node_in_flight", "requests in flight per node", ["node"], registry=r)
+        self.node_in_flight = Gauge(
+            "fdp_node_in_flight",
+            "requests in flight per node",
+            ["node"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.node_failures = Counter("fdp_node_failures", "failed backend calls", ["node"], registry=r)
         self.contract_violations = Counter(
             "fdp_node_contract_violations",
@@ -52,14 +76,27 @@ class Metrics:
             registry=r,
         )
         self.cache = Counter("fdp_cache_lookups", "answer cache lookups", ["result"], registry=r)
-        self.cache_hit_ratio = Gauge("fdp_cache_hit_ratio", "answer cache hit ratio since start", registry=r)
-        self.in_flight = Gauge("fdp_in_flight_requests", "requests being served", registry=r)
-        self.queue_depth = Gauge("fdp_queue_depth", "requests waiting for admission", registry=r)
+        self.cache_hit_ratio = Gauge(
+            "fdp_cache_hit_ratio",
+            "answer cache hit ratio since start (several workers: one series per worker pid)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.in_flight = Gauge(
+            "fdp_in_flight_requests", "requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        self.queue_depth = Gauge(
+            "fdp_queue_depth", "requests waiting for admission", registry=r, multiprocess_mode="livesum"
+        )
         self.consensus = Counter("fdp_consensus", "consensus outcomes", ["outcome"], registry=r)
         self.reloads = Counter("fdp_config_reloads", "config reloads", ["result"], registry=r)
         # The privacy ledger (ledger_health.py feeds these).
         self.ledger_up = Gauge(
-            "fdp_ledger_up", "1 if the privacy ledger's last write or check succeeded, else 0", registry=r
+            "fdp_ledger_up",
+            "1 if the privacy ledger's last write or check succeeded, else 0 (several workers: "
+            "0 if it failed in any)",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.ledger_latency = Histogram(
             "fdp_ledger_operation_seconds",
@@ -106,6 +143,7 @@ class Metrics:
         )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._multiprocess_registry: CollectorRegistry | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, memoised: the hot path touches ~7 labelled series per
@@ -120,8 +158,26 @@ class Metrics:
         """Drop a labelled series (and its memoised child, which would otherwise stay bound
         to the removed series)."""
         self._children.pop((id(metric), labels), None)
+        if multiprocess_dir():
+            # prometheus_client cannot remove a series from the shared files (it would only
+            # warn): the series keeps its last value until the workers restart.
+            return
         with contextlib.suppress(KeyError):
             metric.remove(*labels)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        if self._multiprocess_registry is None:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg, path=path)  # type: ignore[no-untyped-call]
+            self._multiprocess_registry = reg
+        return generate_latest(self._multiprocess_registry)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory of this worker, or None in a single process."""
+    return os.environ.get(MULTIPROC_ENV) or None

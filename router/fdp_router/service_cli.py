@@ -18,12 +18,20 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the router (one process) with a config file; hot-reloads it")
+    p = sub.add_parser("serve", help="run the router with a config file; hot-reloads it")
     p.add_argument("--config", required=True, help="router config, YAML or JSON (see config-schema)")
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="router processes on the same host:port (SO_REUSEPORT; Prometheus multiprocess "
+        "metrics); 1 (default) serves in this process",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the --workers parent
     p.set_defaults(func=_serve)
 
     t = sub.add_parser("token", help="mint an HS256 dev token (demos and tests; production uses your IdP)")
@@ -79,6 +87,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        return _serve_workers(args)
     from aiohttp import web
 
     from fdp_router.app import Settings, create_app
@@ -96,15 +109,37 @@ def _serve(args: argparse.Namespace) -> int:
     ssl_ctx = None
     if srv.tls_cert_file and srv.tls_key_file:
         ssl_ctx = server_ssl_context(srv.tls_cert_file, srv.tls_key_file)
+    app = create_app(settings)
+    if args.worker_index is not None:
+        from fdp_router.workers import setup_worker
+
+        setup_worker(app, args.worker_index)
     web.run_app(
-        create_app(settings),
+        app,
         host=args.host or srv.host,
         port=args.port if args.port is not None else srv.port,
         ssl_context=ssl_ctx,
         access_log=None,
         print=None,
+        reuse_port=True if args.worker_index is not None else None,
     )
     return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    from fdp_router.jsonlog import setup_logging
+    from fdp_router.workers import run_workers
+
+    setup_logging(args.log_level)
+    load_config(args.config)  # a bad config fails here, once, not in every worker
+    serve_args = ["--config", str(Path(args.config).resolve()), "--log-level", args.log_level]
+    if args.host:
+        serve_args += ["--host", args.host]
+    if args.port is not None:
+        serve_args += ["--port", str(args.port)]
+    if args.no_access_log:
+        serve_args.append("--no-access-log")
+    return run_workers(serve_args, args.workers)
 
 
 def _read_secret(path: str | None) -> bytes:

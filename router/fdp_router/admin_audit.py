@@ -15,6 +15,7 @@ change has neither a charge nor a privacy unit.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -63,26 +64,35 @@ class AdminAuditLog:
         return self._head
 
     def append(self, **fields: Any) -> dict[str, Any]:
-        """Write one record (durably, when there is a file) and return it."""
+        """Write one record (durably, when there is a file) and return it. Safe across the
+        worker processes of `serve --workers N`: the file is locked (flock) and its head re-read
+        under the lock, so two workers never write the same sequence number."""
         with self._lock:
-            seq, prev = self._read_head()
-            body = {
-                "seq": seq + 1,
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                **fields,
-                "prev": prev,
-            }
-            record = {**body, "hash": _hash(prev, body)}
-            if self.path is not None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, _canonical(record) + b"\n")
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            self._head = (record["seq"], record["hash"])
-            self.records.append(record)
-            return record
+            if self.path is None:
+                return self._append_record(self._read_head(), fields, None)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._head = None  # another process may have appended since
+                return self._append_record(self._read_head(), fields, fd)
+            finally:
+                os.close(fd)  # closing releases the lock
+
+    def _append_record(self, head: tuple[int, str], fields: dict[str, Any], fd: int | None) -> dict[str, Any]:
+        seq, prev = head
+        body = {
+            "seq": seq + 1,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **fields,
+            "prev": prev,
+        }
+        record = {**body, "hash": _hash(prev, body)}
+        if fd is not None:
+            os.write(fd, _canonical(record) + b"\n")
+            os.fsync(fd)
+        self._head = (record["seq"], record["hash"])
+        self.records.append(record)
+        return record
 
 
 def verify_log(path: Path) -> tuple[int, str]:

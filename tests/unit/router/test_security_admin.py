@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,33 @@ def test_locked_change_names_the_first_locked_field_in_config_order() -> None:
     new = RouterConfig.model_validate({"auth": {"issuer": "x"}, "ledger": {"sqlite_path": "y"}})
     assert locked_change(old, new) == "auth.issuer"
     assert locked_change(old, RouterConfig.model_validate({"routing": {"strategy": "round_robin"}})) is None
+
+
+def _append_many(path: str, n: int, go: Any) -> None:
+    from fdp_router.admin_audit import AdminAuditLog
+
+    log = AdminAuditLog(Path(path))
+    go.wait(30)  # both processes append at the same time
+    for i in range(n):
+        log.append(action="test", outcome="applied", actor=f"worker-{os.getpid()}", detail=str(i))
+
+
+def test_the_admin_audit_log_stays_one_chain_with_several_worker_processes(tmp_path: Path) -> None:
+    # serve --workers N: two processes appending at once must not write the same sequence number.
+    import multiprocessing
+
+    from fdp_router.admin_audit import verify_log
+
+    path = tmp_path / "router.yaml.admin-audit.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_append_many, args=(str(path), 150, go)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)
+    go.set()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records, _ = verify_log(path)
+    assert records == 300

@@ -103,6 +103,11 @@ async def _start(memo: kopf.Memo, config: OperatorConfig, settings: OperatorSett
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rt = memo.pop(MEMO_KEY, None)
     if isinstance(rt, Runtime):
+        # Stop the poked reconciles first: one still reading through the client while it closes
+        # fails with "Connector is closed" (and its gathered reads outlive it as orphan tasks).
+        for task in list(rt.poke_tasks):
+            task.cancel()
+        await asyncio.gather(*rt.poke_tasks, return_exceptions=True)
         await rt.kube.close()
         await rt.probe_session.close()
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fdp_router.config import NodeMechanism, PrivacyConfig
+from fdp_router.privacy.accounting import fast_epsilon
 from fdp_router.privacy.api import InvalidPrivacyRequest, Scope
-from fdp_router.privacy.events import event_for_node
+from fdp_router.privacy.events import event_for_node, gnmax_event
 from fdp_router.privacy.filter import admits, rdp_curve, zero
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -58,6 +59,11 @@ PROTECTS = (
 )
 
 
+def _consensus_epsilon(cfg: PrivacyConfig) -> float:
+    """What one consensus request costs alone, as the ledger reports it."""
+    return fast_epsilon(gnmax_event(cfg.consensus.sigma), cfg.delta)
+
+
 @dataclass(frozen=True, slots=True)
 class Guarantee:
     epsilon: float  # per-user budget
@@ -90,7 +96,9 @@ def guarantee(cfg: PrivacyConfig) -> Guarantee:
         "per-user budgets bound what one clinician learns and assume clinicians do not collude; "
         "the per-hospital budget bounds what all clinicians together learn about one hospital's patients",
         "answers of Public nodes cost 0 epsilon: they hold no patient data",
-        f"each query spends between {cfg.min_epsilon:g} and {cfg.max_epsilon_per_query:g} epsilon",
+        f"each single-node query spends between {cfg.min_epsilon:g} and {cfg.max_epsilon_per_query:g} "
+        f"epsilon; a consensus spends one GNMax vote at sigma {cfg.consensus.sigma:g} "
+        f"(about {_consensus_epsilon(cfg):.3g} epsilon at delta {delta:g}), whatever that range",
     ]
     if seconds is not None:
         notes.append(

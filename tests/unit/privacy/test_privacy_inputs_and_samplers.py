@@ -325,3 +325,18 @@ def test_cli_plan_for_a_pure_dp_node(capsys: pytest.CaptureFixture[str]) -> None
     assert out["pld_fixed_sequence"] >= out["admitted"]
     assert cli_main(argv) == 2  # --query-epsilon missing
     assert "--query-epsilon" in capsys.readouterr().err
+
+
+def test_the_guarantee_states_what_a_consensus_costs_beyond_the_per_query_range() -> None:
+    # A consensus is charged its GNMax vote, not a requested epsilon: the status must not claim
+    # that every query stays within [min, max] epsilon per query.
+    from fdp_router.config import PrivacyConfig
+    from fdp_router.privacy.accounting import fast_epsilon
+    from fdp_router.privacy.events import gnmax_event
+    from fdp_router.privacy.policy import guarantee
+
+    cfg = PrivacyConfig(max_epsilon_per_query=2.0, budgets={"per_user": 20.0}, consensus={"sigma": 2.0})
+    cost = fast_epsilon(gnmax_event(2.0), cfg.delta)
+    assert cost > cfg.max_epsilon_per_query
+    (note,) = [n for n in guarantee(cfg).notes if "consensus spends" in n]
+    assert f"{cost:.3g} epsilon" in note

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
     .venv/bin/python benchmarks/router_overhead.py --baseline /tmp/base/router  # before/after
     .venv/bin/python benchmarks/router_overhead.py --deferred   # + ledger.commit_mode=deferred
+    .venv/bin/python benchmarks/router_overhead.py --workers 1 2 --concurrency 16 64   # serve --workers N
 
 Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
 demo-node``), one bare proxy (this file with ``--proxy``: aiohttp server + one pooled
@@ -14,8 +15,10 @@ balancer, Prometheus metrics, cache lookup (every prompt is unique, so every req
 misses and is charged), admission control. The JSON access log is off (``--no-access-log``).
 The load generator is this process (asyncio + aiohttp), so it competes for the same cores:
 numbers are a floor for the machine, comparable between the three targets. CPU per request
-is reported for the whole serving process and for its main thread (the event loop); the
-rest is other threads (the router's ledger writer).
+is reported for the whole serving process tree and for its main threads (the event loops); the
+rest is other threads (the router's ledger writer). With ``--workers N [M ...]`` the router
+rows are ``fdp-router serve --workers N`` (one row per N, each with its own ledger file): the
+CPU of a tree is its parent's plus every descendant's (the workers), read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -115,8 +118,9 @@ def run_router_without_ledger(config: str) -> None:
     web.run_app(create_app(settings), host="127.0.0.1", port=cfg.server.port, access_log=None, print=None)
 
 
-def serve(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """`fdp-router serve` as the benchmark runs it: one worker process, access log off."""
+def serve(config: Path, env: dict[str, str], workers: int = 1) -> subprocess.Popen[bytes]:
+    """`fdp-router serve` as the benchmark runs it: one worker process (unless `workers` > 1:
+    a supervising parent and that many worker processes), access log off."""
     return subprocess.Popen(
         [
             str(BIN / "fdp-router"),
@@ -126,6 +130,7 @@ def serve(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
             "--no-access-log",
             "--log-level",
             "WARNING",
+            *(["--workers", str(workers)] if workers > 1 else []),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -184,11 +189,48 @@ def _stat_cpu(path: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants (``/proc/PID/task/TID/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User + system CPU time of a process (all threads) and of its main thread (the event
-    loop), from /proc: independent of how busy the rest of the machine is, unlike wall-clock
+    """User + system CPU time of a process tree (all threads of `pid` and of its descendants:
+    ``serve --workers N``'s parent and workers) and of its processes' main threads (the event
+    loops), from /proc: independent of how busy the rest of the machine is, unlike wall-clock
     throughput. The difference is the other threads' (for the router: the ledger writer)."""
-    return _stat_cpu(Path(f"/proc/{pid}/stat")), _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+    total = loop = 0.0
+    for p in _tree(pid):
+        try:
+            total += _stat_cpu(Path(f"/proc/{p}/stat"))
+            loop += _stat_cpu(Path(f"/proc/{p}/task/{p}/stat"))
+        except OSError:
+            continue
+    return total, loop
+
+
+async def wait_workers(url: str, headers: dict[str, str], workers: int, timeout: float = 120.0) -> None:
+    """Until every one of `workers` processes answered once (their ``X-FDP-Worker`` header)."""
+    if workers <= 1:
+        return
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered")
+        # A new connection each time: the kernel spreads connections, not requests.
+        async with aiohttp.ClientSession(headers=headers) as http, http.get(url) as resp:
+            seen.add(resp.headers.get("X-FDP-Worker", "?"))
+        await asyncio.sleep(0.05)
 
 
 def summarize(lat: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -313,6 +355,20 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         # The same router command, importing fdp_router from another source tree (an older
         # revision): before/after compared in one run, under the same machine load.
         procs.append(serve(base_path, {**env, "PYTHONPATH": str(Path(args.baseline).resolve())}))
+    workers: dict[int, tuple[int, int]] = {}  # N -> (port, pid of the supervising parent)
+    for n in sorted(set(args.workers or ())):
+        if n <= 1:
+            continue  # the "router" row is one worker
+        w_port = free_port()
+        w_path = tmp / f"router-workers{n}.json"
+        w_cfg = {
+            **cfg,
+            "server": {"host": "127.0.0.1", "port": w_port},
+            "ledger": {**cfg["ledger"], "sqlite_path": str(tmp / f"ledger-workers{n}.sqlite")},  # type: ignore[dict-item]
+        }
+        w_path.write_text(json.dumps(w_cfg))
+        procs.append(serve(w_path, env, workers=n))
+        workers[n] = (w_port, procs[-1].pid)
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")
@@ -323,6 +379,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await wait_http(f"http://127.0.0.1:{deferred_port}/healthz")
         if args.baseline:
             await wait_http(f"http://127.0.0.1:{base_port}/healthz")
+        for n, (w_port, _) in workers.items():
+            await wait_http(f"http://127.0.0.1:{w_port}/healthz")
+            await wait_workers(f"http://127.0.0.1:{w_port}/healthz", {}, n)
         from fdp_router.auth import mint_token
 
         tok = mint_token(
@@ -359,6 +418,13 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             pids["router, baseline"] = procs[-1].pid
             targets["router, baseline"] = (
                 f"http://127.0.0.1:{base_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            )
+        for n, (w_port, w_pid) in workers.items():
+            name = f"router, {n} workers"
+            pids[name] = w_pid
+            targets[name] = (
+                f"http://127.0.0.1:{w_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
         rows = []
@@ -430,6 +496,14 @@ def main() -> int:
         metavar="DIR",
         help="also measure the router imported from DIR (a directory holding an fdp_router "
         "package, e.g. `git archive REV router | tar -x -C /tmp/base` gives /tmp/base/router)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="also measure `fdp-router serve --workers N` for each N > 1 (the `router` row is one "
+        "worker); CPU is the whole process tree's",
     )
     ap.add_argument("--noop-ledger-router", help=argparse.SUPPRESS)
     ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)

@@ -71,6 +71,17 @@ class SqliteDriver(SqlDriver):
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
+    inline = True  # a local file: the idle fast path may run a batch on the caller's thread
+
+    @contextlib.contextmanager
+    def no_lock_wait(self, conn: Any) -> Iterator[None]:
+        conn.raw.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            if not conn.closed:  # (a batch that reconnected runs on a new connection)
+                conn.raw.execute(f"PRAGMA busy_timeout = {int(self.timeouts.lock_seconds * 1000)}")
+
     def connect_writer(self) -> Any:
         return _Tx(self._connect())
 

@@ -75,3 +75,20 @@ async def test_a_held_write_lock_sends_the_operation_to_the_writer_thread(
     finally:
         other.close()
         await ledger.close()
+
+
+async def test_another_open_reservation_leaves_batching_to_the_writer(ledger_env_sqlite: LedgerEnv) -> None:
+    """Another request in flight (its reservation open): its commit will follow, so this
+    operation goes to the writer thread to be group-committed, not run alone inline."""
+    policy = policy_admitting(3)
+    ledger = await ledger_env_sqlite.open(policy)
+    try:
+        ran = _spy(ledger)
+        event = event_for_request(policy, None)
+        a = await ledger.reserve(Charge("u", "d", ("h",), event, query_hash="0" * 64))
+        b = await ledger.reserve(Charge("v", "d", ("h",), event, query_hash="0" * 64))  # a is open
+        await ledger.commit(a.id, ("n",))  # b is open
+        await ledger.commit(b.id, ("n",))  # nothing else open
+        assert ran == [True, False, False, True]
+    finally:
+        await ledger.close()

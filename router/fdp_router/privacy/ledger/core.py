@@ -13,7 +13,9 @@ atomic step, serialised across threads, processes and router replicas; a crash b
 commit acknowledges nothing, a crash after it loses nothing.
 
 **Idle fast path** (drivers with ``inline``: SQLite, a local file): an operation submitted while
-the ledger has nothing else pending or running runs as a batch of one on the caller's thread,
+the ledger has nothing else pending or running, and no other reservation of this process is
+open (reserved, not yet committed or released: another request in flight, whose operations
+group commit should batch), runs as a batch of one on the caller's thread,
 the same transaction and the same durable commit, under the same batch lock the writer thread
 takes, with SQLite's lock wait off (another process holding the write lock sends it to the
 writer thread instead, which waits for the lock). At low concurrency this removes both
@@ -139,6 +141,7 @@ MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
+OPEN_STALE_SECONDS = 60.0  # an open reservation older than this no longer counts as a request in flight
 TOUCH_HEAD = "UPDATE fdp_head SET seq = seq WHERE id = 1"  # check(): a real, tiny durable write
 
 # (operation, seconds, error or None): see SqlLedger.set_observer
@@ -372,6 +375,8 @@ class SqlLedger(Ledger):
         # Held while a batch runs (the writer thread, or a caller on the idle fast path).
         self._batch_lock = threading.Lock()
         self._pending = 0  # operations submitted and not yet settled (the idle test)
+        # Reservations returned and not yet settled, with when: other requests in flight.
+        self._open: dict[str, float] = {}
         self._observer: Observer | None = None
         # Unit states as of our last commit; valid while the head's (seq, base_seq) is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
@@ -561,9 +566,11 @@ class SqlLedger(Ledger):
             window_id=window_of(self._cfg, now).id,
         )
         result: Reservation = await self._submit(op)
+        self._open[result.id] = time.monotonic()
         return result
 
     async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:
+        self._open.pop(reservation_id, None)
         op = _Op(
             "commit",
             asyncio.get_running_loop().create_future(),
@@ -587,6 +594,7 @@ class SqlLedger(Ledger):
         self._queue.put(op)
 
     async def release(self, reservation_id: str) -> None:
+        self._open.pop(reservation_id, None)
         await self._submit(
             _Op(
                 "release",
@@ -676,6 +684,7 @@ class SqlLedger(Ledger):
         if (
             self._pending == 0
             and self._driver.inline
+            and not self._others_open()
             and self._queue.empty()
             and self._batch_lock.acquire(blocking=False)
         ):
@@ -716,6 +725,18 @@ class SqlLedger(Ledger):
             timer.cancel()
         self._observe(OP_LABELS[op.kind], start, None)
         return result
+
+    def _others_open(self) -> bool:
+        """Whether another request of this process holds an open reservation (its commit or
+        release will follow soon: group commit should batch it with this operation). One
+        never settled (its caller was cancelled) stops counting after OPEN_STALE_SECONDS."""
+        stale = time.monotonic() - OPEN_STALE_SECONDS
+        while self._open:
+            rid, since = next(iter(self._open.items()))
+            if since > stale:
+                return True
+            del self._open[rid]
+        return False
 
     def _run_inline(self, op: _Op) -> bool:
         """The idle fast path (module docstring): `op` as a batch of one on this thread, its

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/router_streaming.py                 # ~1.5 min on 2 cores
     .venv/bin/python benchmarks/router_streaming.py --seconds 6 --concurrency 1 16 --json out.json
+    .venv/bin/python benchmarks/router_streaming.py --baseline /tmp/base/router   # + an older revision
 
 Everything on 127.0.0.1, each its own process: one demo PHI node (``fdp-router demo-node``,
 which streams its answer in chunks of 4 words: about 10 events per answer, the privacy report
@@ -15,7 +16,9 @@ asked for whole answers and for streams (``stream: true``, the client reads to `
 Targets interleave over rounds so background load hits them alike. CPU per request is the
 serving process's user+system CPU (all threads, /proc) divided by requests. The fsync of a
 4 KiB write in the same directory as the ledger is measured in the same run (the durable
-write the added latency at concurrency 1 is compared with).
+write the added latency at concurrency 1 is compared with). ``--baseline DIR`` adds the same
+router command importing ``fdp_router`` from DIR (an older revision, its own ledger file):
+before and after in one run.
 """
 
 from __future__ import annotations
@@ -167,10 +170,23 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         ),
         serve(cfg_path, env),
     ]
+    base_port = free_port()
+    if args.baseline:
+        base_cfg = {
+            **cfg,
+            "server": {"host": "127.0.0.1", "port": base_port},
+            "ledger": {**cfg["ledger"], "sqlite_path": str(tmp / "ledger-baseline.sqlite")},
+        }
+        (tmp / "router-baseline.json").write_text(json.dumps(base_cfg))
+        procs.append(
+            serve(tmp / "router-baseline.json", {**env, "PYTHONPATH": str(Path(args.baseline).resolve())})
+        )
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{proxy_port}/v1/chat/completions")
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
+        if args.baseline:
+            await wait_http(f"http://127.0.0.1:{base_port}/healthz")
         from fdp_router.auth import mint_token
 
         tok = mint_token(
@@ -188,6 +204,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             "bare proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", {}, procs[1].pid),
             "router": (f"http://127.0.0.1:{router_port}/v1/chat/completions", auth, procs[2].pid),
         }
+        if args.baseline:
+            urls["baseline"] = (f"http://127.0.0.1:{base_port}/v1/chat/completions", auth, procs[3].pid)
         targets = [(name, stream) for name in urls for stream in (False, True)]
         fsync = fsync_ms(tmp)
         print(f"fsync of a 4 KiB write in the ledger's directory: median {fsync:.2f} ms", flush=True)
@@ -230,6 +248,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"  errors {r['errors']}",
                     flush=True,
                 )
+        summarize_targets(rows, fsync)
         return rows
     finally:
         for p in procs:
@@ -238,12 +257,34 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             p.wait(timeout=10)
 
 
+def summarize_targets(rows: list[dict[str, Any]], fsync: float) -> None:
+    """Issue 14's three router targets, from this run's rows."""
+    by = {(r["target"], r["stream"], r["concurrency"]): r for r in rows}
+    for name in ("router", "baseline"):
+        for c in sorted({r["concurrency"] for r in rows}):
+            whole, stream = by.get((name, False, c)), by.get((name, True, c))
+            bare = by.get(("bare proxy", False, c))
+            if whole is None or stream is None or bare is None:
+                continue
+            cpu = whole["cpu_us_per_request"]
+            line = (
+                f"targets c={c:<3} {name:<8}: CPU/req {cpu / bare['cpu_us_per_request']:.2f}x"
+                f" the bare proxy's (whole; target <= 2.5 at c=16); stream/whole CPU"
+                f" {stream['cpu_us_per_request'] / cpu:.2f} (target <= 1.10)"
+            )
+            if c == 1:
+                budget = bare["added_p50_ms"] + fsync + 1.0
+                line += f"; added p50 {whole['added_p50_ms']:+.2f} ms vs budget {budget:.2f} ms"
+            print(line, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0, help="per target and concurrency, over all rounds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--baseline", metavar="DIR", help="also the router imported from DIR (an older revision)")
     ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     args = ap.parse_args()

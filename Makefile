@@ -17,6 +17,7 @@ help:
 	@echo "make test         lint + every test (unit, PostgreSQL, e2e on the local cluster)"
 	@echo "make router-demo  three demo hospital nodes + the router on 127.0.0.1"
 	@echo "make cluster-up   start the local control plane and print its kubeconfig path"
+	@echo "                  (REAL_NODES=1 CLUSTER=NAME: plus one real node, docs/real-node.md)"
 	@echo "make cluster-down stop it"
 	@echo "make test-kind    run the e2e suite on a kind cluster (needs Docker; not on these machines)"
 	@echo "make lint         ruff, mypy, import-linter"
@@ -66,11 +67,15 @@ test-kind: $(STAMP)
 images:
 	hack/images/build.sh
 
+# REAL_NODES=1 adds one real node (containerd + kubelet, kube-proxy, CoreDNS, metrics-server):
+# docs/real-node.md. CLUSTER names the cluster (default fdp).
+REAL_NODES ?= 0
+CLUSTER ?=
 cluster-up:
-	@hack/cluster/up.sh
+	@FDP_REAL_NODES=$(REAL_NODES) hack/cluster/up.sh $(CLUSTER)
 
 cluster-down:
-	@hack/cluster/down.sh
+	@hack/cluster/down.sh $(CLUSTER)
 
 router-demo: $(STAMP)
 	$(BIN)/fdp-router standalone-demo

@@ -4,7 +4,8 @@
 # Why: there is no Docker engine on the development machines, so kind cannot run.
 # We build the real etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 # kubectl from the module proxy, plus kwok/kwokctl to simulate nodes, and helm for
-# chart tests. Binaries are cached per version outside the repo and reused.
+# chart tests; for the optional real node (FDP_REAL_NODES=1, docs/real-node.md) also
+# kubelet, kube-proxy, CoreDNS and metrics-server. Binaries are cached per version outside the repo and reused.
 #
 # Usage: hack/cluster/build.sh            # prints the bin directory on the last line
 set -euo pipefail
@@ -52,7 +53,8 @@ if ! have etcd; then
 fi
 
 # ---- kubernetes: wrapper module with generated staging replaces ----
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kubelet and kube-proxy run the real node (up.sh with FDP_REAL_NODES=1).
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 need_k8s=0
 for b in "${K8S_BINS[@]}"; do have "$b" || need_k8s=1; done
 if (( need_k8s )); then
@@ -85,6 +87,16 @@ done
 # ---- helm, for chart lint/template tests ----
 if ! have helm; then
   with_progress helm env GOBIN="$BIN" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
+
+# ---- real node add-ons (only needed by up.sh with FDP_REAL_NODES=1, but cheap to keep) ----
+# CoreDNS and metrics-server run as host processes next to the real node; both are plain
+# Go programs, so `go install` of a pinned version works (no replace directives upstream).
+if ! have coredns; then
+  with_progress coredns env GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+fi
+if ! have metrics-server; then
+  with_progress metrics-server env GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
 fi
 
 log "all binaries ready in $BIN"

@@ -6,6 +6,9 @@
 #
 # Usage: hack/cluster/up.sh [NAME]     # last line printed: the kubeconfig path
 # Env:   FDP_CLUSTER_NODES (default 2)
+#        FDP_REAL_NODES=1  also one real node (containerd + kubelet) with kube-proxy, CoreDNS and
+#                          metrics-server on a bridge 10.244.0.1/24 (hack/cluster/realnode.sh,
+#                          docs/real-node.md)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +23,12 @@ mkdir -p "$KWOK_WORKDIR"
 START=$(date +%s)
 log() { printf '[cluster-up +%3ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 KWOK_LOG="$KWOK_WORKDIR/kwokctl-$NAME.log"
+REAL="${FDP_REAL_NODES:-0}"
+BIND=127.0.0.1
+if [[ "$REAL" == 1 ]]; then
+  # Bridge + address first: the apiserver advertises 10.244.0.1 and its certificate names it.
+  "$HERE/realnode.sh" net-up "$NAME"
+fi
 # kwokctl logs one JSON line per step: keep them in a file and show them only on failure.
 kwokctl() {
   if ! "$BIN/kwokctl" "$@" >>"$KWOK_LOG" 2>&1; then
@@ -35,7 +44,7 @@ apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
   runtime: binary
-  bindAddress: 127.0.0.1
+  bindAddress: $BIND
   kubeVersion: $K8S_VERSION
   etcdBinary: $BIN/etcd
   kubeApiserverBinary: $BIN/kube-apiserver
@@ -44,8 +53,31 @@ options:
   kubectlBinary: $BIN/kubectl
   kwokControllerBinary: $BIN/kwok
 YAML
+if [[ "$REAL" == 1 ]]; then
+  # kwok must not drive the real node: only nodes annotated kwok.x-k8s.io/node=fake (the ones
+  # `kwokctl scale node` makes). The apiserver reaches kubelets by InternalIP (the node's host
+  # name does not resolve), and its certificate also names the kubernetes Service's ClusterIP
+  # (in-cluster clients connect to KUBERNETES_SERVICE_HOST, an IP).
+  cat >> "$CONF" <<YAML
+  kubeApiserverCertSANs: [10.96.0.1, 10.244.0.1]
+componentsPatches:
+- name: kwok-controller
+  extraArgs:
+  - {key: manage-all-nodes, value: "false"}
+  - {key: manage-nodes-with-annotation-selector, value: "kwok.x-k8s.io/node=fake"}
+- name: kube-apiserver
+  extraArgs:
+  - {key: kubelet-preferred-address-types, value: InternalIP}
+  - {key: service-cluster-ip-range, value: 10.96.0.0/16}
+  - {key: advertise-address, value: 10.244.0.1}
+YAML
+fi
 
 if "$BIN/kwokctl" get clusters 2>/dev/null | grep -qx "$NAME"; then
+  if [[ "$REAL" == 1 ]] && ! grep -q 'advertise-address' "$KWOK_WORKDIR/clusters/$NAME/kwok.yaml" 2>/dev/null; then
+    log "cluster '$NAME' exists without a real node's settings: run hack/cluster/down.sh $NAME first, or pick another name"
+    exit 1
+  fi
   log "cluster '$NAME' exists; starting it if stopped"
   kwokctl start cluster --name "$NAME" || true
 else
@@ -65,6 +97,9 @@ for _ in $(seq 1 60); do
   (( ready >= NODES )) && break
   sleep 1
 done
+if [[ "$REAL" == 1 ]]; then
+  "$HERE/realnode.sh" start "$NAME"
+fi
 "$BIN/kubectl" get nodes >&2
 log "cluster '$NAME' ready"
 cat >&2 <<MSG
@@ -72,6 +107,12 @@ cat >&2 <<MSG
   kubeconfig written to: $KUBECONFIG_OUT
   use it with:           export KUBECONFIG=$KUBECONFIG_OUT PATH=$BIN:\$PATH
                          kubectl get nodes
-  stop it with:          make cluster-down
+  stop it with:          make cluster-down  (or hack/cluster/down.sh $NAME)
 MSG
+if [[ "$REAL" == 1 ]]; then
+  cat >&2 <<MSG
+  real node:             $NAME-real (label fdp.io/real-node=true, IP 10.244.0.1, pods 10.244.0.0/24)
+  load images:           hack/cluster/load-images.sh $NAME ghcr.io/federated-dp-llm/router:0.1.0 ...
+MSG
+fi
 echo "$KUBECONFIG_OUT"

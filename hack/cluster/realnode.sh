@@ -36,6 +36,9 @@ KUBERNETES_SVC_IP=10.96.0.1
 SANDBOX_IMAGE=fdp.local/pause:1
 METRICS_PORT=4443
 ACTIVE_FILE="$RN_ROOT/ACTIVE"
+# containerd's root (content store, snapshots, metadata) is shared by every real-node cluster:
+# there is only one at a time, and images loaded once then survive down/up under any name.
+IMAGE_STORE="$RN_ROOT/containerd-root"
 # Host paths kubelet, containerd, runc and the CNI plugins write outside their configured roots.
 # net-up notes which existed before; down removes those it created and, in the others, only
 # entries made since the node started.
@@ -176,6 +179,22 @@ spawn() {  # spawn NAME CMD... : background, own session, log + pid under $RN
   echo $! > "$(pidfile "$n")"
   log "started $n (pid $!, log $RN/logs/$n.log)"
 }
+stop_procs() {  # stop_procs NAME...: SIGTERM to all, then wait (10 s at most) and SIGKILL
+  local n p pids=()
+  for n in "$@"; do
+    p=$(cat "$(pidfile "$n")" 2>/dev/null) || continue
+    kill -0 "$p" 2>/dev/null && { kill "$p" 2>/dev/null; pids+=("$p"); log "stopping $n (pid $p)"; }
+    rm -f "$(pidfile "$n")"
+  done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    (( alive )) || return 0
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  return 0
+}
 stop_proc() {
   local n="$1" p
   p=$(cat "$(pidfile "$n")" 2>/dev/null) || return 0
@@ -197,10 +216,10 @@ CTR_SOCK() { echo "$RN/run/containerd.sock"; }
 ctr_() { ctr --address "$(CTR_SOCK)" "$@"; }
 
 write_configs() {
-  mkdir -p "$RN"/{containerd/root,containerd/state,containerd/opt,run,cni/net.d,kubelet,coredns,metrics-server}
+  mkdir -p "$RN"/{containerd/state,containerd/opt,run,cni/net.d,kubelet,coredns,metrics-server} "$IMAGE_STORE"
   cat > "$RN/containerd.toml" <<EOF
 version = 2
-root = "$RN/containerd/root"
+root = "$IMAGE_STORE"
 state = "$RN/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
@@ -369,7 +388,7 @@ down() {
   local kr="$RN/kubelet/root"
   # Delete the node object first (if the apiserver is still up) so nothing schedules there.
   [[ -s "$KUBECONFIG_FILE" ]] && timeout 10 "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
-  for p in metrics-server coredns kube-proxy apiserver-forward kubelet; do stop_proc "$p"; done
+  stop_procs metrics-server coredns kube-proxy apiserver-forward kubelet
   # Pod sandboxes and containers: stop them via containerd while it is still up.
   if running containerd; then
     for c in $(ctr_ -n k8s.io tasks ls -q 2>/dev/null); do ctr_ -n k8s.io tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true; done
@@ -448,9 +467,14 @@ down() {
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done < "$RN/sysctls.saved"
     rm -f "$RN/sysctls.saved"
   fi
-  # Keep the containerd content store (imported images) for a fast next start unless asked.
-  rm -rf "$RN/pids" "$RN/bridge.created" "$RN/started" "$RN/preexisting"
-  if [[ "${FDP_REAL_NODE_KEEP_IMAGES:-1}" != 1 ]]; then rm -rf "$RN"; fi
+  # The node's files go (its logs move to realnode/logs.last); the shared image store stays
+  # (fast next start) unless asked.
+  if [[ -d "$RN/logs" ]]; then rm -rf "$RN_ROOT/logs.last"; mv "$RN/logs" "$RN_ROOT/logs.last"; fi
+  rm -rf "$RN"
+  if [[ "${FDP_REAL_NODE_KEEP_IMAGES:-1}" != 1 ]]; then
+    mount | awk '{print $3}' | grep -E "^$IMAGE_STORE/" | sort -r | while read -r m; do umount -l "$m"; done
+    rm -rf "$IMAGE_STORE"
+  fi
   if [[ "$(cat "$ACTIVE_FILE" 2>/dev/null)" == "$NAME" ]]; then rm -f "$ACTIVE_FILE"; fi
   log "real node of '$NAME' removed"
 }

@@ -93,7 +93,10 @@ class SecurityLevel(StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(SecurityLevel).index(self)
+        return _SECURITY_RANK[self]  # on every request, per node: not a list built each time
+
+
+_SECURITY_RANK = {level: i for i, level in enumerate(SecurityLevel)}
 
 
 class NodePrivacy(_Frozen):

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The Secrets the quickstart names, generated here and never copied from the repository:
+#   quickstart-jwt             the HS256 key clinicians' tokens are signed with
+#   quickstart-hospital-ca     ca.crt of a throw-away CA for the demo hospitals
+#   <node>-llm-tls             each demo hospital's serving certificate (its Service names)
+# Each carries fdp.io/allow-router-mount: "true", the opt-in the operator requires before it
+# mounts a Secret into a router (docs/security.md). Needs kubectl and openssl; idempotent
+# (an existing Secret is kept, so a second run changes nothing).
+#
+# Usage: examples/quickstart/secrets.sh NAMESPACE
+set -euo pipefail
+NS="${1:?usage: $0 NAMESPACE}"
+KUBECTL="${KUBECTL:-kubectl}"
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+exists() { "$KUBECTL" -n "$NS" get secret "$1" >/dev/null 2>&1; }
+apply_labelled() {  # kubectl create secret ... --dry-run | label | apply
+  "$KUBECTL" -n "$NS" create secret "$@" --dry-run=client -o yaml \
+    | "$KUBECTL" label --local -f - fdp.io/allow-router-mount=true -o yaml \
+    | "$KUBECTL" -n "$NS" apply -f - >/dev/null
+}
+
+if ! exists quickstart-jwt; then
+  apply_labelled generic quickstart-jwt --from-literal=secret="$(openssl rand -hex 32)"
+  echo "created quickstart-jwt"
+fi
+
+if exists quickstart-hospital-ca; then
+  echo "quickstart-hospital-ca exists: keeping it and the node certificates"
+  exit 0
+fi
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+  -subj "/CN=quickstart demo hospitals CA" -keyout ca.key -out ca.crt 2>/dev/null
+for node in cardiology neurology emergency guidelines; do
+  svc="$node-llm"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$svc" \
+    -keyout "$svc.key" -out "$svc.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s,DNS:%s.%s,DNS:%s.%s.svc,DNS:%s.%s.svc.cluster.local\nextendedKeyUsage=serverAuth\n' \
+    "$svc" "$svc" "$NS" "$svc" "$NS" "$svc" "$NS" > "$svc.ext"
+  openssl x509 -req -in "$svc.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 \
+    -extfile "$svc.ext" -out "$svc.crt" 2>/dev/null
+  apply_labelled tls "$svc-tls" --cert="$svc.crt" --key="$svc.key"
+  echo "created $svc-tls"
+done
+# Last: its presence means every node certificate above exists.
+apply_labelled generic quickstart-hospital-ca --from-file=ca.crt=ca.crt
+echo "created quickstart-hospital-ca"

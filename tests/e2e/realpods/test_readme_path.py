@@ -1,0 +1,120 @@
+"""The README's real-cluster path, typed as written, on the local cluster's real node.
+
+The commands are read from README.md's "On a cluster" block (from ``helm install`` to
+``kubectl get fdp``) and run by bash, so the README cannot drift from what works; the
+fixture has already done the block's first lines (images built, a real-node cluster up,
+the images loaded). Then the quickstart's "Ask it something" steps: a token minted inside
+the router pod, ``kubectl port-forward`` to the router's Service, one verified HTTPS
+request whose answer came from a DP mechanism that charged what it reports.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import httpx
+
+from .conftest import REPO, RealCluster, eventually, verifying_context
+
+NS = "fdp-system"
+QUESTION = "Most common first-line treatment for hypertension among our patients?"
+
+
+def readme_block() -> list[str]:
+    """The README's real-cluster commands, one per line, comments dropped."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- real-cluster-path -->\s*```(?:bash|sh)\n(.*?)```", text, re.S)
+    assert block, "README.md has no block marked <!-- real-cluster-path -->"
+    lines = [ln.split("  #")[0].strip() for ln in block.group(1).splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def test_the_readme_block_is_the_path_this_test_runs() -> None:
+    lines = readme_block()
+    starts = [ln.split()[0] for ln in lines]
+    assert starts[:2] == ["make", "make"], lines  # make images, make cluster-up REAL_NODES=1
+    assert any(ln.startswith("helm install fdp charts/federated-dp-llm") for ln in lines)
+    assert any(ln.startswith("kubectl wait") and "fr/quickstart-router" in ln for ln in lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_readme_path_brings_the_quickstart_router_ready_and_it_answers(realnode: RealCluster) -> None:
+    c = realnode
+    lines = readme_block()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("helm install"))
+    script = "set -euo pipefail\n" + "\n".join(lines[first:])
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=REPO, env=c.env, capture_output=True, text=True, timeout=600
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, (
+        f"the README's path failed after {took:.0f}s:\n{script}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        f"\n{c.diagnostics(NS)}"
+    )
+    # `kubectl get fdp` printed every node Ready and the router with its nodes.
+    assert "quickstart-router" in proc.stdout and "cardiology" in proc.stdout, proc.stdout
+    for node in ("cardiology", "neurology", "emergency", "guidelines"):
+        assert (c.condition("hn", node, "Ready", NS) or {}).get("status") == "True", node
+    router_pods = [
+        p for p in c.items("pods", None, NS) if p["metadata"]["name"].startswith("quickstart-router")
+    ]
+    assert router_pods and all(p["spec"]["nodeName"].endswith("-real") for p in router_pods), [
+        (p["metadata"]["name"], p["spec"].get("nodeName")) for p in router_pods
+    ]
+
+    # "Ask it something", as examples/quickstart/README.md says.
+    token = c.kubectl(
+        "exec", "-n", NS, "deploy/quickstart-router", "-c", "router", "--",
+        "fdp-router", "token", "--config", "/etc/fdp/config/router-config.json",
+        "--user", "alice", "--department", "cardiology", "--role", "clinician",
+    ).stdout.strip()  # fmt: skip
+    assert token.count(".") == 2, token
+    ca_pem = c.secret_value("quickstart-router-tls", "ca.crt", NS)
+    port = _free_port()
+    forward = subprocess.Popen(
+        [str(c.bin_dir / "kubectl"), "port-forward", "-n", NS, "svc/quickstart-router", f"{port}:443"],
+        env=c.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ctx = verifying_context(ca_pem)  # trusts only the operator's CA, checks the name
+
+        def ask() -> dict:
+            # Connects to the forwarded port but verifies the certificate as the Service's
+            # name, quickstart-router (what the README's curl does with --resolve).
+            resp = httpx.post(
+                f"https://127.0.0.1:{port}/v1/chat/completions",
+                json={
+                    "model": "patient-stats",
+                    "privacy_budget": 0.5,
+                    "messages": [{"role": "user", "content": QUESTION}],
+                },
+                headers={"Authorization": f"Bearer {token}"},
+                verify=ctx,
+                timeout=10,
+                extensions={"sni_hostname": "quickstart-router"},
+            )
+            return {"status": resp.status_code, **resp.json()}
+
+        answer = eventually(ask, timeout=60, interval=1, what="an answer through kubectl port-forward")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+    assert answer["status"] == 200
+    assert answer["choices"][0]["message"]["content"], answer
+    privacy = answer["privacy"]
+    assert privacy["epsilon"] == 0.5 and privacy["basis"], privacy
+    assert privacy["nodes"] and set(privacy["nodes"]) <= {"cardiology", "neurology", "emergency"}, privacy
+
+    print(f"README path: kubectl wait returned Ready {took:.0f}s after helm install started")

@@ -22,7 +22,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=hack/cluster/versions.env
 source "$HERE/versions.env"
 CACHE_ROOT="${FDP_CACHE_DIR:-$HOME/.cache/federated-dp-llm}"
 BIN="$CACHE_ROOT/k8s/$K8S_VERSION/bin"
@@ -32,7 +32,6 @@ NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
 CLUSTER_CIDR=10.244.0.0/16
 SERVICE_CIDR=10.96.0.0/16
-KUBERNETES_SVC_IP=10.96.0.1
 SANDBOX_IMAGE=fdp.local/pause:1
 METRICS_PORT=4443
 ACTIVE_FILE="$RN_ROOT/ACTIVE"
@@ -384,8 +383,14 @@ start() {
 down() {
   # Best effort: every step runs even when an earlier one found nothing to remove.
   set +e +o pipefail
+  local active; active=$(cat "$ACTIVE_FILE" 2>/dev/null)
+  if [[ -n "$active" && "$active" != "$NAME" ]]; then
+    # The bridge, chains and host paths belong to the cluster that is up: leave them alone.
+    log "real-node cluster '$active' is the one up, not '$NAME': only removing $RN"
+    rm -rf "$RN"
+    return 0
+  fi
   log "removing real node of '$NAME'"
-  local kr="$RN/kubelet/root"
   # Delete the node object first (if the apiserver is still up) so nothing schedules there.
   [[ -s "$KUBECONFIG_FILE" ]] && timeout 10 "$BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
   stop_procs metrics-server coredns kube-proxy apiserver-forward kubelet

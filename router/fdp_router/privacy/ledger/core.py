@@ -141,6 +141,7 @@ MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
+IDLE_LOCK_WAIT_SECONDS = 0.002  # the idle fast path's wait for the batch lock, then the writer thread
 OPEN_STALE_SECONDS = 60.0  # an open reservation older than this no longer counts as a request in flight
 TOUCH_HEAD = "UPDATE fdp_head SET seq = seq WHERE id = 1"  # check(): a real, tiny durable write
 
@@ -180,10 +181,10 @@ class SqlDriver(abc.ABC):
     # network (SQLite); the caller's thread is an event loop.
     inline = False
 
-    @contextlib.contextmanager
-    def no_lock_wait(self, conn: Any) -> Iterator[None]:
-        """Inside: taking the write lock fails at once (a busy error) instead of waiting."""
-        yield
+    def lock_wait(self, conn: Any, wait: bool) -> None:
+        """Whether taking the write lock on `conn` waits (``timeouts.lock_seconds``) or fails at
+        once with a busy error (the idle fast path). Only called for ``inline`` drivers."""
+        return None
 
     @abc.abstractmethod
     def connect_writer(self) -> Any: ...
@@ -686,7 +687,9 @@ class SqlLedger(Ledger):
             and self._driver.inline
             and not self._others_open()
             and self._queue.empty()
-            and self._batch_lock.acquire(blocking=False)
+            # Nothing pending: at most the writer thread is leaving its last batch (it resolved
+            # the futures just before it lets go of the lock).
+            and self._batch_lock.acquire(timeout=IDLE_LOCK_WAIT_SECONDS)
         ):
             try:
                 ran = self._run_inline(op)
@@ -747,17 +750,11 @@ class SqlLedger(Ledger):
         if conn is None or not self._driver.usable(conn):
             return False
         try:
-            with self._driver.no_lock_wait(conn):
-                try:
-                    return self._run_batch([op], _settle, inline=True)
-                except Exception as exc:  # as in the writer loop: nothing recorded, no crash
-                    log.exception("ledger: unexpected failure; the operation was not recorded")
-                    _settle([(op, None, PrivacyError(f"ledger write failed: {exc}"))])
-                    return True
-        except Exception:  # the lock wait could not be set or restored: a new connection next time
-            self._drop_writer()
-            assert op.future is not None
-            return op.future.done()
+            return self._run_batch([op], _settle, inline=True)
+        except Exception as exc:  # as in the writer loop: nothing recorded, no crash
+            log.exception("ledger: unexpected failure; the operation was not recorded")
+            _settle([(op, None, PrivacyError(f"ledger write failed: {exc}"))])
+            return True
 
     def _observe(self, op: str, start: float, error: LedgerUnavailable | None) -> None:
         if self._observer is not None:
@@ -906,7 +903,7 @@ class SqlLedger(Ledger):
         while True:
             progress = _Progress()
             try:
-                outcomes = self._transaction(batch, progress)
+                outcomes = self._transaction(batch, progress, inline=inline)
             except BaseException as exc:  # nothing was committed: nothing is acknowledged
                 self._units.clear()  # states may hold this batch's uncommitted spends
                 self._abandon_transaction()
@@ -968,11 +965,15 @@ class SqlLedger(Ledger):
         except Exception:  # the connection is gone: the next batch opens a new one
             self._drop_writer()
 
-    def _transaction(self, batch: Sequence[_Op], progress: _Progress) -> list[_Outcome]:
+    def _transaction(
+        self, batch: Sequence[_Op], progress: _Progress, *, inline: bool = False
+    ) -> list[_Outcome]:
         """One locked transaction for the whole batch, committed once; raises (with nothing
         committed, unless `progress.committing`) if the database fails."""
         outcomes: list[_Outcome] = []
         conn = self._writer(progress)
+        if self._driver.inline:  # the idle fast path never waits for another process's lock
+            self._driver.lock_wait(conn, not inline)
         with self._driver.bounded(conn) as guard:
             try:
                 cur = self._driver.begin_locked(conn)

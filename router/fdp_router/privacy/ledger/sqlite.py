@@ -73,14 +73,11 @@ class SqliteDriver(SqlDriver):
 
     inline = True  # a local file: the idle fast path may run a batch on the caller's thread
 
-    @contextlib.contextmanager
-    def no_lock_wait(self, conn: Any) -> Iterator[None]:
-        conn.raw.execute("PRAGMA busy_timeout = 0")
-        try:
-            yield
-        finally:
-            if not conn.closed:  # (a batch that reconnected runs on a new connection)
-                conn.raw.execute(f"PRAGMA busy_timeout = {int(self.timeouts.lock_seconds * 1000)}")
+    def lock_wait(self, conn: Any, wait: bool) -> None:
+        if conn.lock_wait != wait:  # a statement only when switching between the two paths
+            ms = int(self.timeouts.lock_seconds * 1000) if wait else 0
+            conn.raw.execute(f"PRAGMA busy_timeout = {ms}")
+            conn.lock_wait = wait
 
     def connect_writer(self) -> Any:
         return _Tx(self._connect())
@@ -185,6 +182,7 @@ class _Tx:
     def __init__(self, raw: sqlite3.Connection) -> None:
         self.raw = raw
         self.closed = False
+        self.lock_wait = True  # the busy timeout is timeouts.lock_seconds (connect's)
 
     def cursor(self) -> sqlite3.Cursor:
         return self.raw.cursor()

@@ -214,9 +214,17 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
 CTR_SOCK() { echo "$RN/run/containerd.sock"; }
 ctr_() { ctr --address "$(CTR_SOCK)" "$@"; }
 
+# put FILE: stdin to FILE only when the content differs. A running kube-proxy exits as soon as
+# its config file is written (even with the same bytes), and up.sh runs again on a live node.
+put() {
+  local tmp; tmp=$(mktemp "$1.XXXXXX")
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 write_configs() {
   mkdir -p "$RN"/{containerd/state,containerd/opt,run,cni/net.d,kubelet,coredns,metrics-server} "$IMAGE_STORE"
-  cat > "$RN/containerd.toml" <<EOF
+  put "$RN/containerd.toml" <<EOF
 version = 2
 root = "$IMAGE_STORE"
 state = "$RN/containerd/state"
@@ -250,7 +258,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "$RN/cni/net.d"
 EOF
   # bridge + host-local + portmap; containerd itself runs the loopback plugin for lo.
-  cat > "$RN/cni/net.d/10-fdp.conflist" <<EOF
+  put "$RN/cni/net.d/10-fdp.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "fdp",
@@ -264,8 +272,8 @@ EOF
 }
 EOF
   # Pods with dnsPolicy Default get this; never the host's resolvers (nothing may leave).
-  echo "nameserver $NODE_IP" > "$RN/resolv.conf"
-  cat > "$RN/kubelet/config.yaml" <<EOF
+  echo "nameserver $NODE_IP" | put "$RN/resolv.conf"
+  put "$RN/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -294,7 +302,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
 EOF
-  cat > "$RN/kube-proxy.yaml" <<EOF
+  put "$RN/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -310,7 +318,7 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 iptables: {localhostNodePorts: false, masqueradeAll: false}
 EOF
   # No forward plugin: names outside cluster.local get REFUSED instead of reaching a resolver.
-  cat > "$RN/coredns/Corefile" <<EOF
+  put "$RN/coredns/Corefile" <<EOF
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind $NODE_IP
     errors
@@ -322,7 +330,7 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     cache 5
 }
 EOF
-  cat > "$RN/metrics-server/apiservice.yaml" <<EOF
+  put "$RN/metrics-server/apiservice.yaml" <<EOF
 # metrics-server runs on the host; the aggregator reaches it through an ExternalName Service
 # (kwok's own trick), so it does not depend on kube-proxy.
 apiVersion: v1
@@ -353,7 +361,8 @@ start() {
   spawn containerd containerd --config "$RN/containerd.toml"
   wait_for 30 containerd ctr_ version
   local tar; tar=$(pause_tar)
-  if ! ctr_ -n k8s.io images ls -q | grep -qx "$SANDBOX_IMAGE"; then
+  local images; images=$(ctr_ -n k8s.io images ls -q)  # not piped into grep -q: pipefail + SIGPIPE
+  if ! grep -qxF "$SANDBOX_IMAGE" <<<"$images"; then
     ctr_ -n k8s.io images import "$tar" >/dev/null
     log "imported $SANDBOX_IMAGE"
   fi

@@ -93,7 +93,7 @@ if (( have_nodes < NODES )); then
   kwokctl scale node --name "$NAME" --replicas "$NODES"
 fi
 for _ in $(seq 1 60); do
-  ready=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | awk '$2=="Ready"' | wc -l)
+  ready=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | awk '$2 ~ /^Ready(,|$)/' | wc -l)
   (( ready >= NODES )) && break
   sleep 1
 done

@@ -90,7 +90,11 @@ export KUBECONFIG="$KUBECONFIG_OUT"
 have_nodes=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | wc -l)
 if (( have_nodes < NODES )); then
   log "adding simulated nodes ($have_nodes -> $NODES)"
-  kwokctl scale node --name "$NAME" --replicas "$NODES"
+  scale_params=()
+  # kwok gives fake nodes documentation addresses (192.0.2.x), which here are the host's own
+  # network and gateway: with a real node (apiserver and tools that really connect) use loopback.
+  [[ "$REAL" == 1 ]] && scale_params=(--param '.nodeIPs=["127.0.0.2"]')
+  kwokctl scale node --name "$NAME" --replicas "$NODES" "${scale_params[@]}"
 fi
 for _ in $(seq 1 60); do
   ready=$("$BIN/kubectl" get nodes --no-headers 2>/dev/null | awk '$2 ~ /^Ready(,|$)/' | wc -l)

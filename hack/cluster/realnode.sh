@@ -489,6 +489,9 @@ down() {
     mount | awk '{print $3}' | grep -E "^$IMAGE_STORE/" | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf "$IMAGE_STORE"
   fi
+  # The control plane goes too, still under the lock: a concurrent `up.sh NAME` then either
+  # finished before this down or starts from nothing, never from half a cluster.
+  KWOK_WORKDIR="$CACHE_ROOT/kwok" "$BIN/kwokctl" delete cluster --name "$NAME" >>"$CACHE_ROOT/kwok/kwokctl-$NAME.log" 2>&1
   if [[ "$(cat "$ACTIVE_FILE" 2>/dev/null)" == "$NAME" ]]; then rm -f "$ACTIVE_FILE"; fi
   log "real node of '$NAME' removed"
 }

@@ -37,6 +37,8 @@ from fdp_operator.render.workloads import ObservedState, WorkloadPlan, render_wo
 from fdp_operator.security import DEFAULT_INGRESS_FROM, node_secret_uses
 
 RUN_AS = 10001
+#: seconds a terminating router pod keeps serving while it leaves the Service's endpoints
+PRESTOP_SLEEP_SECONDS = 5
 PROMETHEUS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(names.CONTAINER_PORT),
@@ -227,6 +229,11 @@ def render_pod_template(
                     "readinessProbe": probe("/readyz", 5, 3),
                     "livenessProbe": probe("/healthz", 10, 3),
                     "startupProbe": probe("/healthz", 2, 30),
+                    # On SIGTERM the router stops accepting at once; kube-proxy drops a
+                    # terminating pod from the Service a moment later. Without this wait,
+                    # connections in that moment were refused (a canary scaled to 0 under load
+                    # lost 9 of 6293 requests in real pods: tests/e2e/realpods).
+                    "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
                         "readOnlyRootFilesystem": True,

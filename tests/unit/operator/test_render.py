@@ -229,6 +229,7 @@ def test_pods_run_under_the_restricted_profile_with_probes_and_scrape_annotation
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ctr["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}  # leave the endpoints first
     ann = tpl["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
     assert ann[names.TLS_SERIAL_ANNOTATION] == "abc"

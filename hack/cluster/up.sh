@@ -5,16 +5,18 @@
 # nothing is downloaded at run time.
 #
 # Usage: hack/cluster/up.sh [NAME]     # last line printed: the kubeconfig path
-# Env:   FDP_CLUSTER_NODES (default 2)
+# Env:   FDP_CLUSTER_NODES simulated (kwok) nodes (default 2; 0 with FDP_REAL_NODES=1, so every
+#                          pod really runs)
 #        FDP_REAL_NODES=1  also one real node (containerd + kubelet) with kube-proxy, CoreDNS and
 #                          metrics-server on a bridge 10.244.0.1/24 (hack/cluster/realnode.sh,
-#                          docs/real-node.md)
+#                          docs/real-node.md), and a default StorageClass fdp-local of local
+#                          volumes on it (hack/cluster/local-volumes.sh)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 NAME="${1:-${FDP_CLUSTER_NAME:-fdp}}"
-NODES="${FDP_CLUSTER_NODES:-2}"
+if [[ "${FDP_REAL_NODES:-0}" == 1 ]]; then NODES="${FDP_CLUSTER_NODES:-0}"; else NODES="${FDP_CLUSTER_NODES:-2}"; fi
 CACHE_ROOT="${FDP_CACHE_DIR:-$HOME/.cache/federated-dp-llm}"
 BIN="$("$HERE/build.sh" | tail -1)"
 export KWOK_WORKDIR="$CACHE_ROOT/kwok"
@@ -103,6 +105,8 @@ for _ in $(seq 1 60); do
 done
 if [[ "$REAL" == 1 ]]; then
   "$HERE/realnode.sh" start "$NAME"
+  # What a cloud cluster's default provisioner gives a SQLite router's ledger claim.
+  "$HERE/local-volumes.sh" "$BIN/kubectl" "$NAME-real" "$CACHE_ROOT/realnode/$NAME/volumes"
 fi
 "$BIN/kubectl" get nodes >&2
 log "cluster '$NAME' ready"

@@ -467,6 +467,14 @@ class LedgerConfig(_Frozen):
         "itself is durable before any node is called in both modes, and a crash before the commit "
         "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
     )
+    idle_fast_path: bool = Field(
+        True,
+        description="SQLite only: a ledger operation that finds no other request in flight runs its "
+        "durable transaction on the event loop instead of handing it to the writer thread and back "
+        "(lower latency and CPU at low concurrency). The loop then waits for that fsync itself: on "
+        "a disk that can stall (network volumes), set false; a transaction slower than 100 ms turns "
+        "the path off for 60 s",
+    )
     timeouts: LedgerTimeouts = LedgerTimeouts()
     retention: LedgerRetention = LedgerRetention()
     checkpoint_file: str | None = Field(

@@ -11,8 +11,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from fdp_router.privacy.api import Charge, Scope
 from fdp_router.privacy.events import event_for_request
+from fdp_router.privacy.ledger import core
 from fdp_router.privacy.ledger.core import SqlLedger
 
 from .conftest import LedgerEnv, policy_admitting
@@ -90,5 +92,40 @@ async def test_another_open_reservation_leaves_batching_to_the_writer(ledger_env
         await ledger.commit(a.id, ("n",))  # b is open
         await ledger.commit(b.id, ("n",))  # nothing else open
         assert ran == [True, False, False, True]
+    finally:
+        await ledger.close()
+
+
+async def test_the_fast_path_can_be_turned_off(ledger_env_sqlite: LedgerEnv) -> None:
+    policy = policy_admitting(3)
+    env = ledger_env_sqlite
+    env.ledger_cfg = env.ledger_cfg.model_copy(update={"idle_fast_path": False})
+    ledger = await env.open(policy)
+    try:
+        ran = _spy(ledger)
+        r = await ledger.reserve(
+            Charge("u", "d", ("h",), event_for_request(policy, None), query_hash="0" * 64)
+        )
+        await ledger.commit(r.id, ("n",))
+        assert ran == [False, False]
+    finally:
+        await ledger.close()
+
+
+async def test_a_slow_inline_transaction_turns_the_fast_path_off(
+    ledger_env_sqlite: LedgerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalling disk must not keep stalling the event loop: after one inline transaction
+    slower than IDLE_STALL_SECONDS the operations go to the writer thread for a while."""
+    policy = policy_admitting(3)
+    ledger = await ledger_env_sqlite.open(policy)
+    try:
+        ran = _spy(ledger)
+        monkeypatch.setattr(core, "IDLE_STALL_SECONDS", 0.0)  # every transaction counts as slow
+        r = await ledger.reserve(
+            Charge("u", "d", ("h",), event_for_request(policy, None), query_hash="0" * 64)
+        )
+        await ledger.commit(r.id, ("n",))
+        assert ran == [True, False]
     finally:
         await ledger.close()

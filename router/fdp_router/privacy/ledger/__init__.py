@@ -59,6 +59,7 @@ def open_ledger_sync(
             )
     options: dict[str, Any] = {
         "deferred_commit": ledger_cfg.commit_mode == "deferred",
+        "idle_fast_path": ledger_cfg.idle_fast_path,
         "retention": ledger_cfg.retention,
         "checkpoint": checkpoint,
         "restore_gap": ledger_cfg.restore_gap,

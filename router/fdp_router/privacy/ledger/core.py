@@ -12,8 +12,9 @@ cross-thread future chaining cost more than the operation's own work). Check and
 atomic step, serialised across threads, processes and router replicas; a crash before the
 commit acknowledges nothing, a crash after it loses nothing.
 
-**Idle fast path** (drivers with ``inline``: SQLite, a local file): an operation submitted while
-the ledger has nothing else pending or running, and no other reservation of this process is
+**Idle fast path** (``ledger.idle_fast_path``, drivers with ``inline``: SQLite, a local
+file): an operation submitted while the ledger has nothing else pending or running, and no
+other reservation of this process is
 open (reserved, not yet committed or released: another request in flight, whose operations
 group commit should batch), runs as a batch of one on the caller's thread,
 the same transaction and the same durable commit, under the same batch lock the writer thread
@@ -21,7 +22,9 @@ takes, with SQLite's lock wait off (another process holding the write lock sends
 writer thread instead, which waits for the lock). At low concurrency this removes both
 thread hand-offs of every operation (a wake-up of the writer, then of the caller's loop),
 which on a busy host cost more than the transaction; under load operations are pending and
-the writer thread batches them as before.
+the writer thread batches them as before. The price: the event loop waits for that fsync itself,
+so a disk that stalls stalls the loop (the writer thread would cost only the caller its deadline);
+one inline transaction slower than IDLE_STALL_SECONDS turns the path off for a while.
 
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
@@ -142,6 +145,11 @@ DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
 IDLE_LOCK_WAIT_SECONDS = 0.002  # the idle fast path's wait for the batch lock, then the writer thread
+# An inline transaction slower than this (a stalling disk: the event loop waited for it) turns
+# the idle fast path off for IDLE_STALL_OFF_SECONDS: operations go to the writer thread, where a
+# stall costs the caller its deadline (503) and not the whole event loop.
+IDLE_STALL_SECONDS = 0.1
+IDLE_STALL_OFF_SECONDS = 60.0
 OPEN_STALE_SECONDS = 60.0  # an open reservation older than this no longer counts as a request in flight
 TOUCH_HEAD = "UPDATE fdp_head SET seq = seq WHERE id = 1"  # check(): a real, tiny durable write
 
@@ -354,6 +362,7 @@ class SqlLedger(Ledger):
         now: Callable[[], datetime] | None = None,
         *,
         deferred_commit: bool = False,
+        idle_fast_path: bool = True,
         retention: LedgerRetention | None = None,
         checkpoint: audit_mod.Checkpoint | None = None,
         restore_gap: str = "refuse",
@@ -365,6 +374,8 @@ class SqlLedger(Ledger):
         With `retention` (and ``in_router``), a thread archives and prunes every interval."""
         check_policy(privacy_cfg)
         self._deferred_commit = deferred_commit
+        self._idle_fast_path = idle_fast_path and driver.inline
+        self._fast_path_off_until = 0.0  # after a stalled inline transaction (IDLE_STALL_SECONDS)
         self._driver = driver
         self._timeouts = driver.timeouts
         self._cfg = privacy_cfg
@@ -684,8 +695,9 @@ class SqlLedger(Ledger):
         start = time.perf_counter()
         if (
             self._pending == 0
-            and self._driver.inline
+            and self._idle_fast_path
             and not self._others_open()
+            and time.monotonic() >= self._fast_path_off_until
             and self._queue.empty()
             # Nothing pending: at most the writer thread is leaving its last batch (it resolved
             # the futures just before it lets go of the lock).
@@ -749,12 +761,23 @@ class SqlLedger(Ledger):
         conn = self._writer_conn
         if conn is None or not self._driver.usable(conn):
             return False
+        started = time.monotonic()
         try:
             return self._run_batch([op], _settle, inline=True)
         except Exception as exc:  # as in the writer loop: nothing recorded, no crash
             log.exception("ledger: unexpected failure; the operation was not recorded")
             _settle([(op, None, PrivacyError(f"ledger write failed: {exc}"))])
             return True
+        finally:
+            took = time.monotonic() - started
+            if took > IDLE_STALL_SECONDS:
+                self._fast_path_off_until = time.monotonic() + IDLE_STALL_OFF_SECONDS
+                log.warning(
+                    "ledger: a transaction on the event loop took %.0f ms (slow disk?); the idle fast "
+                    "path is off for %.0f s (ledger.idle_fast_path)",
+                    took * 1000,
+                    IDLE_STALL_OFF_SECONDS,
+                )
 
     def _observe(self, op: str, start: float, error: LedgerUnavailable | None) -> None:
         if self._observer is not None:

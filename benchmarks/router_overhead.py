@@ -261,7 +261,8 @@ async def wait_http(url: str, timeout: float = 180.0) -> None:
 def bench_config(tmp: Path, node_url: str, port: int) -> dict[str, Any]:
     """The router config every router benchmark measures: one demo PHI node, a durable SQLite
     ledger with an audit key, budgets that never run out, rate limits off (one user at full
-    speed)."""
+    speed). FDP_BENCH_IDLE_FAST_PATH=1 turns the opt-in ledger.idle_fast_path on (round 4 ran
+    with it on, when it was the default)."""
     (tmp / "audit.key").write_text(secrets.token_hex(32))
     return {
         "server": {"host": "127.0.0.1", "port": port},
@@ -285,6 +286,7 @@ def bench_config(tmp: Path, node_url: str, port: int) -> dict[str, Any]:
             "backend": "sqlite",
             "sqlite_path": str(tmp / "ledger.sqlite"),
             "audit_key_file": str(tmp / "audit.key"),
+            "idle_fast_path": os.environ.get("FDP_BENCH_IDLE_FAST_PATH") == "1",
         },
         "overload": {"max_concurrency": 256, "max_queue": 1024},
         "rate_limits": {

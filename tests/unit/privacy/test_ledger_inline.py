@@ -34,6 +34,12 @@ def _spy(ledger: SqlLedger) -> list[bool]:
     return ran
 
 
+@pytest.fixture(autouse=True)
+def _fast_path_on(ledger_env_sqlite: LedgerEnv) -> None:
+    """The fast path is opt-in (ledger.idle_fast_path): these tests are about it."""
+    ledger_env_sqlite.ledger_cfg = ledger_env_sqlite.ledger_cfg.model_copy(update={"idle_fast_path": True})
+
+
 async def test_idle_operations_run_on_the_callers_thread(ledger_env_sqlite: LedgerEnv) -> None:
     policy = policy_admitting(3)
     ledger = await ledger_env_sqlite.open(policy)

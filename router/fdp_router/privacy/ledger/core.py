@@ -362,7 +362,7 @@ class SqlLedger(Ledger):
         now: Callable[[], datetime] | None = None,
         *,
         deferred_commit: bool = False,
-        idle_fast_path: bool = True,
+        idle_fast_path: bool = False,
         retention: LedgerRetention | None = None,
         checkpoint: audit_mod.Checkpoint | None = None,
         restore_gap: str = "refuse",

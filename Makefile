@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-unit test-e2e test-kind lint cluster-up cluster-down router-demo deps clean images
+.PHONY: help demo test test-unit test-e2e test-realpods test-kind lint cluster-up cluster-down router-demo deps clean images
 
 help:
 	@echo "make demo         run the full demo on the local cluster (builds/reuses everything)"
@@ -22,7 +22,8 @@ help:
 	@echo "make test-kind    run the e2e suite on a kind cluster (needs Docker; not on these machines)"
 	@echo "make lint         ruff, mypy, import-linter"
 	@echo "make test-unit    the fast tier (no cluster, no integration tests); make test-e2e the cluster tier"
-	@echo "make images       build the router and operator images (docs/images.md; not part of make test)"
+	@echo "make test-realpods the product in real pods on a real kubelet node (root; part of make test)"
+	@echo "make images       build the router and operator images (docs/images.md; make test builds them too)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,7 +53,12 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e and not integration" $(PYTEST_ARGS)
 
 test-e2e: $(STAMP)
-	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "e2e and not realpods" $(PYTEST_ARGS)
+
+# The product in real pods on a real kubelet node (docs/real-node.md): builds the images,
+# brings up its own real-node cluster, removes it afterwards. Part of `make test`.
+test-realpods: $(STAMP)
+	$(BIN)/python -m pytest -m realpods $(PYTEST_ARGS)
 
 # kind needs a Docker engine, which these machines do not have: this target is for users
 # who do. The same e2e suite runs against whatever $KUBECONFIG points at.

@@ -24,9 +24,13 @@ HACK = REPO / "hack" / "cluster"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     e2e_dir = REPO / "tests" / "e2e"
+    realpods_dir = e2e_dir / "realpods"
     for item in items:
-        if e2e_dir in Path(str(item.fspath)).parents:
+        parents = Path(str(item.fspath)).parents
+        if e2e_dir in parents:
             item.add_marker(pytest.mark.e2e)
+        if realpods_dir in parents:
+            item.add_marker(pytest.mark.realpods)
 
 
 @dataclass

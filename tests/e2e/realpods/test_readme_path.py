@@ -16,8 +16,11 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from .conftest import REPO, RealCluster, eventually, verifying_context
+
+pytestmark = pytest.mark.timeout(900)
 
 NS = "fdp-system"
 QUESTION = "Most common first-line treatment for hypertension among our patients?"

@@ -324,7 +324,7 @@ class Results:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     res = Results()
     yield res
     if not res.rows:
@@ -333,7 +333,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
         os.environ.get("FDP_REALPODS_RESULTS") or tmp_path_factory.mktemp("realpods") / "results.json"
     )
     path.write_text(json.dumps(res.rows, indent=2, default=str))
-    print(f"\nrealpods results ({path}):\n{res.table()}\n", file=sys.stderr, flush=True)
+    text = f"realpods results ({path}):\n{res.table()}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown in the run's output, passing or not
+        reporter.write_line("")
+        for line in text.splitlines():
+            reporter.write_line(line)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the network in pods

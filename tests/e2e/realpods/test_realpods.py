@@ -505,7 +505,8 @@ def test_d_the_hpa_scales_the_router_out_and_in_and_the_operator_never_fights_it
         scale_out_ready_s=round(t_ready - t0, 1),
         peak_replicas=peak,
         scale_in_s=round(t_in - t_stop, 1),
-        replicas_owners=owners,
+        replicas_under_load=sorted({r[1] for r in under_load if r[1] is not None}),
+        operator_owns_replicas=any(o.startswith("fdp-operator") for o in owners),
     )
     assert min(r[1] or 0 for r in under_load) >= 2, f"replicas went back under load: {under_load}"
     assert not any(o.startswith("fdp-operator") for o in owners), owners

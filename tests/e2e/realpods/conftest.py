@@ -324,7 +324,7 @@ class Results:
 
 
 @pytest.fixture(scope="module")
-def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     res = Results()
     yield res
     if not res.rows:
@@ -333,14 +333,18 @@ def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         os.environ.get("FDP_REALPODS_RESULTS") or tmp_path_factory.mktemp("realpods") / "results.json"
     )
     path.write_text(json.dumps(res.rows, indent=2, default=str))
-    text = f"realpods results ({path}):\n{res.table()}"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown in the run's output, passing or not
-        reporter.write_line("")
+    _REPORTS.append(f"realpods results ({path}):\n{res.table()}")
+
+
+_REPORTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The numbers at the end of the run's output (a fixture's own output is captured)."""
+    for text in _REPORTS:
+        terminalreporter.section("realpods results")
         for line in text.splitlines():
-            reporter.write_line(line)
-    else:
-        print(text, file=sys.stderr, flush=True)
+            terminalreporter.write_line(line)
 
 
 # ---------------------------------------------------------------- the network in pods

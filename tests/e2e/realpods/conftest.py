@@ -23,6 +23,7 @@ and three FederatedRouters. ``results`` collects each scenario's numbers; they a
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -45,7 +46,9 @@ IMAGES = REPO / "hack" / "images"
 CHART = REPO / "charts" / "federated-dp-llm"
 ROUTER_IMAGE = "ghcr.io/federated-dp-llm/router:0.1.0"
 OPERATOR_IMAGE = "ghcr.io/federated-dp-llm/operator:0.1.0"
-PG_IMAGE = "fdp.local/realpods-postgres:15"  # fully qualified: containerd keeps the name
+#: fully qualified (containerd keeps the name), tagged with a hash of its Dockerfile (rebuilt when it changes)
+PG_DOCKERFILE = Path(__file__).with_name("Dockerfile.postgres")
+PG_IMAGE = f"fdp.local/realpods-postgres:15-{hashlib.sha256(PG_DOCKERFILE.read_bytes()).hexdigest()[:12]}"
 OPT_IN = {"fdp.io/allow-router-mount": "true"}
 REAL_NODE_LABEL = "fdp.io/real-node"
 OPERATOR_DEPLOY = "fdp-realpods-federated-dp-llm"
@@ -208,7 +211,7 @@ def _ensure_postgres_image() -> None:
             "--build-arg",
             f"BASE={ROUTER_IMAGE}",
             "--file",
-            str(Path(__file__).with_name("Dockerfile.postgres")),
+            str(PG_DOCKERFILE),
             str(Path(__file__).parent),
         ],
         env=env,
@@ -477,7 +480,12 @@ def ledger_db_objects() -> list[dict[str, Any]]:
                         "nodeSelector": {REAL_NODE_LABEL: "true"},
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
-                        "securityContext": {"runAsUser": 100, "runAsGroup": 102, "fsGroup": 102},
+                        "securityContext": {
+                            "runAsUser": 999,
+                            "runAsGroup": 999,
+                            "fsGroup": 999,
+                            "runAsNonRoot": True,
+                        },
                         "containers": [
                             {
                                 "name": "postgres",

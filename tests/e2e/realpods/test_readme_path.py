@@ -65,8 +65,13 @@ def test_the_readme_path_brings_the_quickstart_router_ready_and_it_answers(realn
     )
     # `kubectl get fdp` printed every node Ready and the router with its nodes.
     assert "quickstart-router" in proc.stdout and "cardiology" in proc.stdout, proc.stdout
+    # The router is Ready once a node answers; every node is probed within its interval (5 s).
     for node in ("cardiology", "neurology", "emergency", "guidelines"):
-        assert (c.condition("hn", node, "Ready", NS) or {}).get("status") == "True", node
+        eventually(
+            lambda node=node: (c.condition("hn", node, "Ready", NS) or {}).get("status") == "True",
+            timeout=60,
+            what=f"HospitalNode {node} Ready",
+        )
     router_pods = [
         p for p in c.items("pods", None, NS) if p["metadata"]["name"].startswith("quickstart-router")
     ]
@@ -93,21 +98,23 @@ def test_the_readme_path_brings_the_quickstart_router_ready_and_it_answers(realn
     try:
         ctx = verifying_context(ca_pem)  # trusts only the operator's CA, checks the name
 
-        def ask() -> dict:
+        def ask() -> dict | None:
             # Connects to the forwarded port but verifies the certificate as the Service's
             # name, quickstart-router (what the README's curl does with --resolve).
-            resp = httpx.post(
-                f"https://127.0.0.1:{port}/v1/chat/completions",
-                json={
-                    "model": "patient-stats",
-                    "privacy_budget": 0.5,
-                    "messages": [{"role": "user", "content": QUESTION}],
-                },
-                headers={"Authorization": f"Bearer {token}"},
-                verify=ctx,
-                timeout=10,
-                extensions={"sni_hostname": "quickstart-router"},
-            )
+            with httpx.Client(verify=ctx, timeout=10) as client:
+                try:
+                    resp = client.post(
+                        f"https://127.0.0.1:{port}/v1/chat/completions",
+                        json={
+                            "model": "patient-stats",
+                            "privacy_budget": 0.5,
+                            "messages": [{"role": "user", "content": QUESTION}],
+                        },
+                        headers={"Authorization": f"Bearer {token}"},
+                        extensions={"sni_hostname": "quickstart-router"},
+                    )
+                except httpx.TransportError:  # kubectl port-forward not listening yet
+                    return None
             return {"status": resp.status_code, **resp.json()}
 
         answer = eventually(ask, timeout=60, interval=1, what="an answer through kubectl port-forward")

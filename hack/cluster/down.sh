@@ -5,6 +5,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 NAME="${1:-${FDP_CLUSTER_NAME:-fdp}}"
+source "$HERE/name.sh"; check_cluster_name "$NAME"
 CACHE_ROOT="${FDP_CACHE_DIR:-$HOME/.cache/federated-dp-llm}"
 BIN="$CACHE_ROOT/k8s/$K8S_VERSION/bin"
 export KWOK_WORKDIR="$CACHE_ROOT/kwok"

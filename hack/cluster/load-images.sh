@@ -11,6 +11,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${FDP_CACHE_DIR:-$HOME/.cache/federated-dp-llm}"
 NAME="${1:?usage: $0 NAME IMAGE...}"; shift
+source "$HERE/name.sh"; check_cluster_name "$NAME"
 (( $# )) || { echo "usage: $0 NAME IMAGE..." >&2; exit 2; }
 SOCK="$CACHE_ROOT/realnode/$NAME/run/containerd.sock"
 [[ -S "$SOCK" ]] || { echo "load-images: no real node for cluster '$NAME' ($SOCK missing; FDP_REAL_NODES=1 hack/cluster/up.sh $NAME)" >&2; exit 1; }

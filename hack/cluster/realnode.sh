@@ -53,6 +53,9 @@ log() { printf '[realnode +%3ss] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 cmd="${1:-}"; NAME="${2:-${FDP_CLUSTER_NAME:-fdp}}"
+# shellcheck source=hack/cluster/name.sh
+source "$HERE/name.sh"
+[[ "$cmd" == status ]] || check_cluster_name "$NAME"
 RN="$RN_ROOT/$NAME"
 NODE_NAME="$NAME-real"
 KUBECONFIG_FILE="$CACHE_ROOT/kubeconfig-$NAME"

@@ -16,6 +16,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/versions.env"
 NAME="${1:-${FDP_CLUSTER_NAME:-fdp}}"
+source "$HERE/name.sh"; check_cluster_name "$NAME"
 if [[ "${FDP_REAL_NODES:-0}" == 1 ]]; then NODES="${FDP_CLUSTER_NODES:-0}"; else NODES="${FDP_CLUSTER_NODES:-2}"; fi
 CACHE_ROOT="${FDP_CACHE_DIR:-$HOME/.cache/federated-dp-llm}"
 BIN="$("$HERE/build.sh" | tail -1)"

@@ -507,7 +507,7 @@ case "$cmd" in
       touch "$RN/started"
     fi
     net_up; echo "$NAME" > "$ACTIVE_FILE" ;;
-  start) lock; start ;;
+  start) lock; check_active; start ;;
   down) lock; down ;;
   status) cat "$ACTIVE_FILE" 2>/dev/null || true ;;
   *) echo "usage: $0 net-up|start|down NAME | status" >&2; exit 2 ;;

@@ -460,6 +460,12 @@ down() {
   # Host paths kubelet/containerd/runc/CNI write outside their configured roots.
   rm -rf "$RN/kubelet" "$RN/containerd/state" "$RN/run" 2>/dev/null
   local hp
+  # Without net-up's record (started + preexisting) every host path counts as the host's own:
+  # a missing list must never read as "none existed before, remove them all".
+  if [[ ! -e "$RN/started" || ! -e "$RN/preexisting" ]]; then
+    log "no record of the host paths before this node ($RN/started, preexisting): leaving them"
+    HOST_PATHS=()
+  fi
   for hp in "${HOST_PATHS[@]}"; do
     [[ -e "$hp" ]] || continue
     # /run/containerd/{s,fifo} are shared with every containerd on the machine (also the private
@@ -478,7 +484,7 @@ down() {
     fi
   done
   rmdir /run/containerd/s /run/containerd/fifo 2>/dev/null
-  grep -qxF /run/containerd "$RN/preexisting" 2>/dev/null || rmdir /run/containerd 2>/dev/null
+  [[ -e "$RN/preexisting" ]] && { grep -qxF /run/containerd "$RN/preexisting" || rmdir /run/containerd 2>/dev/null; }
   # Host sysctls back to what they were before net-up.
   if [[ -s "$RN/sysctls.saved" ]]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done < "$RN/sysctls.saved"

@@ -3,7 +3,9 @@ bridge-side door for pods; see hack/cluster/realnode.sh). Standard library only.
 
 Usage: python3 tcp-forward.py LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT
 """
+
 import asyncio
+import contextlib
 import sys
 
 
@@ -15,10 +17,8 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
-        try:
+        with contextlib.suppress(Exception):  # closing a transport that already broke
             writer.close()
-        except Exception:  # noqa: BLE001 - closing a broken transport
-            pass
 
 
 async def main(listen_host: str, listen_port: int, target_host: str, target_port: int) -> None:

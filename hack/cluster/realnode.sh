@@ -107,6 +107,8 @@ net_up() {
     ip link add "$BRIDGE" type bridge
     echo created > "$RN/bridge.created"
   fi
+  # No IPv6 on the bridge: a link-local address would let pods reach host listeners on [::].
+  sysctl -qw "net.ipv6.conf.$BRIDGE.disable_ipv6=1" 2>/dev/null || true
   ip addr replace "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
@@ -116,7 +118,25 @@ net_up() {
   iptables -w -A FDP-RN -i "$BRIDGE" -o "$BRIDGE" -j RETURN
   iptables -w -A FDP-RN -i "$BRIDGE" -j REJECT
   iptables -w -A FDP-RN -o "$BRIDGE" ! -s "$CLUSTER_CIDR" -j REJECT
+  # Nothing from another interface is forwarded into the bridge (a neighbour spoofing a pod
+  # source address included: rp_filter is off on these machines).
+  iptables -w -A FDP-RN ! -i "$BRIDGE" -o "$BRIDGE" -j REJECT
   iptables -w -C FORWARD -j FDP-RN 2>/dev/null || iptables -w -I FORWARD 1 -j FDP-RN
+  # The node's own listeners. The kubelet (10250, anonymous AlwaysAllow: whoever reaches it
+  # can exec into every pod), metrics-server, CoreDNS and the apiserver forwarder listen on
+  # 10.244.0.1. Pods may reach only DNS and the apiserver through the kubernetes Service
+  # (DNATed from 10.96.0.1:443); nothing outside the bridge may reach the node's addresses
+  # (Linux accepts a packet for any local address on any interface). The host's own clients
+  # (apiserver -> kubelet, metrics-server -> kubelet) arrive on lo.
+  iptables -w -N FDP-RN-IN 2>/dev/null || iptables -w -F FDP-RN-IN
+  iptables -w -A FDP-RN-IN -i lo -j RETURN
+  iptables -w -A FDP-RN-IN -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN
+  iptables -w -A FDP-RN-IN ! -i "$BRIDGE" -d "$POD_CIDR" -j DROP
+  iptables -w -A FDP-RN-IN -i "$BRIDGE" -d "$NODE_IP" -p udp --dport 53 -j RETURN
+  iptables -w -A FDP-RN-IN -i "$BRIDGE" -d "$NODE_IP" -p tcp --dport 53 -j RETURN
+  iptables -w -A FDP-RN-IN -i "$BRIDGE" -m conntrack --ctstate DNAT --ctorigdst 10.96.0.1 --ctorigdstport 443 -j RETURN
+  iptables -w -A FDP-RN-IN -i "$BRIDGE" -j REJECT
+  iptables -w -C INPUT -j FDP-RN-IN 2>/dev/null || iptables -w -I INPUT 1 -j FDP-RN-IN
   # Service IPs route to the bridge (source 10.244.0.1), never to the default gateway: a
   # ClusterIP without kube-proxy rules then goes nowhere instead of off the machine.
   ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"

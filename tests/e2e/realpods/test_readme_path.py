@@ -10,6 +10,7 @@ request whose answer came from a DP mechanism that charged what it reports.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import REPO, RealCluster, eventually, verifying_context
+from .conftest import REPO, ROUTER_IMAGE, RealCluster, eventually, verifying_context
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -128,3 +129,54 @@ def test_the_readme_path_brings_the_quickstart_router_ready_and_it_answers(realn
     assert privacy["nodes"] and set(privacy["nodes"]) <= {"cardiology", "neurology", "emergency"}, privacy
 
     print(f"README path: kubectl wait returned Ready {took:.0f}s after helm install started")
+
+
+PROBE = """
+import json, os, socket
+def tcp(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return "open"
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({
+    "kubelet": tcp("10.244.0.1", 10250),
+    "metrics_server": tcp("10.244.0.1", 4443),
+    "apiserver_forwarder_direct": tcp("10.244.0.1", int(os.environ["FWD_PORT"])),
+    "apiserver_via_service": tcp(os.environ["KUBERNETES_SERVICE_HOST"], 443),
+    "dns": socket.gethostbyname("kubernetes.default.svc.cluster.local"),
+}))
+"""
+
+
+def test_a_pod_reaches_dns_and_the_apiserver_service_but_not_the_kubelet(realnode: RealCluster) -> None:
+    """The kubelet accepts anonymous requests (AlwaysAllow): a pod that reached it could exec
+    into every other pod and read the router's keys. The node lets pods reach only DNS and
+    the apiserver through the kubernetes Service (hack/cluster/realnode.sh, FDP-RN-IN)."""
+    c = realnode
+    ns = "attack"
+    c.kubectl("create", "namespace", ns, check=False)
+    # The apiserver's own endpoint (the forwarder on the node's address), which pods must
+    # reach only through the Service.
+    fwd_port = c.kubectl(
+        "get", "endpoints", "kubernetes", "-n", "default", "-o", "jsonpath={.subsets[0].ports[0].port}"
+    ).stdout.strip()
+    c.kubectl(
+        "run", "probe", "-n", ns, "--image", ROUTER_IMAGE, "--restart=Never", f"--env=FWD_PORT={fwd_port}",
+        "--image-pull-policy=IfNotPresent", "--command", "--", "python", "-c", PROBE,
+    )  # fmt: skip
+    phase = eventually(
+        lambda: (
+            (c.get("pod", "probe", ns) or {}).get("status", {}).get("phase") in ("Succeeded", "Failed")
+            and c.get("pod", "probe", ns)["status"]["phase"]
+        ),
+        timeout=120,
+        what="the probe pod finished",
+    )
+    out = c.kubectl("logs", "-n", ns, "probe").stdout.strip()
+    assert phase == "Succeeded", out
+    seen = json.loads(out.splitlines()[-1])
+    assert seen["apiserver_via_service"] == "open", seen
+    assert seen["dns"] == "10.96.0.1", seen
+    for door in ("kubelet", "metrics_server", "apiserver_forwarder_direct"):
+        assert seen[door] != "open", seen

@@ -793,6 +793,7 @@ class LoadLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"load-{self.tag}", daemon=True)
         self._tokens: dict[str, str] = {}
+        self._error: BaseException | None = None
         self.started = 0.0
 
     def start(self) -> LoadLoop:
@@ -804,6 +805,8 @@ class LoadLoop:
         self._stop.set()
         self._thread.join(timeout=60)
         assert not self._thread.is_alive(), "load loop did not stop"
+        if self._error is not None:  # the loop died: its samples prove nothing
+            raise AssertionError(f"load loop failed: {self._error!r}") from self._error
         return self.samples
 
     def _token(self, user: str) -> str:
@@ -814,7 +817,10 @@ class LoadLoop:
     def _main(self) -> None:
         import asyncio
 
-        asyncio.run(self._run())
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self._error = exc
 
     async def _run(self) -> None:
         import asyncio

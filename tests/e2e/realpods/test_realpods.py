@@ -206,7 +206,7 @@ def test_b_blue_green_switch_fails_no_request(network: Network, results: Results
         old_color_down_after_switch_s=round(t_down - t_switch, 1),
         rps=s["rps"],
     )
-    assert s["failed"] == 0, s
+    assert s["failed"] == 0 and s["ok"] > 20, s  # a loop that died early sent nothing
     assert t_down - t_switch >= 9, "the old color went down before scaleDownDelaySeconds"
 
 
@@ -266,7 +266,7 @@ def test_f_certificate_renewal_rolls_the_pods_without_failed_requests(
         renewed_after_s=round(t_renewed - t0, 1),
         rps=s["rps"],
     )
-    assert s["failed"] == 0, s
+    assert s["failed"] == 0 and s["ok"] > 20, s  # a loop that died early sent nothing
 
 
 # ---------------------------------------------------------------- e) pod deleted under load
@@ -426,7 +426,7 @@ def test_c_canary_share_follows_the_replica_ratio(network: Network, results: Res
         tolerance=tolerance,
     )
     _log(f"c) first failures: {s['first_failures']}")
-    assert s["failed"] == 0, s
+    assert s["failed"] == 0 and s["ok"] > 20, s  # a loop that died early sent nothing
 
 
 # ---------------------------------------------------------------- d) autoscaling
@@ -510,4 +510,4 @@ def test_d_the_hpa_scales_the_router_out_and_in_and_the_operator_never_fights_it
     )
     assert min(r[1] or 0 for r in under_load) >= 2, f"replicas went back under load: {under_load}"
     assert not any(o.startswith("fdp-operator") for o in owners), owners
-    assert s["failed"] == 0, s
+    assert s["failed"] == 0 and s["ok"] > 20, s  # a loop that died early sent nothing

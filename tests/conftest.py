@@ -13,10 +13,11 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.kube import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack" / "cluster"
@@ -31,33 +32,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
         if realpods_dir in parents:
             item.add_marker(pytest.mark.realpods)
-
-
-@dataclass
-class Cluster:
-    """A kubeconfig plus the tools that go with it."""
-
-    kubeconfig: str
-    bin_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    name: str = ""
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.bin_dir / "kubectl"), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
 
 
 def _tool_dir_from_path() -> Path | None:

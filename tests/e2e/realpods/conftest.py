@@ -40,6 +40,8 @@ import pytest
 import yaml
 from fdp_operator import tls
 
+from tests.support.kube import Cluster, eventually
+
 REPO = Path(__file__).resolve().parents[3]
 HACK = REPO / "hack" / "cluster"
 IMAGES = REPO / "hack" / "images"
@@ -59,22 +61,6 @@ DATABASES = ("bg", "canary", "hpa")
 BIN = Path(sys.executable).parent
 
 
-def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or check}: last={last!r}")
-
-
 def _log(msg: str) -> None:
     print(f"[realpods {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -83,28 +69,9 @@ def _log(msg: str) -> None:
 
 
 @dataclass
-class RealCluster:
-    name: str
-    kubeconfig: str
-    bin_dir: Path
-    env: dict[str, str]
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.bin_dir / "kubectl"), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
+class RealCluster(Cluster):
+    """The real-node cluster: kubectl (tests/support/kube.py) plus helm and the lookups the
+    scenarios use."""
 
     def helm(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -283,7 +250,7 @@ def realnode(k8s_bin_dir: Path) -> Iterator[RealCluster]:
                     raise RuntimeError(f"hack/images/build.sh failed:\n{log_text[-5000:]}")
                 _log("hack/images/build.sh done")
         env["KUBECONFIG"] = out.strip().splitlines()[-1]
-        cluster = RealCluster(name, env["KUBECONFIG"], k8s_bin_dir, env)
+        cluster = RealCluster(kubeconfig=env["KUBECONFIG"], bin_dir=k8s_bin_dir, env=env, name=name)
         _prepare(cluster)
         _log(f"real-node cluster {name} ready in {time.monotonic() - t0:.0f}s")
     except BaseException:

@@ -35,6 +35,7 @@ from fdp_router.privacy.api import (
 from fdp_router.privacy.audit import parse_keyring
 from fdp_router.privacy.events import event_for_request
 from fdp_router.privacy.ledger import open_ledger, verify_ledger
+from fdp_router.privacy.ledger.core import AUDIT_COLUMNS
 from fdp_router.privacy.ledger.maintenance import make_checkpoint
 from fdp_router.privacy.ledger.postgres import PostgresDriver
 from fdp_router.privacy.ledger.sqlite import SqliteDriver
@@ -373,19 +374,7 @@ def _write_schema1(env: LedgerEnv, users: list[str]) -> None:
             },
         )
         prev = rec["hash"]
-        cols = (
-            "seq",
-            "ts",
-            "kind",
-            "reservation_id",
-            "epsilon",
-            "delta",
-            "key_id",
-            "nonce",
-            "ciphertext",
-            "prev_hash",
-            "hash",
-        )
+        cols = AUDIT_COLUMNS
         stmts.append(f"INSERT INTO fdp_audit ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})")
         params.append(tuple(rec[c] for c in cols))
         stmts.append("INSERT INTO fdp_reservations VALUES (?, 0, ?, ?, ?, ?, ?, 'reserved', ?, NULL)")

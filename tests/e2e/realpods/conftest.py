@@ -240,9 +240,18 @@ def realnode(k8s_bin_dir: Path) -> Iterator[RealCluster]:
     up_env = dict(env, FDP_REAL_NODES="1", FDP_CLUSTER_NODES="0")
     try:
         try:
-            out = _run(
-                [str(HACK / "up.sh"), name], env=up_env, timeout=900, what=f"hack/cluster/up.sh {name}"
-            )
+            up = [str(HACK / "up.sh"), name]
+            try:
+                out = _run(up, env=up_env, timeout=900, what=f"hack/cluster/up.sh {name}")
+            except RuntimeError as first:
+                # Seen once in a fresh-clone CI run (node not Ready in 90 s, cause not found; the
+                # next module's fresh start worked): show the kubelet's last words, start once more.
+                kubelet_log = Path(os.environ.get("FDP_CACHE_DIR") or Path.home() / ".cache/federated-dp-llm")
+                kubelet_log = kubelet_log / "realnode" / name / "logs" / "kubelet.log"
+                tail = kubelet_log.read_text(errors="replace")[-3000:] if kubelet_log.exists() else ""
+                _log(f"up.sh failed, retrying once after down.sh:\n{str(first)[-1500:]}\nkubelet:\n{tail}")
+                subprocess.run([str(HACK / "down.sh"), name], capture_output=True, timeout=300, env=env)
+                out = _run(up, env=up_env, timeout=900, what=f"hack/cluster/up.sh {name} (retry)")
         finally:
             if build is not None:
                 log_text, _ = build.communicate(timeout=1800)

@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 
 from fdp_operator import conditions as cond
-from fdp_operator.kube import Kube
+from fdp_operator.kube import Kube, bearer_token, load_configuration
 from fdp_operator.models import GROUP, VERSION, LabelSelector
 from fdp_operator.reconcile.node import reconcile_node
 from fdp_operator.reconcile.policy import reconcile_policy
@@ -319,13 +319,32 @@ async def node_prober(
 # ---------------------------------------------------------------- registration
 
 
+def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: in-cluster ServiceAccount, else ``$KUBECONFIG`` as it is now."""
+    cfg = load_configuration()
+    scheme, token = bearer_token(cfg)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
 def build_registry(config: OperatorConfig, settings: OperatorSettings) -> kopf.OperatorRegistry:
     """A registry with every handler, its timers from ``config``: pass it to ``kopf.run`` or
     ``KopfRunner(..., registry=...)``. Handler ids are the function names (as before: kopf's
     progress annotations name them)."""
     reg = kopf.OperatorRegistry()
-    # kopf's default registry logs in through the kubernetes client; an own registry says so
-    kopf.on.login(registry=reg)(kopf.login_via_client)
+    # The same credentials as the operator's own client (kube.load_configuration): kopf's
+    # login_via_client would read the kubeconfig path fixed when `kubernetes` was imported.
+    kopf.on.login(registry=reg)(login)
     fr, pp, hn = (
         (GROUP, VERSION, "federatedrouters"),
         (GROUP, VERSION, "privacypolicies"),

@@ -10,6 +10,7 @@ pure code never imports it.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +48,28 @@ class ApiError(Exception):
 
 
 def load_configuration() -> Configuration:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    """In-cluster credentials when running in a pod, else the kubeconfig.
+
+    ``$KUBECONFIG`` is read now, not when the ``kubernetes`` package was imported (its
+    default path is fixed at import): an operator started in-process after the variable
+    changed (kopf's ``KopfRunner``, tests) must not fall back to ``~/.kube/config``, which
+    may name another cluster."""
     cfg = Configuration()
     try:
         kube_config.load_incluster_config(client_configuration=cfg)
     except kube_config.ConfigException:
-        kube_config.load_kube_config(client_configuration=cfg)
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
     return cfg
+
+
+def bearer_token(cfg: Configuration) -> tuple[str | None, str | None]:
+    """(scheme, token) of the configuration's Authorization header, if any (the kubernetes
+    client keeps it as ``BearerToken`` since 36.0.1, as ``authorization`` before)."""
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    if not header:
+        return None, None
+    scheme, _, token = header.partition(" ")
+    return (scheme, token) if token else (None, scheme)
 
 
 @dataclass

@@ -19,13 +19,23 @@ from fdp_operator.models import (
     ALLOW_MOUNT_LABEL,
     API_BASE_PATH,
     DEFAULT_ROUTER_IMAGE,
+    DNS_SUBDOMAIN,
     GROUP,
+    LABEL_KEY,
+    LABEL_VALUE,
+    MAX_NODE_SELECTOR_LABELS,
+    MAX_SPREAD_CONSTRAINTS,
     MAX_TOKEN_AGE_SECONDS,
+    MAX_TOLERATIONS,
+    MIN_DOMAINS_NEED_DO_NOT_SCHEDULE,
     PHI_NEEDS_A_MECHANISM,
     QUANTITY,
     SQLITE_NO_AUTOSCALING,
     SQLITE_NO_PROGRESSIVE,
     SQLITE_ONE_REPLICA,
+    TOLERATION_EXISTS_NO_VALUE,
+    TOLERATION_NO_KEY_NEEDS_EXISTS,
+    TOLERATION_SECONDS_NEED_NO_EXECUTE,
     VERSION,
     DataClassName,
     MechanismName,
@@ -541,6 +551,193 @@ ROLLOUT = _obj(
     },
 )
 
+LABEL_KEY_MAX = 317  # a 253-character prefix, '/', a 63-character name
+_MAX_EXPRESSIONS = 32
+_MAX_VALUES = 64
+
+
+def _preserved(desc: str) -> Schema:
+    return {"type": "object", "description": desc, "x-kubernetes-preserve-unknown-fields": True}
+
+
+_POD_LABEL_SELECTOR = _obj(
+    "the pods this constraint counts (metav1.LabelSelector); absent: this router's own pods, every "
+    "color and track together (app.kubernetes.io/name: fdp-router, app.kubernetes.io/instance: "
+    "<router>, the labels the operator puts on them)",
+    {
+        "matchLabels": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+        },
+        "matchExpressions": {
+            "type": "array",
+            "maxItems": _MAX_EXPRESSIONS,
+            "items": _obj(
+                "a label requirement",
+                {
+                    "key": _s("label key", maxLength=LABEL_KEY_MAX),
+                    "operator": _s(
+                        "In, NotIn, Exists, DoesNotExist", enum=["In", "NotIn", "Exists", "DoesNotExist"]
+                    ),
+                    "values": {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_VALUES},
+                },
+                required=["key", "operator"],
+                **{
+                    "x-kubernetes-validations": [
+                        _rule(
+                            "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0"
+                            " : !has(self.values) || size(self.values) == 0",
+                            "values must be non-empty with operator In or NotIn and empty with Exists "
+                            "or DoesNotExist",
+                            fieldPath=".values",
+                        )
+                    ]
+                },
+            ),
+        },
+    },
+    **{"x-kubernetes-map-type": "atomic"},
+)
+
+_TOLERATION = _obj(
+    "a core/v1 Toleration",
+    {
+        "key": _s(
+            "the taint key; empty (with operator Exists): every taint",
+            maxLength=LABEL_KEY_MAX,
+            pattern=f"^$|{LABEL_KEY}",
+        ),
+        "operator": _s("Equal (the default when absent) or Exists", enum=["Exists", "Equal"]),
+        "value": _s("the taint value (operator Equal)", maxLength=63, pattern=LABEL_VALUE),
+        "effect": _s(
+            "the taint effect to match; empty: every effect",
+            enum=["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
+        ),
+        "tolerationSeconds": _i(
+            "NoExecute: how long the pod stays bound after the taint appears; absent: forever",
+            format="int64",
+        ),
+    },
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "!has(self.value) || self.value == '' || !has(self.operator) || self.operator != 'Exists'",
+                f"scheduling.tolerations[].value {TOLERATION_EXISTS_NO_VALUE}",
+                fieldPath=".value",
+            ),
+            _rule(
+                "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                f"scheduling.tolerations[]: {TOLERATION_NO_KEY_NEEDS_EXISTS}",
+            ),
+            _rule(
+                "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                f"scheduling.tolerations[].tolerationSeconds {TOLERATION_SECONDS_NEED_NO_EXECUTE}",
+                fieldPath=".tolerationSeconds",
+            ),
+        ]
+    },
+)
+
+_SPREAD_CONSTRAINT = _obj(
+    "a core/v1 TopologySpreadConstraint",
+    {
+        "maxSkew": _i("largest allowed difference of matching pods between two domains", minimum=1),
+        "topologyKey": _s(
+            "node label whose values are the domains (e.g. topology.kubernetes.io/zone, "
+            "kubernetes.io/hostname)",
+            minLength=1,
+            maxLength=LABEL_KEY_MAX,
+            pattern=LABEL_KEY,
+        ),
+        "whenUnsatisfiable": _s(
+            "DoNotSchedule (a hard rule: pods stay Pending) or ScheduleAnyway (a preference)",
+            enum=["DoNotSchedule", "ScheduleAnyway"],
+        ),
+        "labelSelector": _POD_LABEL_SELECTOR,
+        "minDomains": _i("DoNotSchedule: fewer eligible domains count as this many", minimum=1),
+        "matchLabelKeys": {
+            "type": "array",
+            "description": "pod label keys whose values (taken from the incoming pod) narrow labelSelector, "
+            "e.g. pod-template-hash to spread each revision on its own",
+            "items": {"type": "string"},
+            "maxItems": _MAX_EXPRESSIONS,
+            "x-kubernetes-list-type": "atomic",
+        },
+        "nodeAffinityPolicy": _s(
+            "Honor (default): count only nodes the pod's nodeSelector/affinity admit; Ignore: all",
+            enum=["Honor", "Ignore"],
+        ),
+        "nodeTaintsPolicy": _s(
+            "Honor: count only nodes whose taints the pod tolerates; Ignore (default): all",
+            enum=["Honor", "Ignore"],
+        ),
+    },
+    required=["maxSkew", "topologyKey", "whenUnsatisfiable"],
+    **{
+        "x-kubernetes-validations": [
+            _rule(
+                "!has(self.minDomains) || self.whenUnsatisfiable == 'DoNotSchedule'",
+                f"scheduling.topologySpreadConstraints[].minDomains {MIN_DOMAINS_NEED_DO_NOT_SCHEDULE}",
+                fieldPath=".minDomains",
+            )
+        ]
+    },
+)
+
+SCHEDULING = _obj(
+    "where the router pods run: copied onto every router pod template (the Deployment, both colors "
+    "of a blue/green rollout, stable and canary), so a change rolls out like an image change. "
+    "Not to be confused with spec.nodeSelector, which selects HospitalNodes",
+    {
+        "nodeSelector": {
+            "type": "object",
+            "description": "node labels a node must carry to run a router pod (the pod's nodeSelector)",
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+            "maxProperties": MAX_NODE_SELECTOR_LABELS,
+            "x-kubernetes-validations": [
+                _rule(
+                    f"self.all(k, size(k) <= {LABEL_KEY_MAX} && k.matches('{LABEL_KEY}'))",
+                    "scheduling.nodeSelector keys must be label keys ([prefix/]name, the name 1-63 "
+                    "characters)",
+                )
+            ],
+        },
+        "tolerations": {
+            "type": "array",
+            "description": "taints the router pods tolerate (core/v1 Toleration)",
+            "items": _TOLERATION,
+            "maxItems": MAX_TOLERATIONS,
+            "x-kubernetes-list-type": "atomic",
+        },
+        "affinity": _obj(
+            "node affinity and pod (anti-)affinity (core/v1 Affinity); the content of each is passed "
+            "through as written and validated by the API server when the operator applies the "
+            "Deployment (an error then shows in the router's Ready condition)",
+            {
+                "nodeAffinity": _preserved("core/v1 NodeAffinity"),
+                "podAffinity": _preserved("core/v1 PodAffinity"),
+                "podAntiAffinity": _preserved("core/v1 PodAntiAffinity"),
+            },
+        ),
+        "priorityClassName": _s(
+            "PriorityClass of the router pods (it must exist, or no pod is created)",
+            minLength=1,
+            maxLength=253,
+            pattern=DNS_SUBDOMAIN,
+        ),
+        "topologySpreadConstraints": {
+            "type": "array",
+            "description": "how the router pods spread over zones or nodes (core/v1 "
+            "TopologySpreadConstraint); a constraint without labelSelector counts this router's own "
+            "pods (every color and track together)",
+            "items": _SPREAD_CONSTRAINT,
+            "maxItems": MAX_SPREAD_CONSTRAINTS,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["topologyKey", "whenUnsatisfiable"],
+        },
+    },
+)
+
 FEDERATED_ROUTER_SPEC = _obj(
     "a privacy-preserving router deployment in front of HospitalNodes",
     {
@@ -807,6 +1004,7 @@ FEDERATED_ROUTER_SPEC = _obj(
             },
             default={},
         ),
+        "scheduling": SCHEDULING,
     },
     required=["policyRef"],
     **{
@@ -1018,7 +1216,7 @@ def _rows(schema: Schema, path: str) -> list[str]:
             typ = f"[]{sub['items'].get('type', '')}"
         extra = []
         if "enum" in sub:
-            extra.append("one of " + ", ".join(f"`{e}`" for e in sub["enum"]))
+            extra.append("one of " + ", ".join(f"`{json_text(e)}`" for e in sub["enum"]))
         for key, word in (("minimum", "≥"), ("maximum", "≤")):
             if key in sub:
                 strict = sub.get("exclusiveMinimum" if key == "minimum" else "exclusiveMaximum")

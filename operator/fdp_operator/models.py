@@ -38,7 +38,15 @@ from fdp_router.config import (
     Strategy,
     check_options,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "fdp.io"
@@ -645,6 +653,142 @@ class NetworkPolicySpec(SpecModel):
     )
 
 
+# Patterns in RE2 without backslashes, so that the CRD's CEL rules can quote them as written.
+#: a DNS subdomain (RFC 1123), as Kubernetes spells object names such as a PriorityClass's
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: a label key: an optional DNS-subdomain prefix and '/', then a name of 1-63 characters
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: a label value: empty, or 1-63 alphanumerics with '-', '_' or '.' inside
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+MAX_NODE_SELECTOR_LABELS = 64
+MAX_TOLERATIONS = 64
+MAX_SPREAD_CONSTRAINTS = 16
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+TOLERATION_EXISTS_NO_VALUE = "must be empty when operator is Exists (Exists matches any value)"
+TOLERATION_NO_KEY_NEEDS_EXISTS = (
+    "a toleration without a key must have operator Exists (it then tolerates every taint)"
+)
+TOLERATION_SECONDS_NEED_NO_EXECUTE = "is only allowed with effect NoExecute"
+MIN_DOMAINS_NEED_DO_NOT_SCHEDULE = "is only allowed with whenUnsatisfiable DoNotSchedule"
+
+
+class Toleration(SpecModel):
+    """core/v1 Toleration, checked as the API server checks a pod's."""
+
+    key: str | None = Field(None, max_length=317, pattern=r"^$|" + LABEL_KEY)
+    # declared before value: value's check reads it
+    operator: Literal["Exists", "Equal"] | None = None
+    value: LabelValue | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = None
+    toleration_seconds: int | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _exists_has_no_value(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("operator") == "Exists":
+            raise ValueError(TOLERATION_EXISTS_NO_VALUE)
+        return value
+
+    @field_validator("toleration_seconds")
+    @classmethod
+    def _seconds_need_no_execute(cls, seconds: int | None, info: ValidationInfo) -> int | None:
+        if seconds is not None and info.data.get("effect") != "NoExecute":
+            raise ValueError(TOLERATION_SECONDS_NEED_NO_EXECUTE)
+        return seconds
+
+    @model_validator(mode="after")
+    def _no_key_means_exists(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise ValueError(TOLERATION_NO_KEY_NEEDS_EXISTS)
+        return self
+
+
+class PodLabelSelector(LabelSelector):
+    """A metav1.LabelSelector over pods; each requirement's values as the API server wants them."""
+
+    @model_validator(mode="after")
+    def _values(self) -> PodLabelSelector:
+        for i, req in enumerate(self.match_expressions):
+            if req.operator in ("In", "NotIn") and not req.values:
+                raise ValueError(
+                    f"matchExpressions.{i}.values must be non-empty with operator {req.operator}"
+                )
+            if req.operator in ("Exists", "DoesNotExist") and req.values:
+                raise ValueError(f"matchExpressions.{i}.values must be empty with operator {req.operator}")
+        return self
+
+
+class TopologySpreadConstraint(SpecModel):
+    """core/v1 TopologySpreadConstraint; an absent labelSelector selects this router's pods."""
+
+    max_skew: int = Field(..., ge=1)
+    topology_key: str = Field(..., min_length=1, max_length=317, pattern=LABEL_KEY)
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
+    label_selector: PodLabelSelector | None = None
+    min_domains: int | None = Field(None, ge=1)
+    match_label_keys: tuple[str, ...] = ()
+    node_affinity_policy: Literal["Honor", "Ignore"] | None = None
+    node_taints_policy: Literal["Honor", "Ignore"] | None = None
+
+    @model_validator(mode="after")
+    def _min_domains(self) -> TopologySpreadConstraint:
+        if self.min_domains is not None and self.when_unsatisfiable != "DoNotSchedule":
+            raise ValueError(f"minDomains {MIN_DOMAINS_NEED_DO_NOT_SCHEDULE}")
+        return self
+
+
+class AffinitySpec(SpecModel):
+    """core/v1 Affinity: the three kinds are named here (a misspelt one is refused); what is
+    inside each is passed through as written and validated by the API server."""
+
+    node_affinity: dict[str, Any] | None = None
+    pod_affinity: dict[str, Any] | None = None
+    pod_anti_affinity: dict[str, Any] | None = None
+
+
+class SchedulingSpec(SpecModel):
+    """Where the router pods run; copied onto every router pod template (each color/track)."""
+
+    node_selector: dict[Annotated[str, Field(max_length=317, pattern=LABEL_KEY)], LabelValue] = Field(
+        default_factory=dict, max_length=MAX_NODE_SELECTOR_LABELS
+    )
+    tolerations: tuple[Toleration, ...] = Field((), max_length=MAX_TOLERATIONS)
+    affinity: AffinitySpec | None = None
+    priority_class_name: str | None = Field(None, min_length=1, max_length=253)
+    topology_spread_constraints: tuple[TopologySpreadConstraint, ...] = Field(
+        (), max_length=MAX_SPREAD_CONSTRAINTS
+    )
+
+    @field_validator("priority_class_name")
+    @classmethod
+    def _dns_subdomain(cls, name: str | None) -> str | None:
+        if name is not None and not re.match(DNS_SUBDOMAIN, name):
+            raise ValueError(
+                f"{name!r} is not a PriorityClass name: a DNS subdomain (lowercase letters, digits, "
+                "'-' and '.', starting and ending with a letter or digit)"
+            )
+        return name
+
+    @field_validator("topology_spread_constraints")
+    @classmethod
+    def _one_per_key_and_action(
+        cls, constraints: tuple[TopologySpreadConstraint, ...]
+    ) -> tuple[TopologySpreadConstraint, ...]:
+        seen: set[tuple[str, str]] = set()
+        for i, c in enumerate(constraints):
+            pair = (c.topology_key, c.when_unsatisfiable)
+            if pair in seen:
+                raise ValueError(
+                    f"[{i}] repeats topologyKey {c.topology_key!r} with whenUnsatisfiable "
+                    f"{c.when_unsatisfiable} (one constraint per pair)"
+                )
+            seen.add(pair)
+        return constraints
+
+
 class FederatedRouterSpec(SpecModel):
     image: str = DEFAULT_ROUTER_IMAGE
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -666,6 +810,7 @@ class FederatedRouterSpec(SpecModel):
     tls: RouterTLSSpec = RouterTLSSpec()
     service: ServiceSpec = ServiceSpec()
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
+    scheduling: SchedulingSpec = SchedulingSpec()
 
     @model_validator(mode="after")
     def _sqlite_single_pod(self) -> FederatedRouterSpec:

@@ -143,3 +143,39 @@ def test_candidate_sets_carry_the_routers_option_limits() -> None:
 
 def test_the_policy_mechanism_is_marked_deprecated() -> None:
     assert _spec("PrivacyPolicy")["properties"]["mechanism"]["description"].startswith("deprecated")
+
+
+def test_router_scheduling_is_the_pod_fields_with_the_api_servers_rules() -> None:
+    sched = _spec("FederatedRouter")["properties"]["scheduling"]
+    props = sched["properties"]
+    assert set(props) == {
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "priorityClassName",
+        "topologySpreadConstraints",
+    }
+    assert "spec.nodeSelector, which selects HospitalNodes" in sched["description"]
+    toleration = props["tolerations"]["items"]
+    assert toleration["properties"]["operator"]["enum"] == ["Exists", "Equal"]
+    assert toleration["properties"]["effect"]["enum"] == ["NoSchedule", "PreferNoSchedule", "NoExecute", ""]
+    messages = [r["message"] for r in toleration["x-kubernetes-validations"]]
+    assert any("value must be empty when operator is Exists" in m for m in messages)
+    for kind in ("nodeAffinity", "podAffinity", "podAntiAffinity"):
+        assert props["affinity"]["properties"][kind]["x-kubernetes-preserve-unknown-fields"] is True
+    tsc = props["topologySpreadConstraints"]
+    assert tsc["x-kubernetes-list-type"] == "map"  # one constraint per (key, action), as a pod's
+    assert tsc["x-kubernetes-list-map-keys"] == ["topologyKey", "whenUnsatisfiable"]
+    assert set(tsc["items"]["required"]) >= set(tsc["x-kubernetes-list-map-keys"])
+    assert tsc["items"]["properties"]["maxSkew"]["minimum"] == 1
+    assert "this router's own pods" in tsc["description"]
+    # bounded lists and maps: the API server estimates the cost of each CEL rule from them
+    assert props["tolerations"]["maxItems"] and tsc["maxItems"] and props["nodeSelector"]["maxProperties"]
+
+
+def test_cel_rules_quote_their_patterns_without_backslashes() -> None:
+    """A CEL string literal refuses escapes like '\\.': the patterns quoted in rules use [.]."""
+    for crd in all_crds():
+        for path, node in _walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            for rule in node.get("x-kubernetes-validations", []):
+                assert "\\" not in rule["rule"], f"{path}: {rule['rule']}"

@@ -269,3 +269,133 @@ def test_a_node_reads_its_credentials_base_path_timeouts_and_probe_method() -> N
     ):
         with pytest.raises(SpecError, match=field.replace(".", r"\.")):
             parse_node(node_body("gw", **bad))
+
+
+def _scheduling(**fields):
+    return router_body(scheduling=fields)
+
+
+@pytest.mark.parametrize(
+    ("scheduling", "needle"),
+    [
+        (
+            {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+            "spec.scheduling.tolerations.0.value: must be empty when operator is Exists",
+        ),
+        (
+            {"tolerations": [{"key": "k", "operator": "In"}]},
+            "spec.scheduling.tolerations.0.operator: Input should be 'Exists' or 'Equal'",
+        ),
+        (
+            {"tolerations": [{"key": "k"}, {"key": "k", "effect": "NoEvict"}]},
+            "spec.scheduling.tolerations.1.effect: Input should be 'NoSchedule', 'PreferNoSchedule', "
+            "'NoExecute' or ''",
+        ),
+        (
+            {"tolerations": [{"value": "v"}]},
+            "spec.scheduling.tolerations.0: a toleration without a key must have operator Exists",
+        ),
+        (
+            {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 30}]},
+            "spec.scheduling.tolerations.0.tolerationSeconds: is only allowed with effect NoExecute",
+        ),
+        (
+            {"tolerations": [{"key": "k", "value": "not a label value"}]},
+            "spec.scheduling.tolerations.0.value",
+        ),
+        ({"priorityClassName": "High_Priority"}, "spec.scheduling.priorityClassName: 'High_Priority' is not"),
+        ({"priorityClassName": "x" * 254}, "spec.scheduling.priorityClassName"),
+        ({"nodeSelector": {"pool": "not valid!"}}, "spec.scheduling.nodeSelector.pool"),
+        ({"nodeSelector": {"no spaces/in keys": "x"}}, "spec.scheduling.nodeSelector.no spaces/in keys"),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 0, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"}
+                ]
+            },
+            "spec.scheduling.topologySpreadConstraints.0.maxSkew: Input should be greater than or equal to 1",
+        ),
+        (
+            {"topologySpreadConstraints": [{"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}]},
+            "spec.scheduling.topologySpreadConstraints.0.topologyKey: Field required",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "Sometimes"}
+                ]
+            },
+            "spec.scheduling.topologySpreadConstraints.0.whenUnsatisfiable: Input should be 'DoNotSchedule' "
+            "or 'ScheduleAnyway'",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2}
+                ]
+            },
+            "spec.scheduling.topologySpreadConstraints.0: minDomains is only allowed with whenUnsatisfiable "
+            "DoNotSchedule",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"},
+                    {"maxSkew": 2, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"},
+                ]
+            },
+            "spec.scheduling.topologySpreadConstraints: [1] repeats topologyKey 'z'",
+        ),
+        (
+            {
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "z",
+                        "whenUnsatisfiable": "DoNotSchedule",
+                        "labelSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]},
+                    }
+                ]
+            },
+            "spec.scheduling.topologySpreadConstraints.0.labelSelector: matchExpressions.0.values must be "
+            "non-empty with operator In",
+        ),
+        (
+            {"affinity": {"nodeAfinity": {}}},
+            "spec.scheduling.affinity.nodeAfinity: Extra inputs are not permitted",
+        ),
+        ({"affinity": []}, "spec.scheduling.affinity"),
+        ({"tolerations": [{"key": "k"}], "nodeSelecter": {"a": "b"}}, "spec.scheduling.nodeSelecter"),
+    ],
+)
+def test_invalid_scheduling_is_rejected_with_the_field_named(scheduling, needle) -> None:
+    with pytest.raises(SpecError) as exc:
+        parse_router(_scheduling(**scheduling))
+    assert needle in str(exc.value)
+
+
+def test_valid_scheduling_parses_and_leaves_the_hospital_node_selector_alone() -> None:
+    r = parse_router(
+        router_body(
+            nodeSelector={"matchLabels": {"fdp.io/network": "x"}},
+            scheduling={
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [
+                    {"operator": "Exists"},  # every taint
+                    {"key": "k", "operator": "Exists", "value": ""},
+                    {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "tolerationSeconds": 60},
+                    {"key": "k", "value": "v", "effect": ""},
+                ],
+                "affinity": {"podAntiAffinity": {"anything": ["the API server checks it"]}},
+                "priorityClassName": "system-cluster-critical",
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule", "minDomains": 3},
+                    {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "ScheduleAnyway"},
+                ],
+            },
+        )
+    )
+    assert r.spec.node_selector.match_labels == {"fdp.io/network": "x"}  # HospitalNodes, as before
+    assert r.spec.scheduling.node_selector == {"kubernetes.io/os": "linux"}
+    assert len(r.spec.scheduling.tolerations) == 4
+    assert r.spec.scheduling.affinity is not None and r.spec.scheduling.affinity.pod_anti_affinity

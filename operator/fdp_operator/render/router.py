@@ -21,7 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fdp_operator.models import ALLOW_MOUNT_LABEL, FederatedRouter, HospitalNode, PrivacyPolicy
+from fdp_operator.models import (
+    ALLOW_MOUNT_LABEL,
+    FederatedRouter,
+    HospitalNode,
+    LabelSelectorRequirement,
+    PrivacyPolicy,
+)
 from fdp_operator.render import names
 from fdp_operator.render.config import (
     AUTH_MOUNT,
@@ -149,6 +155,53 @@ def _secret_volume(name: str, secret: str, items: list[str] | None = None) -> di
     return {"name": name, "secret": src}
 
 
+def render_scheduling(router: FederatedRouter) -> dict[str, Any]:
+    """The pod spec fields of ``spec.scheduling``; only those set (an unset field adds no key,
+    so a router without scheduling keeps its pod template and revision). A topology spread
+    constraint without labelSelector counts this router's pods: every color and track."""
+    sched = router.spec.scheduling
+    out: dict[str, Any] = {}
+    if sched.node_selector:
+        out["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sched.tolerations]
+    affinity = sched.affinity.model_dump(by_alias=True, exclude_none=True) if sched.affinity else {}
+    if affinity:
+        out["affinity"] = affinity
+    if sched.priority_class_name:
+        out["priorityClassName"] = sched.priority_class_name
+    constraints = []
+    for c in sched.topology_spread_constraints:
+        tsc = c.model_dump(by_alias=True, exclude_none=True, exclude={"label_selector", "match_label_keys"})
+        selector = c.label_selector
+        tsc["labelSelector"] = (
+            {"matchLabels": names.selector_labels(router.ref.name)}
+            if selector is None
+            else _label_selector(selector.match_labels, selector.match_expressions)
+        )
+        if c.match_label_keys:
+            tsc["matchLabelKeys"] = list(c.match_label_keys)
+        constraints.append(tsc)
+    if constraints:
+        out["topologySpreadConstraints"] = constraints
+    return out
+
+
+def _label_selector(
+    labels: Mapping[str, str], expressions: Sequence[LabelSelectorRequirement]
+) -> dict[str, Any]:
+    """A metav1.LabelSelector as the API server spells it (empty parts left out)."""
+    out: dict[str, Any] = {}
+    if labels:
+        out["matchLabels"] = dict(labels)
+    if expressions:
+        out["matchExpressions"] = [
+            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
+            for e in expressions
+        ]
+    return out
+
+
 def render_pod_template(
     router: FederatedRouter,
     config_map_name: str,
@@ -245,6 +298,7 @@ def render_pod_template(
                 }
             ],
             "volumes": volumes,
+            **render_scheduling(router),
         },
     }
 

@@ -419,3 +419,179 @@ def test_mfa_token_age_and_rate_limits_reach_the_router_config(make_router, make
     assert (cfg.rate_limits.per_user.rate_per_second, cfg.rate_limits.per_user.burst) == (1, 5)
     assert not cfg.rate_limits.per_department.enabled
     assert cfg.rate_limits.client_address_header == "X-Forwarded-For"
+
+
+# ---------------------------------------------------------------- spec.scheduling
+
+SCHEDULING = {
+    "nodeSelector": {"node.kubernetes.io/pool": "fdp", "kubernetes.io/os": "linux"},
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "fdp-router", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+    ],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]},
+                ]
+            }
+        },
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "fr1"}},
+                    },
+                }
+            ]
+        },
+    },
+    "priorityClassName": "fdp-critical",
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+        {
+            "maxSkew": 2,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge"]}]},
+            "matchLabelKeys": ["pod-template-hash"],
+            "nodeTaintsPolicy": "Honor",
+        },
+    ],
+}
+#: the selector of the router's own pods, every color and track (names.selector_labels)
+OWN_PODS = {"matchLabels": {"app.kubernetes.io/name": "fdp-router", "app.kubernetes.io/instance": "fr1"}}
+
+
+def _assert_scheduled(pod: dict, name: str) -> None:
+    """Every spec.scheduling field of SCHEDULING, as the pod spec of Deployment `name` carries it."""
+    assert pod["nodeSelector"] == SCHEDULING["nodeSelector"], name
+    assert pod["tolerations"] == SCHEDULING["tolerations"], name
+    assert pod["affinity"] == SCHEDULING["affinity"], name
+    assert pod["priorityClassName"] == "fdp-critical", name
+    zone, host = pod["topologySpreadConstraints"]
+    assert zone == {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": OWN_PODS,  # no labelSelector given: this router's own pods
+    }, name
+    assert host == SCHEDULING["topologySpreadConstraints"][1], name  # given: kept as written
+
+
+def _deployments(r) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in r.objects if o["kind"] == "Deployment"}
+
+
+def _settled(r) -> ObservedState:
+    """What the next reconcile observes once every Deployment of `r` is fully available."""
+    counts = {o["metadata"]["name"]: o["spec"]["replicas"] for o in r.plan.scale}
+    cluster = {}
+    for name, dep in _deployments(r).items():
+        d = json.loads(json.dumps(dep))
+        n = counts.get(name, d["spec"].get("replicas", 1))
+        d["spec"]["replicas"] = n
+        d["metadata"]["generation"] = 1
+        d["status"] = {
+            "observedGeneration": 1,
+            **dict.fromkeys(("replicas", "updatedReplicas", "readyReplicas", "availableReplicas"), n),
+        }
+        cluster[name] = d
+    services = {o["metadata"]["name"]: o for o in r.objects if o["kind"] == "Service"}
+    return ObservedState(
+        now=NOW, deployments=cluster, services=services, previous_rollout_status=r.plan.rollout_status
+    )
+
+
+def test_scheduling_reaches_the_pod_spec_of_the_plain_deployment(make_router, make_policy, make_node) -> None:
+    r = _render(make_router(scheduling=SCHEDULING), make_policy(), [make_node("a")])
+    pod = _template(r)["spec"]
+    _assert_scheduled(pod, "fr1")
+    # the operator's own pod settings stay as they were
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+
+
+def test_without_scheduling_the_pod_template_and_its_revision_do_not_change(
+    make_router, make_policy, make_node
+) -> None:
+    """An operator upgrade must not roll every router: no scheduling, no new keys."""
+    plain = _render(make_router(), make_policy(), [make_node("a")])
+    empty = _render(make_router(scheduling={}), make_policy(), [make_node("a")])
+    pod = _template(plain)["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "topologySpreadConstraints"):
+        assert key not in pod
+    assert _template(empty) == _template(plain)
+    scheduled = _render(make_router(scheduling={"priorityClassName": "p"}), make_policy(), [make_node("a")])
+    assert scheduled.plan.rollout_status["currentRevision"] != plain.plan.rollout_status["currentRevision"]
+
+
+def test_scheduling_reaches_both_colors_of_a_blue_green_rollout(make_router, make_policy, make_node) -> None:
+    nodes, policy = [make_node("a")], make_policy()
+    router = make_router(replicas=2, ledger=PG, rollout={"strategy": "BlueGreen"}, scheduling=SCHEDULING)
+    first = _render(router, policy, nodes)
+    assert set(_deployments(first)) == {"fr1-blue"}
+    update = make_router(
+        image="router:2", replicas=2, ledger=PG, rollout={"strategy": "BlueGreen"}, scheduling=SCHEDULING
+    )
+    r = _render(update, policy, nodes, observed=_settled(first))
+    deps = _deployments(r)
+    assert set(deps) == {"fr1-blue", "fr1-green"}
+    assert deps["fr1-green"]["spec"]["template"]["spec"]["containers"][0]["image"] == "router:2"
+    for name, dep in deps.items():
+        _assert_scheduled(dep["spec"]["template"]["spec"], name)
+        # the default spread selector (no color in it) counts the pods of both colors
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert labels["fdp.io/color"] and OWN_PODS["matchLabels"].items() <= labels.items()
+
+
+def test_adding_scheduling_rolls_out_through_the_preview_color(make_router, make_policy, make_node) -> None:
+    """A scheduling change is a pod template change: green previews it, blue runs on untouched."""
+    nodes, policy = [make_node("a")], make_policy()
+    bg = {"replicas": 2, "ledger": PG, "rollout": {"strategy": "BlueGreen", "autoPromotionEnabled": False}}
+    first = _render(make_router(**bg), policy, nodes)
+    r = _render(make_router(scheduling=SCHEDULING, **bg), policy, nodes, observed=_settled(first))
+    deps = _deployments(r)
+    _assert_scheduled(deps["fr1-green"]["spec"]["template"]["spec"], "fr1-green")
+    assert "tolerations" not in deps["fr1-blue"]["spec"]["template"]["spec"]
+    assert r.plan.rollout_status["currentRevision"] != first.plan.rollout_status["currentRevision"]
+
+
+def test_scheduling_reaches_the_stable_and_the_canary_track(make_router, make_policy, make_node) -> None:
+    nodes, policy = [make_node("a")], make_policy()
+    canary = {
+        "replicas": 4,
+        "ledger": PG,
+        "rollout": {"strategy": "Canary", "steps": [{"setWeight": 25}, {"pause": {}}]},
+        "scheduling": SCHEDULING,
+    }
+    first = _render(make_router(**canary), policy, nodes)
+    r = _render(make_router(image="router:2", **canary), policy, nodes, observed=_settled(first))
+    deps = _deployments(r)
+    assert set(deps) == {"fr1-stable", "fr1-canary"}
+    for name, dep in deps.items():
+        _assert_scheduled(dep["spec"]["template"]["spec"], name)
+
+
+def test_a_spread_constraint_without_a_selector_counts_this_routers_pods_only(
+    make_router, make_policy, make_node
+) -> None:
+    tsc = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"}
+    a = _render(make_router("fr1", scheduling={"topologySpreadConstraints": [tsc]}), make_policy(), [])
+    b = _render(make_router("fr2", scheduling={"topologySpreadConstraints": [tsc]}), make_policy(), [])
+    sel_a = _kinds(a)[("Deployment", "fr1")]["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    sel_b = _kinds(b)[("Deployment", "fr2")]["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert sel_a["labelSelector"] == {"matchLabels": names.selector_labels("fr1")}
+    assert sel_b["labelSelector"] == {"matchLabels": names.selector_labels("fr2")}
+    # the Deployment's own selector: the spread counts exactly the pods this router runs
+    dep = _kinds(a)[("Deployment", "fr1")]
+    assert (
+        sel_a["labelSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    explicit = {**tsc, "labelSelector": {"matchLabels": {"team": "x"}}}
+    c = _render(make_router(scheduling={"topologySpreadConstraints": [explicit]}), make_policy(), [])
+    assert _template(c)["spec"]["topologySpreadConstraints"][0]["labelSelector"] == {
+        "matchLabels": {"team": "x"}
+    }

@@ -7,6 +7,8 @@ import json
 import subprocess
 import time
 
+import yaml
+
 from .conftest import eventually, federated_router, hospital_node, privacy_policy
 
 OWNED_KINDS = ("deployment", "service", "configmap", "secret", "serviceaccount", "pdb", "networkpolicy")
@@ -316,3 +318,95 @@ def test_the_liveness_endpoint_answers(operator_runner) -> None:
             return None
 
     assert eventually(probe, timeout=30, what="liveness endpoint") is not None
+
+
+def test_scheduling_places_the_router_pods_and_a_refused_one_changes_nothing(
+    cluster, kube, namespace, operator_runner, demo_nodes
+) -> None:
+    """spec.scheduling on the pods the API server admits and the scheduler places (pinned to one
+    node, with a PriorityClass's priority); a toleration the CRD refuses is rejected at apply
+    time naming the field; an affinity only the API server can judge is named in Ready and the
+    running Deployment keeps its template."""
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    target = sorted(n["metadata"]["labels"]["kubernetes.io/hostname"] for n in nodes)[-1]
+    priority_class = f"fdp-e2e-{namespace}"
+    cluster.kubectl("create", "priorityclass", priority_class, "--value=1000")
+    try:
+        scheduling = {
+            "nodeSelector": {"kubernetes.io/hostname": target},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "fdp-router", "effect": "NoSchedule"}
+            ],
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "fr"}},
+                            },
+                        }
+                    ]
+                }
+            },
+            "priorityClassName": priority_class,
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}
+            ],
+        }
+        _ca_secret(kube, namespace, demo_nodes)
+        _network(kube, namespace, demo_nodes, n=1, scheduling=scheduling)
+        kube.wait_condition(namespace, "fr", "fr", timeout=90)  # Ready: the pod was placed and runs
+        dep = kube.get(namespace, "deployment", "fr")
+        pod_spec = dep["spec"]["template"]["spec"]
+        assert pod_spec["nodeSelector"] == scheduling["nodeSelector"]
+        assert pod_spec["tolerations"] == scheduling["tolerations"]
+        assert pod_spec["affinity"] == scheduling["affinity"]
+        assert pod_spec["priorityClassName"] == priority_class
+        [spread] = pod_spec["topologySpreadConstraints"]
+        assert spread["labelSelector"] == {
+            "matchLabels": {"app.kubernetes.io/name": "fdp-router", "app.kubernetes.io/instance": "fr"}
+        }, "no labelSelector given: the router's own pods"
+
+        def running_pods():
+            pods = kube.items(namespace, "pod", "app.kubernetes.io/instance=fr")
+            return [p for p in pods if not p["metadata"].get("deletionTimestamp")] or None
+
+        [pod] = eventually(running_pods, what="the router pod")
+        assert pod["spec"]["nodeName"] == target and pod["spec"]["priority"] == 1000
+
+        # refused by the CRD at apply time, the field named
+        for toleration, message in (
+            (
+                {"key": "dedicated", "operator": "Exists", "value": "fdp-router"},
+                "spec.scheduling.tolerations[0].value: Invalid value",
+            ),
+            (
+                {"key": "dedicated", "effect": "NoEvict"},
+                'spec.scheduling.tolerations[0].effect: Unsupported value: "NoEvict"',
+            ),
+            ({"value": "fdp-router"}, "a toleration without a key must have operator Exists"),
+        ):
+            body = federated_router(scheduling={**scheduling, "tolerations": [toleration]})
+            proc = cluster.kubectl(
+                "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
+            )
+            assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+        assert kube.get(namespace, "fr", "fr")["spec"]["scheduling"] == scheduling
+
+        # an affinity the CRD passes through and the API server refuses on the Deployment
+        generation = dep["metadata"]["generation"]
+        empty_terms = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+        }
+        kube.apply(namespace, federated_router(scheduling={**scheduling, "affinity": empty_terms}))
+        ready = kube.wait_condition(namespace, "fr", "fr", status="False")
+        assert ready["reason"] == "ApplyFailed" and "nodeSelectorTerms" in ready["message"], ready
+        after = kube.get(namespace, "deployment", "fr")
+        assert after["metadata"]["generation"] == generation
+        assert after["spec"]["template"]["spec"]["affinity"] == scheduling["affinity"]
+        kube.apply(namespace, federated_router(scheduling=scheduling))
+        kube.wait_condition(namespace, "fr", "fr")
+    finally:
+        cluster.kubectl("delete", "priorityclass", priority_class, "--wait=false", check=False)

@@ -369,7 +369,8 @@ async def health(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     rt = request.app[HOLDER].current
     if rt is not None:
-        request.app[METRICS].queue_depth.set(rt.overload.queue_depth)
+        metrics = request.app[METRICS]
+        metrics.child(metrics.queue_depth).set(rt.overload.queue_depth)
     return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
 
 

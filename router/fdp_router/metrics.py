@@ -4,6 +4,13 @@ collide). Labels are of bounded cardinality: route, status, error type, node, de
 
 Created by ``app.py``; updated by the middleware, ``service.py`` and ``backends.py``.
 
+One process (the default): `Metrics.child` hands out *deferred* series for the hot path: a
+plain float (counters, gauges) or a list of bucket counts (histograms) that the event loop
+updates without prometheus_client's lock, its label validation or its bucket loop. They are
+folded into the prometheus_client series whenever the registry is collected (``/metrics``,
+``registry.get_sample_value``), before anything is read, so every scrape sees exactly what
+it would have seen with direct updates. Event loop only (not thread-safe), like the router.
+
 Several worker processes (``fdp-router serve --workers N``, ``workers.py``): prometheus_client's
 multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR`` in each worker's environment.
 Every worker writes its values to files there; `render` then reads them all
@@ -15,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from bisect import bisect_left
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -27,10 +37,111 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class _DeferredCounter:
+    """A counter series' increments since the last collection."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.pending += amount
+
+    def flush(self, real: Any) -> None:
+        if self.pending:
+            real.inc(self.pending)
+            self.pending = 0.0
+
+
+class _DeferredGauge:
+    """A gauge series' last `set` (None: none since the last collection) and the increments
+    after it."""
+
+    __slots__ = ("assigned", "delta")
+
+    def __init__(self) -> None:
+        self.assigned: float | None = None
+        self.delta = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.delta += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.delta -= amount
+
+    def set(self, value: float) -> None:
+        self.assigned = float(value)
+        self.delta = 0.0
+
+    def flush(self, real: Any) -> None:
+        if self.assigned is not None:
+            real.set(self.assigned + self.delta)
+            self.assigned = None
+        elif self.delta:
+            real.inc(self.delta)
+        self.delta = 0.0
+
+
+class _DeferredHistogram:
+    """A histogram series' observations since the last collection, as bucket counts (the
+    first bucket whose upper bound is >= the value, as prometheus_client counts) and a sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+
+    def flush(self, real: Any) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        real._sum.inc(self.total)
+        for i, n in enumerate(counts):
+            if n:
+                real._buckets[i].inc(n)
+                counts[i] = 0
+        self.total = 0.0
+
+
+class _Flush:
+    """Registered first in the registry: every collection folds the deferred series in
+    before the metrics after it are read. Yields nothing itself."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        self._metrics.flush()
+        return ()
+
+
+def _histogram_internals_ok() -> bool:
+    """The deferred histogram writes prometheus_client's bucket and sum values directly;
+    checked once, so that a release that renames them falls back to direct updates."""
+    h = Histogram("probe", "probe", buckets=(1.0,), registry=None)
+    return isinstance(getattr(h, "_buckets", None), list) and hasattr(h, "_sum")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Deferred series (module docstring) in a single process; in multiprocess mode every
+        # update goes to the shared files at once (another worker may render them).
+        self._deferred = multiprocess_dir() is None and _HISTOGRAMS_OK
+        r.register(_Flush(self))
         self.requests = Counter(
             "fdp_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
@@ -143,21 +254,44 @@ class Metrics:
         )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # (metric, labels, deferred series) in creation order, for `flush`.
+        self._deferred_series: dict[tuple[int, tuple[str, ...]], tuple[Any, tuple[str, ...], Any]] = {}
         self._multiprocess_registry: CollectorRegistry | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, memoised: the hot path touches ~7 labelled series per
-        request, and prometheus_client validates and locks on every labels() call."""
+        """The series of `metric` with `labels` (none: an unlabelled metric itself), memoised:
+        the hot path touches ~12 series per request. In a single process a deferred series
+        (``inc``, ``dec``, ``set``, ``observe`` as prometheus_client's, folded in at the next
+        collection); in multiprocess mode ``metric.labels(*labels)``."""
         key = (id(metric), labels)
         got = self._children.get(key)
         if got is None:
-            got = self._children[key] = metric.labels(*labels)
+            if not self._deferred:
+                got = metric.labels(*labels) if labels else metric
+            else:
+                if labels:
+                    metric.labels(*labels)  # validates the labels now, as a direct update would
+                kind = metric._type
+                if kind == "counter":
+                    got = _DeferredCounter()
+                elif kind == "gauge":
+                    got = _DeferredGauge()
+                else:
+                    got = _DeferredHistogram(list(metric._upper_bounds))
+                self._deferred_series[key] = (metric, labels, got)
+            self._children[key] = got
         return got
+
+    def flush(self) -> None:
+        """Fold the deferred series into prometheus_client's (called by every collection)."""
+        for metric, labels, series in list(self._deferred_series.values()):
+            series.flush(metric.labels(*labels) if labels else metric)
 
     def remove(self, metric: Any, *labels: str) -> None:
         """Drop a labelled series (and its memoised child, which would otherwise stay bound
         to the removed series)."""
         self._children.pop((id(metric), labels), None)
+        self._deferred_series.pop((id(metric), labels), None)
         if multiprocess_dir():
             # prometheus_client cannot remove a series from the shared files (it would only
             # warn): the series keeps its last value until the workers restart.
@@ -176,6 +310,9 @@ class Metrics:
             multiprocess.MultiProcessCollector(reg, path=path)  # type: ignore[no-untyped-call]
             self._multiprocess_registry = reg
         return generate_latest(self._multiprocess_registry)
+
+
+_HISTOGRAMS_OK = _histogram_internals_ok()
 
 
 def multiprocess_dir() -> str | None:

@@ -96,18 +96,19 @@ async def observe(
     metrics = request.app[METRICS]
     route = _route_label(request)
     start = time.perf_counter()
-    metrics.in_flight.inc()
+    in_flight = metrics.child(metrics.in_flight)
+    in_flight.inc()
     status = 500
     try:
         try:
             resp = await handler(request)
         except ApiError as exc:
-            metrics.errors.labels(exc.type).inc()
+            metrics.child(metrics.errors, exc.type).inc()
             body = exc.openai_body() if request.path.startswith(OPENAI_PATHS) else exc.body()
             resp = json_response(body, status=exc.status, headers=exc.headers)
         except web.HTTPException as exc:
             etype = "not_found" if exc.status == 404 else "http_error"
-            metrics.errors.labels(etype).inc()
+            metrics.child(metrics.errors, etype).inc()
             if request.path.startswith(OPENAI_PATHS):
                 body = openai_error(exc.status, _http_message(exc), code=_HTTP_CODES.get(exc.status, etype))
             else:
@@ -123,7 +124,7 @@ async def observe(
             )
         except Exception:
             log.exception("unhandled error")
-            metrics.errors.labels("internal_error").inc()
+            metrics.child(metrics.errors, "internal_error").inc()
             if request.path.startswith(OPENAI_PATHS):
                 body = openai_error(500, "internal error", code="internal_error")
             else:
@@ -135,7 +136,7 @@ async def observe(
         return resp
     finally:
         elapsed = time.perf_counter() - start
-        metrics.in_flight.dec()
+        in_flight.dec()
         metrics.child(metrics.requests, route, str(status)).inc()
         metrics.child(metrics.latency, route).observe(elapsed)
         if request.app[SETTINGS].access_log:

@@ -42,6 +42,8 @@ class OverloadLimiter:
 
     @property
     def queue_depth(self) -> int:
+        if not self._heap:  # every request while the router is not overloaded
+            return 0
         return sum(1 for w in self._heap if not w.future.done())
 
     def _retry_after(self) -> float:

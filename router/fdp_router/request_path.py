@@ -351,9 +351,9 @@ class RequestPath:
             who.user, department, rt.query_hasher(canonical), req.request_id, req.specialization
         )
         payload = node_payload(req)
-        self.metrics.queue_depth.set(rt.overload.queue_depth + 1)
+        self.metrics.child(self.metrics.queue_depth).set(rt.overload.queue_depth + 1)
         async with rt.overload.slot(req.priority):
-            self.metrics.queue_depth.set(rt.overload.queue_depth)
+            self.metrics.child(self.metrics.queue_depth).set(rt.overload.queue_depth)
             if options is not None:
                 out = await self._consensus(rt, who_pays, req.model, options, payload)
             else:
@@ -381,7 +381,7 @@ class RequestPath:
     def _cached(self, rt: Runtime, key: tuple[str, str]) -> dict[str, Any] | None:
         hit = rt.cache.get(key)
         self.metrics.child(self.metrics.cache, "hit" if hit is not None else "miss").inc()
-        self.metrics.cache_hit_ratio.set(rt.cache.stats.hit_ratio)
+        self.metrics.child(self.metrics.cache_hit_ratio).set(rt.cache.stats.hit_ratio)
         return hit
 
     # --- a streamed answer --------------------------------------------------------------------
@@ -418,9 +418,9 @@ class RequestPath:
         payload = {**node_payload(req), "stream": True}
         if req.include_usage:
             payload["stream_options"] = {"include_usage": True}
-        self.metrics.queue_depth.set(rt.overload.queue_depth + 1)
+        self.metrics.child(self.metrics.queue_depth).set(rt.overload.queue_depth + 1)
         async with rt.overload.slot(req.priority):
-            self.metrics.queue_depth.set(rt.overload.queue_depth)
+            self.metrics.child(self.metrics.queue_depth).set(rt.overload.queue_depth)
             ok = await self._clear(rt, who_pays, req.model, epsilon, payload, connected)
             assert isinstance(ok.reply, NodeStream)
             try:

@@ -160,7 +160,8 @@ def test_consensus_uses_noisy_counts_only() -> None:
 def test_memoised_metric_children_follow_removal() -> None:
     m = Metrics()
     m.child(m.node_in_flight, "n1").inc()
-    assert m.child(m.node_in_flight, "n1") is m.node_in_flight.labels("n1")
+    assert m.child(m.node_in_flight, "n1") is m.child(m.node_in_flight, "n1")
+    assert 'fdp_node_in_flight{node="n1"} 1.0' in m.render().decode()
     m.remove(m.node_in_flight, "n1")
     assert 'fdp_node_in_flight{node="n1"}' not in m.render().decode()
     m.child(m.node_in_flight, "n1").inc(2)  # a node that comes back gets a live series again

@@ -201,13 +201,86 @@ def seal(
     sensitive: Mapping[str, Any],
 ) -> dict[str, Any]:
     """A complete audit record (a dict of stored columns) chained after `prev_hash`."""
+    return dict(
+        zip(
+            STORED_COLUMNS,
+            seal_row(
+                keyring,
+                seq=seq,
+                prev_hash=prev_hash,
+                ts=ts,
+                kind=kind,
+                reservation_id=reservation_id,
+                epsilon=epsilon,
+                delta=delta,
+                sensitive=sensitive,
+            ),
+            strict=True,
+        )
+    )
+
+
+# The stored columns of a record, in the order `seal_row` returns them (the ledger's table).
+STORED_COLUMNS = (*CLEAR_FIELDS, "nonce", "ciphertext", "prev_hash", "hash")
+
+
+def seal_row(
+    keyring: Keyring,
+    *,
+    seq: int,
+    prev_hash: str,
+    ts: str,
+    kind: str,
+    reservation_id: str,
+    epsilon: float,
+    delta: float,
+    sensitive: Mapping[str, Any],
+) -> tuple[Any, ...]:
+    """`seal` as a tuple in ``STORED_COLUMNS`` order (what the ledger inserts). The
+    associated data and the hashed body are the bytes `_canonical_flat` makes of the same
+    fields (so `unseal` and `record_hash` check them), written out directly: each value is
+    encoded once for both, with the keys in their sorted order, and the hex nonce and
+    ciphertext need no escaping. Values outside the flat types take the general path."""
+    epsilon, delta = float(epsilon), float(delta)
+    key_id = keyring.active_id
+    flat = type(seq) is int and math.isfinite(epsilon) and math.isfinite(delta)
+    texts = type(ts) is str and type(kind) is str and type(reservation_id) is str
+    if not (flat and texts and type(prev_hash) is str and type(key_id) is str):
+        return _seal_row_general(keyring, seq, prev_hash, ts, kind, reservation_id, epsilon, delta, sensitive)
+    nonce = secrets.token_bytes(12)
+    d, e = float.__repr__(delta), float.__repr__(epsilon)
+    kid, knd, rid = _json_str(key_id), _json_str(kind), _json_str(reservation_id)
+    tail = f',"reservation_id":{rid},"seq":{int.__repr__(seq)},"ts":{_json_str(ts)}}}'
+    aad = f'{{"delta":{d},"epsilon":{e},"key_id":{kid},"kind":{knd},"prev_hash":{_json_str(prev_hash)}{tail}'
+    ct = _aead(keyring.active_key).encrypt(nonce, _plaintext(sensitive), aad.encode("ascii")).hex()
+    nonce_hex = nonce.hex()
+    body = (
+        f'{prev_hash}{{"ciphertext":"{ct}","delta":{d},"epsilon":{e},"key_id":{kid},"kind":{knd},'
+        f'"nonce":"{nonce_hex}"{tail}'
+    )
+    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+    return (seq, ts, kind, reservation_id, epsilon, delta, key_id, nonce_hex, ct, prev_hash, digest)
+
+
+def _seal_row_general(
+    keyring: Keyring,
+    seq: int,
+    prev_hash: str,
+    ts: str,
+    kind: str,
+    reservation_id: str,
+    epsilon: float,
+    delta: float,
+    sensitive: Mapping[str, Any],
+) -> tuple[Any, ...]:
+    """`seal_row` for values the direct encoding does not cover (the encoders decide)."""
     rec: dict[str, Any] = {
         "seq": seq,
         "ts": ts,
         "kind": kind,
         "reservation_id": reservation_id,
-        "epsilon": float(epsilon),
-        "delta": float(delta),
+        "epsilon": epsilon,
+        "delta": delta,
         "key_id": keyring.active_id,
         "prev_hash": prev_hash,
     }
@@ -217,7 +290,7 @@ def seal(
     rec["nonce"] = nonce.hex()
     rec["ciphertext"] = ct.hex()
     rec["hash"] = record_hash(rec)
-    return rec
+    return tuple(rec[c] for c in STORED_COLUMNS)
 
 
 def unseal(keyring: Keyring, rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -140,6 +140,7 @@ AUDIT_COLUMNS = (
     "prev_hash",
     "hash",
 )
+assert AUDIT_COLUMNS == audit_mod.STORED_COLUMNS  # audit.seal_row returns rows in this order
 MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
@@ -1064,7 +1065,7 @@ class SqlLedger(Ledger):
     def _audit(
         self, tx: _Batch, *, kind: str, rid: str, eps: float, ts: str, sensitive: dict[str, Any]
     ) -> None:
-        rec = audit_mod.seal(
+        row = audit_mod.seal_row(
             self._keyring,
             seq=tx.seq + 1,
             prev_hash=tx.head_hash,
@@ -1075,8 +1076,8 @@ class SqlLedger(Ledger):
             delta=self._cfg.delta,
             sensitive=sensitive,
         )
-        tx.audits.append(tuple(rec[c] for c in AUDIT_COLUMNS))
-        tx.seq, tx.head_hash = rec["seq"], rec["hash"]
+        tx.audits.append(row)  # in AUDIT_COLUMNS order (audit.STORED_COLUMNS)
+        tx.seq, tx.head_hash = row[0], row[-1]
         tx.key_count += 1
 
     def _reserve_in(self, tx: _Batch, op: _Op) -> Reservation:

@@ -320,6 +320,55 @@ def test_the_liveness_endpoint_answers(operator_runner) -> None:
     assert eventually(probe, timeout=30, what="liveness endpoint") is not None
 
 
+_TSC = {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+#: spec.scheduling changes the CRD refuses, and what the API server says (the field named)
+REFUSED_SCHEDULING = [
+    (
+        {"tolerations": [{"key": "dedicated", "operator": "Exists", "value": "fdp-router"}]},
+        "spec.scheduling.tolerations[0].value: Invalid value",
+    ),
+    (
+        {"tolerations": [{"key": "dedicated", "effect": "NoEvict"}]},
+        'spec.scheduling.tolerations[0].effect: Unsupported value: "NoEvict"',
+    ),
+    (
+        {"tolerations": [{"key": "dedicated", "operator": "In"}]},
+        'spec.scheduling.tolerations[0].operator: Unsupported value: "In"',
+    ),
+    ({"tolerations": [{"value": "fdp-router"}]}, "a toleration without a key must have operator Exists"),
+    (
+        {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "spec.scheduling.tolerations[0].tolerationSeconds: Invalid value",
+    ),
+    ({"priorityClassName": "High_Priority"}, "spec.scheduling.priorityClassName: Invalid value"),
+    ({"nodeSelector": {"no spaces": "x"}}, "scheduling.nodeSelector keys must be label keys"),
+    (
+        {"topologySpreadConstraints": [{**_TSC, "maxSkew": 0}]},
+        "spec.scheduling.topologySpreadConstraints[0].maxSkew: Invalid value: 0",
+    ),
+    (
+        {"topologySpreadConstraints": [{"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}]},
+        "spec.scheduling.topologySpreadConstraints[0].topologyKey: Required value",
+    ),
+    (
+        {"topologySpreadConstraints": [{**_TSC, "whenUnsatisfiable": "Sometimes"}]},
+        'spec.scheduling.topologySpreadConstraints[0].whenUnsatisfiable: Unsupported value: "Sometimes"',
+    ),
+    (
+        {"topologySpreadConstraints": [_TSC, {**_TSC, "maxSkew": 2}]},
+        "spec.scheduling.topologySpreadConstraints[1]: Duplicate value",
+    ),
+    (
+        {"topologySpreadConstraints": [{**_TSC, "whenUnsatisfiable": "ScheduleAnyway", "minDomains": 2}]},
+        "spec.scheduling.topologySpreadConstraints[0].minDomains: Invalid value",
+    ),
+    (
+        {"affinity": {"nodeAfinity": {}}},
+        'unknown field "spec.scheduling.affinity.nodeAfinity"',
+    ),
+]
+
+
 def test_scheduling_places_the_router_pods_and_a_refused_one_changes_nothing(
     cluster, kube, namespace, operator_runner, demo_nodes
 ) -> None:
@@ -377,22 +426,15 @@ def test_scheduling_places_the_router_pods_and_a_refused_one_changes_nothing(
         assert pod["spec"]["nodeName"] == target and pod["spec"]["priority"] == 1000
 
         # refused by the CRD at apply time, the field named
-        for toleration, message in (
-            (
-                {"key": "dedicated", "operator": "Exists", "value": "fdp-router"},
-                "spec.scheduling.tolerations[0].value: Invalid value",
-            ),
-            (
-                {"key": "dedicated", "effect": "NoEvict"},
-                'spec.scheduling.tolerations[0].effect: Unsupported value: "NoEvict"',
-            ),
-            ({"value": "fdp-router"}, "a toleration without a key must have operator Exists"),
-        ):
-            body = federated_router(scheduling={**scheduling, "tolerations": [toleration]})
+        failures = []
+        for change, message in REFUSED_SCHEDULING:
+            body = federated_router(scheduling={**scheduling, **change})
             proc = cluster.kubectl(
                 "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
             )
-            assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+            if proc.returncode == 0 or message not in proc.stderr:
+                failures.append(f"{change}: rc={proc.returncode} {proc.stderr.strip()[:400]}")
+        assert not failures, "\n".join(failures)
         assert kube.get(namespace, "fr", "fr")["spec"]["scheduling"] == scheduling
 
         # an affinity the CRD passes through and the API server refuses on the Deployment

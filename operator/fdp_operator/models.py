@@ -709,6 +709,8 @@ class Toleration(SpecModel):
 class PodLabelSelector(LabelSelector):
     """A metav1.LabelSelector over pods; each requirement's values as the API server wants them."""
 
+    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
+
     @model_validator(mode="after")
     def _values(self) -> PodLabelSelector:
         for i, req in enumerate(self.match_expressions):

@@ -399,3 +399,11 @@ def test_valid_scheduling_parses_and_leaves_the_hospital_node_selector_alone() -
     assert r.spec.scheduling.node_selector == {"kubernetes.io/os": "linux"}
     assert len(r.spec.scheduling.tolerations) == 4
     assert r.spec.scheduling.affinity is not None and r.spec.scheduling.affinity.pod_anti_affinity
+
+
+def test_a_spread_selector_label_value_is_checked_like_the_crd_checks_it() -> None:
+    tsc = {"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "DoNotSchedule"}
+    bad = {**tsc, "labelSelector": {"matchLabels": {"team": "not a label value"}}}
+    with pytest.raises(SpecError) as exc:
+        parse_router(_scheduling(topologySpreadConstraints=[bad]))
+    assert "spec.scheduling.topologySpreadConstraints.0.labelSelector.matchLabels.team" in str(exc.value)

@@ -68,6 +68,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from operator import add as _add
+from operator import le as _le
 
 import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -136,18 +138,24 @@ def budget_curve(epsilon: float, delta: float) -> tuple[float, ...]:
 def admits(spent: Sequence[float], cost: Sequence[float], epsilon: float, delta: float) -> bool:
     """True iff adding `cost` to `spent` keeps the unit within (epsilon, delta) at some order."""
     budget = budget_curve(epsilon, delta)
-    return any(s + c <= b for s, c, b in zip(spent, cost, budget, strict=True))
+    _same_length(spent, cost, budget)
+    # any(s + c <= b for each order), in C (map over operator functions): on every reservation
+    return any(map(_le, map(_add, spent, cost), budget))
 
 
 def filter_epsilon(spent: Sequence[float], delta: float) -> float:
     """Smallest budget epsilon under which the filter admits the recorded spend `spent`."""
     if not any(s > 0 for s in spent):
         return 0.0
-    return max(0.0, min(s + sl for s, sl in zip(spent, _slack(delta), strict=True)))
+    slack = _slack(delta)
+    _same_length(spent, slack)
+    lowest: float = min(map(_add, spent, slack))
+    return max(0.0, lowest)
 
 
 def add(spent: Sequence[float], cost: Sequence[float]) -> tuple[float, ...]:
-    return tuple(s + c for s, c in zip(spent, cost, strict=True))
+    _same_length(spent, cost)
+    return tuple(map(_add, spent, cost))
 
 
 def subtract(spent: Sequence[float], cost: Sequence[float]) -> tuple[float, ...]:
@@ -155,8 +163,19 @@ def subtract(spent: Sequence[float], cost: Sequence[float]) -> tuple[float, ...]
     return tuple(max(0.0, s - c) for s, c in zip(spent, cost, strict=True))
 
 
+_ZERO = tuple(0.0 for _ in ORDERS)
+
+
 def zero() -> tuple[float, ...]:
-    return tuple(0.0 for _ in ORDERS)
+    return _ZERO
+
+
+def _same_length(*curves: Sequence[float]) -> None:
+    """What zip(strict=True) checked: curves of different lengths are a bug, not a result."""
+    n = len(curves[0])
+    for c in curves:
+        if len(c) != n:
+            raise ValueError(f"curves of different lengths ({n} and {len(c)})")
 
 
 def admitted_count(event: Event, epsilon: float, delta: float, limit: int = 1_000_000) -> int:

@@ -145,6 +145,7 @@ MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
+MAX_CACHED_PLANS = 65_536  # (user, department, hospitals) -> stored unit keys and budgets
 IDLE_LOCK_WAIT_SECONDS = 0.002  # the idle fast path's wait for the batch lock, then the writer thread
 # An inline transaction slower than this (a stalling disk: the event loop waited for it) turns
 # the idle fast path off for IDLE_STALL_OFF_SECONDS: operations go to the writer thread, where a
@@ -394,6 +395,7 @@ class SqlLedger(Ledger):
         # Unit states as of our last commit; valid while the head's (seq, base_seq) is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
         self._units_seq: tuple[int, int] = (-1, -1)
+        self._plans: dict[tuple[str, str, tuple[str, ...]], _Plan] = {}  # see _units_plan
         self._closed = False
         self._writer_conn: Any = None
         self._gap_until: int | None = None  # windows up to this one count as fully spent
@@ -1080,38 +1082,52 @@ class SqlLedger(Ledger):
         tx.seq, tx.head_hash = row[0], row[-1]
         tx.key_count += 1
 
+    def _units_plan(self, charge: Charge) -> _Plan:
+        """The units `charge` spends on, as stored, with their budgets (cached per user,
+        department and hospitals: the same few combinations recur on every request)."""
+        ident = (charge.user_id, charge.department, charge.hospitals)
+        plan = self._plans.get(ident)
+        if plan is None:
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.clear()
+            stored_key = self._integrity.stored_key
+            units = tuple(
+                (scope, key, stored_key(scope.value, key), budget_of(self._cfg, scope))
+                for scope, key in units_of(charge)
+            )
+            units_json = orjson.dumps([[scope.value, skey] for scope, _, skey, _ in units]).decode()
+            plan = self._plans[ident] = (units, units_json)
+        return plan
+
     def _reserve_in(self, tx: _Batch, op: _Op) -> Reservation:
         assert op.now is not None and op.charge is not None
         now = op.now.isoformat()
         charge = op.charge
-        units = units_of(charge)
         if self._gap_until is not None and op.window_id <= self._gap_until:
             raise BudgetExceeded(Scope.USER, charge.user_id, op.epsilon, 0.0)  # accepted restore gap
-        stored_key = self._integrity.stored_key
-        stored = [(scope, stored_key(scope.value, key)) for scope, key in units]
+        units, units_json = self._units_plan(charge)
+        delta = self._cfg.delta
+        cost = op.cost
         states = []
-        for (scope, key), (_, skey) in zip(units, stored, strict=True):
+        for scope, key, skey, total in units:
             state = tx.unit(scope.value, skey, op.window_id)
-            total = budget_of(self._cfg, scope)
             if state.tampered:
                 self._report_tampered(state.ident, key)
                 raise BudgetExceeded(scope, key, op.epsilon, 0.0)
-            if not flt.admits(state.spent, op.cost, total, self._cfg.delta):
-                available = max(0.0, total - flt.filter_epsilon(state.spent, self._cfg.delta))
+            if not flt.admits(state.spent, cost, total, delta):
+                available = max(0.0, total - flt.filter_epsilon(state.spent, delta))
                 raise BudgetExceeded(scope, key, op.epsilon, available)
             states.append(state)
         for state in states:  # every unit fits: now record the spend on all of them
-            state.spent = flt.add(state.spent, op.cost)
+            state.spent = flt.add(state.spent, cost)
             state.basic += op.epsilon
             state.n += 1
             tx.dirty[state.ident] = state
         # units_of puts the user first; its state now includes this spend.
-        user_total = budget_of(self._cfg, Scope.USER)
-        user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, self._cfg.delta))
+        user_total = units[0][3]
+        user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, delta))
         rid = secrets.token_hex(16)
         event_json = _event_json(charge.event)
-        units_json = orjson.dumps([[s.value, k] for s, k in stored]).decode()
-        delta = self._cfg.delta
         tx.reservations.append(  # rdp '': a refund recomputes the cost from the (MACed) event
             (
                 rid,
@@ -1205,6 +1221,8 @@ class SqlLedger(Ledger):
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
+# A charge's units (scope, clear key, stored key, budget epsilon) and their stored JSON list.
+_Plan = tuple[tuple[tuple[Scope, str, str, float], ...], str]
 
 
 def _expire(op: _Op) -> None:

@@ -59,6 +59,7 @@ import queue
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -392,6 +393,9 @@ class SqlLedger(Ledger):
         # Reservations returned and not yet settled, with when: other requests in flight.
         self._open: dict[str, float] = {}
         self._observer: Observer | None = None
+        # Operation deadlines, per event loop (_submit): the last one used, and all of them.
+        self._deadlines: _Deadlines | None = None
+        self._all_deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
         # Unit states as of our last commit; valid while the head's (seq, base_seq) is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
         self._units_seq: tuple[int, int] = (-1, -1)
@@ -719,8 +723,10 @@ class SqlLedger(Ledger):
                 self._observe(OP_LABELS[op.kind], start, None)
                 return result
         loop = fut.get_loop()
-        # A bare timer, not asyncio.timeout(): a third of the cost, on every operation.
-        timer = loop.call_at(loop.time() + self._timeouts.operation_seconds, _expire, op)
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines_of(loop)
+        deadlines.add(op)
         self._pending += 1
         self._queue.put(op)
         try:
@@ -740,9 +746,18 @@ class SqlLedger(Ledger):
             raise
         finally:
             self._pending -= 1
-            timer.cancel()
         self._observe(OP_LABELS[op.kind], start, None)
         return result
+
+    def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        """The deadline sweep of `loop` (one per event loop that submits operations)."""
+        deadlines = self._all_deadlines.get(loop)
+        if deadlines is None:
+            for other in [lp for lp in self._all_deadlines if lp.is_closed()]:
+                del self._all_deadlines[other]
+            deadlines = self._all_deadlines[loop] = _Deadlines(loop, self._timeouts.operation_seconds)
+        self._deadlines = deadlines
+        return deadlines
 
     def _others_open(self) -> bool:
         """Whether another request of this process holds an open reservation (its commit or
@@ -1230,6 +1245,47 @@ def _expire(op: _Op) -> None:
     if op.future is not None and not op.future.done():
         op.expired = True
         op.future.cancel()
+
+
+class _Deadlines:
+    """The deadlines (``timeouts.operation_seconds`` after submission) of the operations one
+    event loop is waiting for, with ONE timer: the operations in submission order, which is
+    deadline order (the bound is the same for all), and a timer at the earliest deadline of
+    an operation still waiting. When it fires, every operation past its deadline and not yet
+    settled is expired (`_expire`: its caller gets LedgerUnavailable ``timeout``) and the timer
+    moves to the next one. One ``loop.call_at`` per operation (a TimerHandle, a heap push with
+    Python comparisons, a cancel) cost more than the rest of the caller's side of an operation.
+    Used only on its loop's thread."""
+
+    __slots__ = ("loop", "seconds", "timer", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        self.loop = loop
+        self.seconds = seconds
+        self.waiting: deque[tuple[float, _Op]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, op: _Op) -> None:
+        waiting = self.waiting
+        while waiting and waiting[0][1].future.done():  # type: ignore[union-attr]  # settled: forget
+            waiting.popleft()
+        deadline = self.loop.time() + self.seconds
+        waiting.append((deadline, op))
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self.sweep)
+
+    def sweep(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        waiting = self.waiting
+        while waiting:
+            deadline, op = waiting[0]
+            if op.future is not None and not op.future.done():
+                if deadline > now:  # the earliest deadline still ahead: wait for it
+                    self.timer = self.loop.call_at(deadline, self.sweep)
+                    return
+                _expire(op)
+            waiting.popleft()
 
 
 def _kinds(batch: Sequence[_Op]) -> str:

@@ -127,11 +127,19 @@ class _Flush:
         return ()
 
 
+_internals_ok: bool | None = None
+
+
 def _histogram_internals_ok() -> bool:
     """The deferred histogram writes prometheus_client's bucket and sum values directly;
-    checked once, so that a release that renames them falls back to direct updates."""
-    h = Histogram("probe", "probe", buckets=(1.0,), registry=None)
-    return isinstance(getattr(h, "_buckets", None), list) and hasattr(h, "_sum")
+    checked once (in a single process only: in multiprocess mode the throwaway histogram would
+    leave files, i.e. a stray family in /metrics), so that a release that renames them falls
+    back to direct updates."""
+    global _internals_ok
+    if _internals_ok is None:
+        h = Histogram("probe", "probe", buckets=(1.0,), registry=None)
+        _internals_ok = isinstance(getattr(h, "_buckets", None), list) and hasattr(h, "_sum")
+    return _internals_ok
 
 
 class Metrics:
@@ -140,7 +148,7 @@ class Metrics:
         r = self.registry
         # Deferred series (module docstring) in a single process; in multiprocess mode every
         # update goes to the shared files at once (another worker may render them).
-        self._deferred = multiprocess_dir() is None and _HISTOGRAMS_OK
+        self._deferred = multiprocess_dir() is None and _histogram_internals_ok()
         r.register(_Flush(self))
         self.requests = Counter(
             "fdp_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -310,9 +318,6 @@ class Metrics:
             multiprocess.MultiProcessCollector(reg, path=path)  # type: ignore[no-untyped-call]
             self._multiprocess_registry = reg
         return generate_latest(self._multiprocess_registry)
-
-
-_HISTOGRAMS_OK = _histogram_internals_ok()
 
 
 def multiprocess_dir() -> str | None:

@@ -568,6 +568,14 @@ _POD_LABEL_SELECTOR = _obj(
         "matchLabels": {
             "type": "object",
             "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+            "maxProperties": MAX_NODE_SELECTOR_LABELS,
+            "x-kubernetes-validations": [
+                _rule(
+                    f"self.all(k, size(k) <= {LABEL_KEY_MAX} && k.matches('{LABEL_KEY}'))",
+                    "labelSelector.matchLabels keys must be label keys ([prefix/]name, the name 1-63 "
+                    "characters)",
+                )
+            ],
         },
         "matchExpressions": {
             "type": "array",
@@ -575,11 +583,15 @@ _POD_LABEL_SELECTOR = _obj(
             "items": _obj(
                 "a label requirement",
                 {
-                    "key": _s("label key", maxLength=LABEL_KEY_MAX),
+                    "key": _s("label key", minLength=1, maxLength=LABEL_KEY_MAX, pattern=LABEL_KEY),
                     "operator": _s(
                         "In, NotIn, Exists, DoesNotExist", enum=["In", "NotIn", "Exists", "DoesNotExist"]
                     ),
-                    "values": {"type": "array", "items": {"type": "string"}, "maxItems": _MAX_VALUES},
+                    "values": {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+                        "maxItems": _MAX_VALUES,
+                    },
                 },
                 required=["key", "operator"],
                 **{
@@ -659,7 +671,7 @@ _SPREAD_CONSTRAINT = _obj(
             "type": "array",
             "description": "pod label keys whose values (taken from the incoming pod) narrow labelSelector, "
             "e.g. pod-template-hash to spread each revision on its own",
-            "items": {"type": "string"},
+            "items": {"type": "string", "minLength": 1, "maxLength": LABEL_KEY_MAX, "pattern": LABEL_KEY},
             "maxItems": _MAX_EXPRESSIONS,
             "x-kubernetes-list-type": "atomic",
         },

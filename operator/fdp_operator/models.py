@@ -39,6 +39,7 @@ from fdp_router.config import (
     check_options,
 )
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -667,6 +668,23 @@ MAX_NODE_SELECTOR_LABELS = 64
 MAX_TOLERATIONS = 64
 MAX_SPREAD_CONSTRAINTS = 16
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+#: a label key's DNS prefix is at most 253 characters (317 bounds only the whole key)
+LABEL_PREFIX_MAX = 253
+
+
+def _label_key_prefix(key: str) -> str:
+    prefix, slash, _ = key.rpartition("/")
+    if slash and len(prefix) > LABEL_PREFIX_MAX:
+        raise ValueError(
+            f"{key[:40]!r}…: a label key's prefix (before '/') is at most {LABEL_PREFIX_MAX} characters"
+        )
+    return key
+
+
+#: a label key, checked as the API server checks one (apimachinery IsQualifiedName)
+LabelKey = Annotated[
+    str, Field(min_length=1, max_length=317, pattern=LABEL_KEY), AfterValidator(_label_key_prefix)
+]
 TOLERATION_EXISTS_NO_VALUE = "must be empty when operator is Exists (Exists matches any value)"
 TOLERATION_NO_KEY_NEEDS_EXISTS = (
     "a toleration without a key must have operator Exists (it then tolerates every taint)"
@@ -678,7 +696,9 @@ MIN_DOMAINS_NEED_DO_NOT_SCHEDULE = "is only allowed with whenUnsatisfiable DoNot
 class Toleration(SpecModel):
     """core/v1 Toleration, checked as the API server checks a pod's."""
 
-    key: str | None = Field(None, max_length=317, pattern=r"^$|" + LABEL_KEY)
+    key: Annotated[str, AfterValidator(_label_key_prefix)] | None = Field(
+        None, max_length=317, pattern=r"^$|" + LABEL_KEY
+    )
     # declared before value: value's check reads it
     operator: Literal["Exists", "Equal"] | None = None
     value: LabelValue | None = None
@@ -706,10 +726,16 @@ class Toleration(SpecModel):
         return self
 
 
-class PodLabelSelector(LabelSelector):
-    """A metav1.LabelSelector over pods; each requirement's values as the API server wants them."""
+class PodLabelSelectorRequirement(LabelSelectorRequirement):
+    key: LabelKey
+    values: tuple[LabelValue, ...] = ()
 
-    match_labels: dict[str, LabelValue] = Field(default_factory=dict)
+
+class PodLabelSelector(LabelSelector):
+    """A metav1.LabelSelector over pods; keys and values as the API server wants them."""
+
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    match_expressions: tuple[PodLabelSelectorRequirement, ...] = ()
 
     @model_validator(mode="after")
     def _values(self) -> PodLabelSelector:
@@ -727,11 +753,11 @@ class TopologySpreadConstraint(SpecModel):
     """core/v1 TopologySpreadConstraint; an absent labelSelector selects this router's pods."""
 
     max_skew: int = Field(..., ge=1)
-    topology_key: str = Field(..., min_length=1, max_length=317, pattern=LABEL_KEY)
+    topology_key: LabelKey
     when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"]
     label_selector: PodLabelSelector | None = None
     min_domains: int | None = Field(None, ge=1)
-    match_label_keys: tuple[str, ...] = ()
+    match_label_keys: tuple[LabelKey, ...] = ()
     node_affinity_policy: Literal["Honor", "Ignore"] | None = None
     node_taints_policy: Literal["Honor", "Ignore"] | None = None
 
@@ -754,7 +780,7 @@ class AffinitySpec(SpecModel):
 class SchedulingSpec(SpecModel):
     """Where the router pods run; copied onto every router pod template (each color/track)."""
 
-    node_selector: dict[Annotated[str, Field(max_length=317, pattern=LABEL_KEY)], LabelValue] = Field(
+    node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, max_length=MAX_NODE_SELECTOR_LABELS
     )
     tolerations: tuple[Toleration, ...] = Field((), max_length=MAX_TOLERATIONS)

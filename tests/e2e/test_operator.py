@@ -366,6 +366,22 @@ REFUSED_SCHEDULING = [
         {"affinity": {"nodeAfinity": {}}},
         'unknown field "spec.scheduling.affinity.nodeAfinity"',
     ),
+    (
+        {"topologySpreadConstraints": [{**_TSC, "labelSelector": {"matchLabels": {"not a key!": "v"}}}]},
+        "labelSelector.matchLabels keys must be label keys",
+    ),
+    (
+        {
+            "topologySpreadConstraints": [
+                {**_TSC, "labelSelector": {"matchExpressions": [{"key": "bad key", "operator": "Exists"}]}}
+            ]
+        },
+        "spec.scheduling.topologySpreadConstraints[0].labelSelector.matchExpressions[0].key: Invalid value",
+    ),
+    (
+        {"topologySpreadConstraints": [{**_TSC, "matchLabelKeys": ["bad key!"]}]},
+        "spec.scheduling.topologySpreadConstraints[0].matchLabelKeys[0]: Invalid value",
+    ),
 ]
 
 

@@ -1,0 +1,43 @@
+"""Attack review of the lean node client (backends.py, f740544) against raw servers: answers
+aiohttp decoded correctly must decode the same, and nothing a node sends may be silently
+dropped from what the clinician gets."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+
+from .test_node_client import PAYLOAD, SENT, chunked, serve, whole  # noqa: F401  (serve: fixture)
+
+EVENTS = [b'data: {"choices":[{"delta":{"content":"part %d"}}]}\n\n' % i for i in range(3)]
+
+
+async def test_a_gzip_answer_in_several_members_is_decoded_whole(serve) -> None:  # noqa: F811
+    """RFC 1952 allows a gzip body of several members (a streaming server that flushes ends
+    one; `cat a.gz b.gz`); aiohttp decodes them all (compression_utils._decompress_members).
+    zlib.decompressobj(MAX_WBITS | 32) stops at the end of the first member and keeps the
+    rest in `unused_data`, which NodeResponse never looks at: the answer is cut short, and
+    nothing says so."""
+    answer = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "hello world"}}]})
+    body = gzip.compress(answer[:20]) + gzip.compress(answer[20:])
+    assert gzip.decompress(body) == answer
+    pool, _ = await serve([whole(body, b"Content-Encoding: gzip\r\n")])
+    reply = await pool.chat("n1", PAYLOAD, SENT)
+    assert reply.text == "hello world"
+
+
+async def test_a_gzip_stream_in_several_members_arrives_whole(serve) -> None:  # noqa: F811
+    """The streamed path: each event its own gzip member (a server flushing per event). The
+    router must pass on every event, or fail the stream: never end it quietly after the first."""
+    members = [gzip.compress(e) for e in EVENTS]
+    stream = chunked(members, b"Content-Type: text/event-stream\r\nContent-Encoding: gzip\r\n").replace(
+        b"Content-Type: application/json\r\n", b""
+    )
+    pool, _ = await serve([stream])
+    s = await pool.open_stream("n1", {**PAYLOAD, "stream": True}, SENT)
+    try:
+        got = b"".join([p async for p in s.chunks()])
+    finally:
+        await s.close()
+    assert got == b"".join(EVENTS)

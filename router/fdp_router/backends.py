@@ -397,6 +397,38 @@ def _target(
     )
 
 
+class _Decoder:
+    """A gzip or deflate body, decoded as it arrives: every gzip member (RFC 1952 allows
+    several, e.g. a server that flushes one per write), a deflate body with or without its
+    zlib wrapper. ValueError for a corrupt or truncated one."""
+
+    def __init__(self, deflate: bool) -> None:
+        self._deflate = deflate
+        self._z: Any = None
+
+    def feed(self, raw: bytes) -> bytes:
+        out = []
+        try:
+            while raw:
+                if self._z is None or self._z.eof:
+                    # A raw deflate stream has no zlib header (CMF low nibble 8: deflate).
+                    wbits = -zlib.MAX_WBITS if self._deflate and raw[0] & 0x0F != 8 else zlib.MAX_WBITS | 32
+                    self._z = zlib.decompressobj(wbits)
+                out.append(self._z.decompress(raw))
+                raw = self._z.unused_data if self._z.eof else b""
+        except zlib.error as exc:
+            raise ValueError(f"the node's compressed answer is corrupt: {exc}") from None
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._z is None:
+            return b""
+        tail: bytes = self._z.flush()
+        if not self._z.eof:
+            raise ValueError("the node's compressed answer is truncated")
+        return tail
+
+
 class NodeResponse:
     """A node's answer whose status line and headers are in; the body is read on demand
     (`read`, `iter_any`). `release` always: it returns the connection to its pool once the
@@ -424,9 +456,9 @@ class NodeResponse:
         self._timeout = read_timeout
         self._done = length == 0
         coding = headers.get("Content-Encoding", "identity").strip().lower()
-        self._decoder: Any = None
+        self._decoder: _Decoder | None = None
         if coding in ("gzip", "x-gzip", "deflate"):
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
+            self._decoder = _Decoder(coding == "deflate")
         elif coding not in ("identity", ""):
             raise ValueError(f"the node's answer has content coding {coding!r}")
 
@@ -451,19 +483,15 @@ class NodeResponse:
         b"" at its end."""
         while True:
             raw = await self._raw()
-            if self._decoder is None or not raw:
-                if not raw and self._decoder is not None:
-                    tail = self._decoder.flush()
-                    self._decoder = None
-                    if tail:
-                        return bytes(tail)
+            decoder = self._decoder
+            if decoder is None:
                 return raw
-            try:
-                out = self._decoder.decompress(raw)
-            except zlib.error as exc:
-                raise ValueError(f"the node's compressed answer is corrupt: {exc}") from None
+            if not raw:
+                self._decoder = None
+                return decoder.finish()
+            out = decoder.feed(raw)
             if out:
-                return bytes(out)
+                return out
 
     async def _raw(self) -> bytes:
         conn = self._conn
@@ -586,6 +614,8 @@ def _framing(status: int, headers: CIMultiDict[str]) -> tuple[int | None, bool, 
         chunked = coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
         return None, chunked, chunked
     lengths = headers.getall("Content-Length", ())
+    if len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit() and len(lengths[0]) <= 18:
+        return int(lengths[0]), False, True
     if lengths:
         values = {v.strip() for v in ",".join(lengths).split(",")}
         if len(values) != 1 or not _DIGITS.match(next(iter(values))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import zlib
 from collections.abc import AsyncIterator, Callable
 
 import orjson
@@ -297,3 +298,17 @@ async def test_a_stream_arrives_in_pieces_and_close_drops_an_unread_rest(serve) 
     assert pool.nodes["n1"].in_flight == 0
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert srv.connections == 2
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS])
+async def test_deflate_with_and_without_its_zlib_wrapper(serve, wbits: int) -> None:
+    z = zlib.compressobj(wbits=wbits)
+    body = z.compress(ANSWER) + z.flush()
+    pool, _ = await serve([whole(body, b"Content-Encoding: deflate\r\n")])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+
+
+async def test_a_truncated_gzip_answer_is_a_node_failure(serve) -> None:
+    pool, _ = await serve([whole(gzip.compress(ANSWER)[:-6], b"Content-Encoding: gzip\r\n")])
+    with pytest.raises(BackendFailure):
+        await pool.chat("n1", PAYLOAD, SENT)

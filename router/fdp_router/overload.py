@@ -16,8 +16,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
 
 from fdp_router.config import OverloadConfig
@@ -29,6 +28,41 @@ class _Waiter:
     key: float
     seq: int
     future: asyncio.Future[None] = field(compare=False)
+
+
+class _Slot:
+    """`OverloadLimiter.slot`'s context manager: a class, not an ``asynccontextmanager``
+    generator (on every request), and no coroutine at all when a slot is free."""
+
+    __slots__ = ("_limiter", "_priority")
+
+    def __init__(self, limiter: OverloadLimiter, priority: int) -> None:
+        self._limiter = limiter
+        self._priority = priority
+
+    def __aenter__(self) -> Awaitable[None]:
+        lim = self._limiter
+        if not lim._heap and lim.running < lim.cfg.max_concurrency:
+            lim.running += 1  # _acquire's fast path, without its coroutine
+            return _DONE
+        return lim._acquire(self._priority)
+
+    def __aexit__(self, *exc: object) -> Awaitable[None]:
+        self._limiter._release()
+        return _DONE
+
+
+class _Done:
+    """An awaitable that is already done (``await`` returns None at once)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
 
 
 class OverloadLimiter:
@@ -49,13 +83,10 @@ class OverloadLimiter:
     def _retry_after(self) -> float:
         return max(1.0, self.cfg.queue_timeout_seconds / 2)
 
-    @asynccontextmanager
-    async def slot(self, priority: int = 5) -> AsyncIterator[None]:
-        await self._acquire(priority)
-        try:
-            yield
-        finally:
-            self._release()
+    def slot(self, priority: int = 5) -> _Slot:
+        """``async with limiter.slot(priority):`` runs the block holding one of the
+        ``max_concurrency`` slots (waiting for one in the queue, or `Overloaded`)."""
+        return _Slot(self, priority)
 
     async def _acquire(self, priority: int) -> None:
         while self._heap and self._heap[0].future.done():

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,19 +71,35 @@ class RuntimeHolder:
         self.config_hash = ""
         self.lock = asyncio.Lock()
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Runtime]:
+    def use(self) -> _Use:
+        """``with holder.use() as rt:`` the current runtime, counted as in use until the block
+        ends (a replaced ledger is closed only when its runtime drained)."""
         rt = self.current
         if rt is None:
             raise NoNodeAvailable("router is starting")
+        return _Use(rt)
+
+
+class _Use:
+    """`RuntimeHolder.use`'s context manager (a class: no generator on every request)."""
+
+    __slots__ = ("_rt",)
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    def __enter__(self) -> Runtime:
+        rt = self._rt
         rt.in_flight += 1
-        rt.drained.clear()
-        try:
-            yield rt
-        finally:
-            rt.in_flight -= 1
-            if rt.in_flight == 0:
-                rt.drained.set()
+        if rt.drained.is_set():
+            rt.drained.clear()
+        return rt
+
+    def __exit__(self, *exc: object) -> None:
+        rt = self._rt
+        rt.in_flight -= 1
+        if rt.in_flight == 0:
+            rt.drained.set()
 
 
 SETTINGS = web.AppKey("settings", Settings)

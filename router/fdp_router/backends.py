@@ -212,6 +212,7 @@ _MAX_HEAD = 65_536  # a response's status line and headers
 _MAX_CHUNK_LINE = 4_096
 _HIGH_WATER = 262_144  # unread bytes buffered before reading from the node pauses
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
+_TOKENS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
 _USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{aiohttp.__version__}"
 
@@ -589,12 +590,15 @@ async def _read_head(conn: _Conn, read_timeout: float | None) -> tuple[int, CIMu
         if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or rest[3:4] not in ("", " "):
             raise ValueError("the node's status line is malformed")
         status = int(code)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip() or line[0] in " \t":
+        pairs = [line.split(":", 1) for line in lines[1:]]
+        for pair in pairs:
+            if len(pair) != 2 or not pair[0]:
                 raise ValueError("the node's response headers are malformed")
-            headers.add(name, value.strip(" \t"))
+            pair[1] = pair[1].strip(" \t")
+        # Every name a token (no spaces, no obs-fold continuation lines), checked in one go.
+        if pairs and not _TOKENS.fullmatch("".join([pair[0] for pair in pairs])):
+            raise ValueError("the node's response headers are malformed")
+        headers: CIMultiDict[str] = CIMultiDict(pairs)  # type: ignore[arg-type]
         if 100 <= status < 200:
             if status == 101:
                 raise ValueError("the node switched protocols")

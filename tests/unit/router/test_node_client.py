@@ -181,6 +181,11 @@ async def test_connection_close_and_gzip(serve) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nab",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",  # not a completion
         b"HTTP/1.1 20",  # closed inside the head
+        # A complete answer, but a header name that is not a token, or a folded line:
+        whole(extra=b"Bad Header: x\r\n"),
+        whole(extra=b"Name : x\r\n"),
+        whole(extra=b"X-A: 1\r\n  folded\r\n"),
+        whole(extra=b": no name\r\n"),
     ],
 )
 async def test_malformed_answers_are_node_failures(serve, answer: bytes) -> None:

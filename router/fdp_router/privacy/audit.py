@@ -176,7 +176,9 @@ def _canonical_flat(fields: Mapping[str, Any]) -> bytes:
 def _plaintext(sensitive: Mapping[str, Any]) -> bytes:
     """The sealed fields as JSON. Only ever decrypted and parsed (never hashed as text), so
     any JSON encoding will do: orjson, sorted for stable output."""
-    return orjson.dumps(dict(sensitive), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        sensitive if type(sensitive) is dict else dict(sensitive), option=orjson.OPT_SORT_KEYS
+    )
 
 
 def _clear(rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -274,10 +275,21 @@ class SqlDriver(abc.ABC):
         """A callable that, from another thread, makes the call running on `conn` fail now."""
         yield _noop
 
-    @contextlib.contextmanager
-    def bounded(self, conn: Any, seconds: float | None = None) -> Iterator[Guard]:
+    def simple_abort(self, conn: Any) -> Callable[[], None] | None:
+        """The abort callable of `conn` when it needs no setup or cleanup (SQLite's
+        ``interrupt``): `bounded` then skips `interrupter`. None: use `interrupter`."""
+        return None
+
+    def bounded(self, conn: Any, seconds: float | None = None) -> contextlib.AbstractContextManager[Guard]:
         """Run database calls on `conn` under the watchdog: aborted after `seconds` (default
         ``timeouts.statement_seconds``). `Guard.fired` says whether that happened."""
+        abort = self.simple_abort(conn)
+        if abort is not None:
+            return self.watchdog.guard(seconds or self.timeouts.statement_seconds, abort)
+        return self._bounded(conn, seconds)
+
+    @contextlib.contextmanager
+    def _bounded(self, conn: Any, seconds: float | None) -> Iterator[Guard]:
         with (
             self.interrupter(conn) as abort,
             self.watchdog.guard(seconds or self.timeouts.statement_seconds, abort) as guard,
@@ -1107,10 +1119,10 @@ class SqlLedger(Ledger):
                 self._plans.clear()
             stored_key = self._integrity.stored_key
             units = tuple(
-                (scope, key, stored_key(scope.value, key), budget_of(self._cfg, scope))
+                (scope, scope.value, key, stored_key(scope.value, key), budget_of(self._cfg, scope))
                 for scope, key in units_of(charge)
             )
-            units_json = orjson.dumps([[scope.value, skey] for scope, _, skey, _ in units]).decode()
+            units_json = orjson.dumps([[value, skey] for _, value, _, skey, _ in units]).decode()
             plan = self._plans[ident] = (units, units_json)
         return plan
 
@@ -1124,8 +1136,8 @@ class SqlLedger(Ledger):
         delta = self._cfg.delta
         cost = op.cost
         states = []
-        for scope, key, skey, total in units:
-            state = tx.unit(scope.value, skey, op.window_id)
+        for scope, value, key, skey, total in units:
+            state = tx.unit(value, skey, op.window_id)
             if state.tampered:
                 self._report_tampered(state.ident, key)
                 raise BudgetExceeded(scope, key, op.epsilon, 0.0)
@@ -1139,7 +1151,7 @@ class SqlLedger(Ledger):
             state.n += 1
             tx.dirty[state.ident] = state
         # units_of puts the user first; its state now includes this spend.
-        user_total = units[0][3]
+        user_total = units[0][4]
         user_remaining = max(0.0, user_total - flt.filter_epsilon(states[0].spent, delta))
         rid = secrets.token_hex(16)
         event_json = _event_json(charge.event)
@@ -1236,8 +1248,9 @@ class SqlLedger(Ledger):
 
 
 _Outcome = tuple[_Op, Any, BaseException | None]
-# A charge's units (scope, clear key, stored key, budget epsilon) and their stored JSON list.
-_Plan = tuple[tuple[tuple[Scope, str, str, float], ...], str]
+# A charge's units (scope, its value, clear key, stored key, budget epsilon) and their
+# stored JSON list.
+_Plan = tuple[tuple[tuple[Scope, str, str, str, float], ...], str]
 
 
 def _expire(op: _Op) -> None:
@@ -1485,14 +1498,7 @@ class _Batch:
             settled_at = max(op.now for op in group if op.now is not None).isoformat()
             found: dict[str, tuple[Any, ...]] = {}
             for chunk in _chunks(ids, MAX_SQL_PARAMS - 2):
-                self.cur.execute(
-                    self._driver.sql(
-                        "UPDATE fdp_reservations SET state=?, settled_at=? WHERE state='reserved' AND id IN "  # noqa: S608
-                        f"({', '.join('?' for _ in chunk)}) RETURNING id, window_id, units, event, "
-                        "epsilon, delta, created_at, mac"
-                    ),
-                    (new_state, settled_at, *chunk),
-                )
+                self.cur.execute(self._driver.sql(_settle_sql(len(chunk))), (new_state, settled_at, *chunk))
                 found.update((r[0], tuple(r[1:])) for r in self.cur.fetchall())
             for op in group:
                 out[id(op)] = found.pop(op.reservation_id, None)
@@ -1559,15 +1565,31 @@ class _Batch:
         where executemany takes one per row."""
         per_row = marks.count("?")
         for chunk in _chunks(rows, max(1, MAX_SQL_PARAMS // per_row)):
-            values = ", ".join(marks for _ in chunk)
             self.cur.execute(
-                self._driver.sql(f"INSERT INTO {into} VALUES {values}{tail}"),  # noqa: S608
-                [v for row in chunk for v in row],
+                self._driver.sql(_insert_sql(into, marks, len(chunk), tail)), list(chain.from_iterable(chunk))
             )
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    if 0 < len(items) <= size:  # the common case: one chunk, no copy
+        return [items]
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# The statement texts of multi-row writes, by row count (built once, not per batch).
+@lru_cache(maxsize=2048)
+def _insert_sql(into: str, marks: str, rows: int, tail: str) -> str:
+    values = ", ".join(marks for _ in range(rows))
+    return f"INSERT INTO {into} VALUES {values}{tail}"  # noqa: S608
+
+
+@lru_cache(maxsize=1024)
+def _settle_sql(ids: int) -> str:
+    return (
+        "UPDATE fdp_reservations SET state=?, settled_at=? WHERE state='reserved' AND id IN "  # noqa: S608
+        f"({', '.join('?' for _ in range(ids))}) RETURNING id, window_id, units, event, "
+        "epsilon, delta, created_at, mac"
+    )
 
 
 @lru_cache(maxsize=4096)

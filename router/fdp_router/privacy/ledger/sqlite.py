@@ -175,6 +175,10 @@ class SqliteDriver(SqlDriver):
     def interrupter(self, conn: Any) -> Iterator[Callable[[], None]]:
         yield conn.raw.interrupt
 
+    def simple_abort(self, conn: Any) -> Callable[[], None]:
+        interrupt: Callable[[], None] = conn.raw.interrupt
+        return interrupt
+
 
 class _Tx:
     """A connection in autocommit mode whose commit()/rollback() end an explicit BEGIN."""

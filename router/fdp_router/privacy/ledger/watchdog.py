@@ -16,12 +16,11 @@ Used by ``core.py`` (one watchdog per ledger driver).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -37,29 +36,34 @@ class Guard:
 class Watchdog:
     def __init__(self, name: str = "fdp-ledger-watchdog") -> None:
         self._name = name
-        self._cond = threading.Condition()
+        # A plain lock (entered from C, on every guarded call) under the watchdog's condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._guards: dict[int, Guard] = {}
         self._ids = itertools.count()
         self._wake_at = float("inf")  # when the thread will next look (inf: idle)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    @contextlib.contextmanager
-    def guard(self, seconds: float, abort: Callable[[], None]) -> Iterator[Guard]:
-        g = Guard(time.monotonic() + seconds, abort)
+    def guard(self, seconds: float, abort: Callable[[], None]) -> _Guarded:
+        """A context manager: the calls inside it are aborted (`abort`) once `seconds` have
+        passed; it yields the `Guard`, whose ``fired`` says whether that happened."""
+        return _Guarded(self, Guard(time.monotonic() + seconds, abort))
+
+    def _add(self, g: Guard) -> int:
         key = next(self._ids)
-        with self._cond:
+        with self._lock:
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._guards[key] = g
             if g.deadline < self._wake_at:
                 self._cond.notify()
-        try:
-            yield g
-        finally:
-            with self._cond:  # after this, abort() is never called: the caller may free its handle
-                self._guards.pop(key, None)
+        return key
+
+    def _remove(self, key: int) -> None:
+        with self._lock:  # after this, abort() is never called: the caller may free its handle
+            self._guards.pop(key, None)
 
     def stop(self) -> None:
         with self._cond:
@@ -83,3 +87,23 @@ class Watchdog:
                             log.exception("ledger watchdog: aborting a call failed")
                 self._wake_at = min((g.deadline for g in self._guards.values()), default=float("inf"))
                 self._cond.wait(None if self._wake_at == float("inf") else max(0.0, self._wake_at - now))
+
+
+class _Guarded:
+    """`Watchdog.guard`'s context manager: a class, not a generator-based
+    contextlib.contextmanager (which costs several times more, and every ledger transaction
+    and read runs inside one)."""
+
+    __slots__ = ("_dog", "_guard", "_key")
+
+    def __init__(self, dog: Watchdog, guard: Guard) -> None:
+        self._dog = dog
+        self._guard = guard
+        self._key = -1
+
+    def __enter__(self) -> Guard:
+        self._key = self._dog._add(self._guard)
+        return self._guard
+
+    def __exit__(self, *exc: object) -> None:
+        self._dog._remove(self._key)

@@ -217,9 +217,48 @@ _DIGITS = re.compile(r"^[0-9]{1,18}$")
 _USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{aiohttp.__version__}"
 
 
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError("no data from the node within its read timeout"))
+_SWEEP_SECONDS = 0.05
+
+
+class _ReadDeadlines:
+    """The per-read timeouts of one event loop's node connections: one sweep timer every
+    `_SWEEP_SECONDS` while any read waits (instead of a timer armed and cancelled on every
+    wait), so a read times out between its limit and `_SWEEP_SECONDS` after it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: dict[asyncio.Future[None], float] = {}
+        self._armed = False
+
+    def add(self, fut: asyncio.Future[None], seconds: float) -> None:
+        self.waiting[fut] = self.loop.time() + seconds
+        if not self._armed:
+            self._armed = True
+            self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for fut, deadline in list(self.waiting.items()):
+            if deadline <= now:
+                del self.waiting[fut]
+                if not fut.done():
+                    fut.set_exception(TimeoutError("no data from the node within its read timeout"))
+        if self.waiting:
+            self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+        else:
+            self._armed = False
+
+
+_DEADLINES: dict[asyncio.AbstractEventLoop, _ReadDeadlines] = {}
+
+
+def _deadlines(loop: asyncio.AbstractEventLoop) -> _ReadDeadlines:
+    got = _DEADLINES.get(loop)
+    if got is None:
+        for old in [lp for lp in _DEADLINES if lp.is_closed()]:
+            del _DEADLINES[old]
+        got = _DEADLINES[loop] = _ReadDeadlines(loop)
+    return got
 
 
 class _Conn(asyncio.Protocol):
@@ -233,6 +272,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._deadlines = _deadlines(loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -270,13 +310,19 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
         fut = self.loop.create_future()
         self._waiter = fut
-        timer = self.loop.call_later(read_timeout, _expire, fut) if read_timeout else None
+        if not read_timeout:
+            try:
+                await fut
+            finally:
+                self._waiter = None
+            return
+        deadlines = self._deadlines
+        deadlines.add(fut, read_timeout)
         try:
             await fut
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            deadlines.waiting.pop(fut, None)
 
     def reusable(self, now: float) -> bool:
         return not self.eof and not self.buf and now - self.idle_since <= _KEEPALIVE_SECONDS
@@ -398,6 +444,11 @@ def _target(
     )
 
 
+_MAX_MEMBERS = 1024
+_WINDOW_MIN = 64
+_WINDOW_MAX = 65_536
+
+
 class _Decoder:
     """A gzip or deflate body, decoded as it arrives: every gzip member (RFC 1952 allows
     several, e.g. a server that flushes one per write), a deflate body with or without its
@@ -408,15 +459,31 @@ class _Decoder:
         self._z: Any = None
 
     def feed(self, raw: bytes) -> bytes:
+        # As aiohttp's decoder: input in windows that double while a member lasts (what is
+        # handed to zlib stays proportional to the body, however many tiny members it has),
+        # at most _MAX_MEMBERS new members per piece.
         out = []
+        view = memoryview(raw)
+        pos = 0
+        window = _WINDOW_MIN
+        members = 0
         try:
-            while raw:
+            while pos < len(view):
                 if self._z is None or self._z.eof:
+                    members += 1
+                    if members > _MAX_MEMBERS:
+                        raise ValueError(f"the node's compressed answer has over {_MAX_MEMBERS} members")
                     # A raw deflate stream has no zlib header (CMF low nibble 8: deflate).
-                    wbits = -zlib.MAX_WBITS if self._deflate and raw[0] & 0x0F != 8 else zlib.MAX_WBITS | 32
-                    self._z = zlib.decompressobj(wbits)
-                out.append(self._z.decompress(raw))
-                raw = self._z.unused_data if self._z.eof else b""
+                    raw_deflate = self._deflate and view[pos] & 0x0F != 8
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else zlib.MAX_WBITS | 32)
+                    window = _WINDOW_MIN
+                end = min(pos + window, len(view))
+                out.append(self._z.decompress(view[pos:end]))
+                if self._z.eof:
+                    pos = end - len(self._z.unused_data)
+                else:
+                    pos = end
+                    window = min(window * 2, _WINDOW_MAX)
         except zlib.error as exc:
             raise ValueError(f"the node's compressed answer is corrupt: {exc}") from None
         return b"".join(out)

@@ -155,3 +155,13 @@ async def test_a_spec_the_api_server_refuses_is_half_applied_not_refused() -> No
     assert ready["status"] == "False"
     assert ready["reason"] == "InvalidSpec", (ready, kube.writes)
     assert kube.writes == [], "a refused spec touches no child"
+
+
+@pytest.mark.parametrize("name", ["high\n", "high-priority\n"])
+def test_a_priority_class_name_with_a_trailing_newline_is_refused(name: str) -> None:
+    """`_dns_subdomain` uses re.match with a pattern ending in '$', which Python lets match
+    before a final newline; the API server (and the CRD's RE2 pattern) refuse the name. Only
+    an older CRD lets such a spec through, but then the operator writes the other children
+    before the Deployment apply fails. re.fullmatch (or \\Z) closes it."""
+    with pytest.raises(SpecError):
+        _router(priorityClassName=name)

@@ -8,7 +8,6 @@ model (``models.py``), hands a `CompletionRequest` to the request path
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -240,13 +239,7 @@ async def _stream(
                 path.remember(
                     rt,
                     s.cache_key,
-                    dataclasses.replace(
-                        summary,
-                        text=framer.text,
-                        finish_reason=framer.finish or "stop",
-                        usage=framer.usage if s.public else None,
-                        logprobs=None,
-                    ),
+                    summary.relayed(framer.text, framer.finish or "stop", framer.usage if s.public else None),
                 )
             with contextlib.suppress(ConnectionError):
                 await resp.write_eof(last)

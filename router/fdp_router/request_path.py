@@ -127,7 +127,10 @@ class CompletionRequest:
 
     @property
     def logprobs(self) -> bool:
-        return dict(self.params).get("logprobs") is True
+        for name, value in reversed(self.params):  # the last one, as dict(params) keeps
+            if name == "logprobs":
+                return value is True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,27 @@ class Completion:
     finish_reason: str = "stop"
     usage: dict[str, Any] | None = None
     logprobs: Any = None
+
+    def relayed(self, text: str, finish_reason: str, usage: dict[str, Any] | None) -> Completion:
+        """A stream's summary once all of it was relayed: its text, finish reason and (a
+        public node's) usage; no logprobs (a stream's are not kept). What
+        ``dataclasses.replace`` would build, without its per-call field introspection."""
+        return Completion(
+            text=text,
+            node_ids=self.node_ids,
+            epsilon=self.epsilon,
+            delta=self.delta,
+            remaining_budget=self.remaining_budget,
+            cached=self.cached,
+            consensus=self.consensus,
+            consensus_reached=self.consensus_reached,
+            confidence=self.confidence,
+            processing_time=self.processing_time,
+            basis=self.basis,
+            finish_reason=finish_reason,
+            usage=usage,
+            logprobs=None,
+        )
 
     def as_cache_value(self) -> dict[str, Any]:
         return {

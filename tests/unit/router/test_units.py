@@ -167,3 +167,45 @@ def test_memoised_metric_children_follow_removal() -> None:
     m.child(m.node_in_flight, "n1").inc(2)  # a node that comes back gets a live series again
     assert 'fdp_node_in_flight{node="n1"} 2.0' in m.render().decode()
     m.remove(m.node_in_flight, "never-seen")  # removing an unknown series is not an error
+
+
+def test_completion_relayed_is_dataclasses_replace() -> None:
+    import dataclasses
+
+    from fdp_router.request_path import Completion
+
+    c = Completion(
+        text="",
+        node_ids=("n1",),
+        epsilon=0.5,
+        delta=1e-6,
+        remaining_budget=3.0,
+        cached=False,
+        consensus=False,
+        consensus_reached=None,
+        confidence=None,
+        processing_time=0.01,
+        basis="b",
+        finish_reason="stop",
+        usage={"prompt_tokens": 1},
+        logprobs=[1],
+    )
+    assert c.relayed("all of it", "length", None) == dataclasses.replace(
+        c, text="all of it", finish_reason="length", usage=None, logprobs=None
+    )
+
+
+def test_logprobs_reads_the_last_logprobs_param() -> None:
+    base = dict(
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=1,
+        temperature=0.0,
+        privacy_budget=None,
+        require_consensus=False,
+        priority=5,
+        department=None,
+        request_id="r",
+    )
+    assert CompletionRequest(**base).logprobs is False  # type: ignore[arg-type]
+    assert CompletionRequest(**base, params=(("logprobs", True),)).logprobs is True  # type: ignore[arg-type]
+    assert CompletionRequest(**base, params=(("logprobs", False), ("top_p", 1.0))).logprobs is False  # type: ignore[arg-type]

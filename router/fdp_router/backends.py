@@ -513,9 +513,9 @@ class NodeResponse:
         keep_alive: bool,
         read_timeout: float | None,
     ) -> None:
+        self._pool: _HostPool | None = None  # set last: `__del__` must not release for a failed init
         self.status = status
         self.headers = headers
-        self._pool: _HostPool | None = pool
         self._conn = conn
         self._left = length  # Content-Length framing: bytes still to come
         self._chunked = chunked
@@ -529,6 +529,7 @@ class NodeResponse:
             self._decoder = _Decoder(coding == "deflate")
         elif coding not in ("identity", ""):
             raise ValueError(f"the node's answer has content coding {coding!r}")
+        self._pool = pool
 
     async def read(self) -> bytes:
         pieces: list[bytes] = []
@@ -640,6 +641,14 @@ class NodeResponse:
         if pool is not None:
             pool.release(self._conn, reuse=self._done and self._keep_alive)
 
+    def __del__(self) -> None:
+        # A response dropped unreleased (a bug elsewhere) must not keep its pool slot
+        # forever (aiohttp's ClientResponse released its connection on collection too).
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.release(self._conn, reuse=False)
+            self._pool = None
+
 
 async def _read_head(conn: _Conn, read_timeout: float | None) -> tuple[int, CIMultiDict[str], bool]:
     """(status, headers, HTTP/1.1 keep-alive) of the node's final answer (1xx skipped)."""
@@ -682,8 +691,10 @@ def _framing(status: int, headers: CIMultiDict[str]) -> tuple[int | None, bool, 
     if coding is not None:
         if "Content-Length" in headers:
             raise ValueError("the node's answer has both Transfer-Encoding and Content-Length")
-        chunked = coding.rsplit(",", 1)[-1].strip().lower() == "chunked"
-        return None, chunked, chunked
+        if ",".join(headers.getall("Transfer-Encoding")).strip().lower() != "chunked":
+            # Only chunked: a transfer coding on top (gzip, chunked) would pass undecoded.
+            raise ValueError("the node's answer has a transfer coding other than chunked")
+        return None, True, True
     lengths = headers.getall("Content-Length", ())
     if len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit() and len(lengths[0]) <= 18:
         return int(lengths[0]), False, True

@@ -181,6 +181,8 @@ async def test_connection_close_and_gzip(serve) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\nab",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",  # not a completion
         b"HTTP/1.1 20",  # closed inside the head
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n{}",
         # A complete answer, but a header name that is not a token, or a folded line:
         whole(extra=b"Bad Header: x\r\n"),
         whole(extra=b"Name : x\r\n"),
@@ -317,3 +319,32 @@ async def test_a_truncated_gzip_answer_is_a_node_failure(serve) -> None:
     pool, _ = await serve([whole(gzip.compress(ANSWER)[:-6], b"Content-Encoding: gzip\r\n")])
     with pytest.raises(BackendFailure):
         await pool.chat("n1", PAYLOAD, SENT)
+
+
+async def test_a_dropped_response_gives_its_slot_back(serve) -> None:
+    import gc
+
+    from fdp_router.backends import _HostPool
+
+    pool, _ = await serve([whole(), whole()], routing={"per_host_connections": 1})
+    st = pool.nodes["n1"]
+    resp = await pool._send(st, PAYLOAD, SENT)
+    hosts: list[_HostPool] = list(pool._pools.values())
+    assert hosts[0].in_use == 1
+    del resp
+    gc.collect()
+    assert hosts[0].in_use == 0
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+
+
+async def test_a_refused_content_coding_frees_its_slot_once(serve) -> None:
+    import gc
+
+    answer = whole(b"ab", b"Content-Encoding: br\r\n")
+    pool, _ = await serve([answer, whole()], routing={"per_host_connections": 1})
+    with pytest.raises(BackendFailure):
+        await pool.chat("n1", PAYLOAD, SENT)
+    gc.collect()
+    assert [p.in_use for p in pool._pools.values()] == [0]
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert [p.in_use for p in pool._pools.values()] == [0]

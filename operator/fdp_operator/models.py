@@ -793,7 +793,7 @@ class SchedulingSpec(SpecModel):
     @field_validator("priority_class_name")
     @classmethod
     def _dns_subdomain(cls, name: str | None) -> str | None:
-        if name is not None and not re.match(DNS_SUBDOMAIN, name):
+        if name is not None and not re.fullmatch(DNS_SUBDOMAIN, name):
             raise ValueError(
                 f"{name!r} is not a PriorityClass name: a DNS subdomain (lowercase letters, digits, "
                 "'-' and '.', starting and ending with a letter or digit)"

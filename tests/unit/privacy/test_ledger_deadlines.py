@@ -81,3 +81,26 @@ async def test_operations_that_finish_leave_no_deadline_behind(ledger_env_sqlite
         assert list(ledger._all_deadlines) == [asyncio.get_running_loop()]
     finally:
         await ledger.close()
+
+
+async def test_two_event_loops_each_keep_their_own_deadlines(ledger_env_sqlite: LedgerEnv) -> None:
+    """A ledger awaited from two event loops (two threads): each loop's operations are timed
+    by that loop's sweep, and both work."""
+    policy = policy_admitting(1000)
+    ledger = await ledger_env_sqlite.open(policy)
+    event = event_for_request(policy, None)
+
+    async def some(n: int) -> asyncio.AbstractEventLoop:
+        for _ in range(n):
+            r = await ledger.reserve(Charge("u", "d", ("h",), event))
+            await ledger.commit(r.id, ())
+        return asyncio.get_running_loop()
+
+    try:
+        other = asyncio.to_thread(asyncio.run, some(20))
+        mine, theirs = await asyncio.gather(some(20), other)
+        assert mine is asyncio.get_running_loop() and theirs is not mine
+        assert mine in ledger._all_deadlines
+        assert (await ledger.budget(Scope.USER, "u")).extra["queries"] == 40.0
+    finally:
+        await ledger.close()

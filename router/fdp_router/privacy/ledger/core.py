@@ -408,6 +408,7 @@ class SqlLedger(Ledger):
         # Operation deadlines, per event loop (_submit): the last one used, and all of them.
         self._deadlines: _Deadlines | None = None
         self._all_deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
+        self._deadlines_lock = threading.Lock()
         # Unit states as of our last commit; valid while the head's (seq, base_seq) is unchanged.
         self._units: dict[tuple[str, str, int], _UnitState] = {}
         self._units_seq: tuple[int, int] = (-1, -1)
@@ -762,12 +763,14 @@ class SqlLedger(Ledger):
         return result
 
     def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
-        """The deadline sweep of `loop` (one per event loop that submits operations)."""
-        deadlines = self._all_deadlines.get(loop)
-        if deadlines is None:
-            for other in [lp for lp in self._all_deadlines if lp.is_closed()]:
-                del self._all_deadlines[other]
-            deadlines = self._all_deadlines[loop] = _Deadlines(loop, self._timeouts.operation_seconds)
+        """The deadline sweep of `loop` (one per event loop that submits operations; the
+        map is shared by the loops' threads, hence the lock, taken only here)."""
+        with self._deadlines_lock:
+            deadlines = self._all_deadlines.get(loop)
+            if deadlines is None:
+                for other in [lp for lp in self._all_deadlines if lp.is_closed()]:
+                    del self._all_deadlines[other]
+                deadlines = self._all_deadlines[loop] = _Deadlines(loop, self._timeouts.operation_seconds)
         self._deadlines = deadlines
         return deadlines
 

@@ -147,7 +147,7 @@ MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
-MAX_CACHED_PLANS = 65_536  # (user, department, hospitals) -> stored unit keys and budgets
+MAX_CACHED_PLANS = 8192  # (user, department, hospitals) -> stored unit keys and budgets (~1 KB each)
 IDLE_LOCK_WAIT_SECONDS = 0.002  # the idle fast path's wait for the batch lock, then the writer thread
 # An inline transaction slower than this (a stalling disk: the event loop waited for it) turns
 # the idle fast path off for IDLE_STALL_OFF_SECONDS: operations go to the writer thread, where a

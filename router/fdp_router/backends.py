@@ -68,6 +68,9 @@ def _call_timeout(routing: RoutingConfig, node: HospitalNodeConfig | None = None
 # Headers the router sets itself: a node's credentials may not replace them.
 _RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+# A field value: visible characters, spaces and tabs, no control character (CR, LF, NUL, DEL)
+# that would end or corrupt the request head the node client writes.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]{0,8192}")
 
 
 def node_headers(node: HospitalNodeConfig) -> dict[str, str]:
@@ -89,7 +92,8 @@ def node_headers(node: HospitalNodeConfig) -> dict[str, str]:
             raise ValueError(f"nodes[{node.id}].auth.headers_file: must be a JSON object of header: value")
         for name, value in data.items():
             low = name.lower()
-            if not _HEADER_NAME.match(name) or not isinstance(value, str) or "\n" in value or "\r" in value:
+            valid = isinstance(value, str) and _HEADER_VALUE.fullmatch(value) is not None
+            if not _HEADER_NAME.fullmatch(name) or not valid:
                 raise ValueError(f"nodes[{node.id}].auth.headers_file: header {name!r} is not a valid header")
             if low in _RESERVED_HEADERS or low.startswith("x-fdp-"):
                 raise ValueError(f"nodes[{node.id}].auth.headers_file: header {name!r} is set by the router")
@@ -180,7 +184,7 @@ def _error_code(body: bytes) -> str | None:
         code = err.get("code") if isinstance(err, dict) else None
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return code if isinstance(code, str) and _CODE.match(code) else None
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else None
 
 
 def ssl_context_for(tls: NodeTLS) -> ssl.SSLContext:
@@ -630,7 +634,7 @@ class NodeResponse:
                 self._done = True
             return b""
         size = line.split(b";", 1)[0].strip()
-        if not _HEX.match(size):
+        if not _HEX.fullmatch(size):
             raise ValueError("the node's chunked answer is malformed (bad chunk size)")
         n = int(size, 16)
         self._chunk_left = n if n else -2
@@ -700,7 +704,7 @@ def _framing(status: int, headers: CIMultiDict[str]) -> tuple[int | None, bool, 
         return int(lengths[0]), False, True
     if lengths:
         values = {v.strip() for v in ",".join(lengths).split(",")}
-        if len(values) != 1 or not _DIGITS.match(next(iter(values))):
+        if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
             raise ValueError("the node's Content-Length is malformed")
         return int(next(iter(values))), False, True
     return None, False, False

@@ -91,7 +91,7 @@ async def observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     rid_in = request.headers.get("X-Request-Id", "")
-    rid = rid_in if rid_in and _RID.match(rid_in) else secrets.token_hex(16)
+    rid = rid_in if rid_in and _RID.fullmatch(rid_in) else secrets.token_hex(16)
     token = request_id_var.set(rid)
     metrics = request.app[METRICS]
     route = _route_label(request)

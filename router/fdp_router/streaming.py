@@ -240,7 +240,7 @@ class Reframer:
             err = obj["error"]
             code = err.get("code") if isinstance(err, dict) else None
             # Only a short code: a node's error text may echo the prompt.
-            code = code if isinstance(code, str) and _CODE.match(code) else "no code"
+            code = code if isinstance(code, str) and _CODE.fullmatch(code) else "no code"
             raise StreamBroken(f"the node sent an error event ({code})")
         if "privacy" in obj and self.check_privacy is not None:
             reason = self.check_privacy(obj["privacy"])

@@ -130,6 +130,13 @@ def test_credentials_are_read_and_checked_when_the_config_is_applied(tmp_path: P
     )
     (tmp_path / "spaces").write_text("two words")
     bad.append(({"api_key_file": str(tmp_path / "spaces")}, "one token"))
+    # Anything that would end or corrupt the request head the node client writes: a name
+    # with a final newline ('$' matched before it), control characters in a value.
+    for i, smuggled in enumerate(
+        [{"X-A\n": "v"}, {"X-A": "v\r\nX-Injected: 1"}, {"X-A": "v\x00"}, {"X-A": "v\x7f"}]
+    ):
+        (tmp_path / f"inject{i}.json").write_text(json.dumps(smuggled))
+        bad.append(({"headers_file": str(tmp_path / f"inject{i}.json")}, "not a valid header"))
     for auth_cfg, message in bad:
         with pytest.raises(ValueError, match=message) as exc:
             node_headers(cfg.model_copy(update={"auth": cfg.auth.model_copy(update=auth_cfg)}))

@@ -940,7 +940,8 @@ class BackendPool:
 
     def _end(self, st: NodeState) -> None:
         st.in_flight -= 1
-        self.metrics.child(self.metrics.node_in_flight, st.cfg.id).dec()
+        if self.nodes.get(st.cfg.id) is st:  # a node removed by a reload mid-call has no series
+            self.metrics.child(self.metrics.node_in_flight, st.cfg.id).dec()
 
     def _answered(self, st: NodeState, start: float) -> None:
         elapsed = time.monotonic() - start

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httptools
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -205,19 +206,17 @@ def ssl_context_for(tls: NodeTLS) -> ssl.SSLContext:
 # the same call). One POST per connection at a time, connections pooled per (host, port, TLS
 # context, server name) as aiohttp's connector keys them, at most `per_host_connections` in use
 # per pool (more wait, first come first served), idle ones reused for up to
-# `_KEEPALIVE_SECONDS` (aiohttp's default). Bodies framed by Content-Length, chunked transfer
-# coding or the end of the connection; ``Accept-Encoding: identity`` (a gzip or deflate answer
-# is still decoded). Redirects are not followed: a 3xx is the node refusing the request (it
-# would otherwise send the prompt and the privacy parameters to another address). Health
-# probes still use aiohttp's session.
+# `_KEEPALIVE_SECONDS` (aiohttp's default). Answers are parsed by llhttp (httptools, the parser
+# Node.js uses; strict: no obs-fold, no bare LF, no Content-Length with Transfer-Encoding, no
+# duplicate or signed lengths): status line, headers, framing by Content-Length, chunked
+# transfer coding or the end of the connection. ``Accept-Encoding: identity`` (a gzip or
+# deflate answer is still decoded). Redirects are not followed: a 3xx is the node refusing the
+# request (it would otherwise send the prompt and the privacy parameters to another address).
+# Health probes still use aiohttp's session.
 
 _KEEPALIVE_SECONDS = 15.0
-_MAX_HEAD = 65_536  # a response's status line and headers
-_MAX_CHUNK_LINE = 4_096
+_MAX_HEAD = 65_536  # a response's status line and headers; also framing bytes in a row
 _HIGH_WATER = 262_144  # unread bytes buffered before reading from the node pauses
-_HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
-_TOKENS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
 _USER_AGENT = f"Python/{sys.version_info[0]}.{sys.version_info[1]} aiohttp/{aiohttp.__version__}"
 
 
@@ -265,28 +264,156 @@ def _deadlines(loop: asyncio.AbstractEventLoop) -> _ReadDeadlines:
     return got
 
 
+class _Refused(Exception):
+    """Raised in a parser callback to stop llhttp; the reason is in `_Conn.error`."""
+
+
 class _Conn(asyncio.Protocol):
-    """One connection to a node: the bytes received and not yet consumed, and its state."""
+    """One connection to a node, and the answer being received on it.
+
+    The answer is parsed as it arrives by llhttp (httptools.HttpResponseParser, one per
+    call): status line, headers, framing by Content-Length, chunked transfer coding (chunk
+    extensions and trailers) or the end of the connection, 1xx answers skipped. This class
+    only keeps what the parser's callbacks hand it: the final answer's status and headers,
+    the body pieces not yet read, whether the answer is complete, and the first error."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
         self.eof = False  # the node closed its side (or the connection was lost)
         self.idle_since = 0.0
+        # Bytes no answer accounts for (after a complete answer, or while no call is on this
+        # connection): it is never reused.
+        self.dirty = False
+        self._parser: httptools.HttpResponseParser | None = None
+        self.status = 0
+        self.headers: CIMultiDict[str] | None = None  # the final answer's, once in
+        self.keep_alive = False
+        self.framed = False  # Content-Length or chunked: the end of the connection is a truncation
+        self.complete = False
+        self.error: ValueError | None = None
+        self.body: list[bytes] = []  # received, not yet read
+        self._pending = 0  # their length
+        self._pairs: list[tuple[str, str]] = []
+        self._fields = 0  # bytes of header and trailer fields of this answer
+        self._run = 0  # bytes fed since the last body byte (head, framing, trailers)
+        self._got_body = False
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._deadlines = _deadlines(loop)
+
+    def begin(self) -> None:
+        """A new call on this connection: a new parser and a clean answer state."""
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = None
+        self.keep_alive = self.framed = self.complete = False
+        self.error = None
+        self.body = []
+        self._pending = self._fields = self._run = 0
+        self._pairs = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) > _HIGH_WATER and not self._paused and self.transport is not None:
+        parser = self._parser
+        if parser is None or self.complete or self.error is not None:
+            self._discard()
+            return
+        self._got_body = False
+        try:
+            if len(data) > 1:
+                # All but the last byte first: an answer complete before the last byte has
+                # bytes after it (llhttp would silently skip CR/LF between messages).
+                view = memoryview(data)
+                parser.feed_data(view[:-1])
+                if self.complete:
+                    self._discard()
+                else:
+                    parser.feed_data(view[-1:])
+            else:
+                parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.complete:
+                self._discard()  # what follows the answer: never parsed, never reused
+            elif self.error is None:
+                self.error = ValueError(f"the node's answer is malformed ({exc})")
+        if not self.complete and self.error is None:
+            if self._got_body:
+                self._run = 0
+            else:
+                self._run += len(data)
+                if self._run > _MAX_HEAD:
+                    self.error = ValueError(
+                        "the node's response head is too large"
+                        if self.headers is None
+                        else "the node's answer has too many bytes of framing between body bytes"
+                    )
+        if self._pending > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def _discard(self) -> None:
+        self.dirty = True
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()  # nothing more is read from it
+
+    # httptools' callbacks (llhttp calls them while `feed_data` runs).
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Refused  # a second answer: stop parsing (the connection is not reused)
+        self._pairs = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += len(name) + len(value) + 4
+        if self._fields > _MAX_HEAD:
+            self.error = ValueError("the node's response head is too large")
+            raise _Refused
+        if self.headers is None:  # trailers are not kept (aiohttp did not keep them either)
+            self._pairs.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                self.error = ValueError("the node switched protocols")
+                raise _Refused
+            return  # an interim answer: llhttp ends it at its head, the final one follows
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            self.error = ValueError("the node's status line is malformed")
+            raise _Refused
+        headers: CIMultiDict[str] = CIMultiDict(self._pairs)
+        codings = headers.getall("Transfer-Encoding", None)
+        if codings is not None:
+            if "Content-Length" in headers:  # llhttp refuses it too
+                self.error = ValueError("the node's answer has both Transfer-Encoding and Content-Length")
+                raise _Refused
+            if ",".join(codings).strip().lower() != "chunked":
+                # Only chunked: a transfer coding on top (gzip, chunked) would pass undecoded.
+                self.error = ValueError("the node's answer has a transfer coding other than chunked")
+                raise _Refused
+        self.framed = codings is not None or "Content-Length" in headers
+        self.keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+        self.status = status
+        self.headers = headers
+
+    def on_body(self, body: bytes) -> None:
+        if self.headers is None:
+            self.error = ValueError("the node's interim (1xx) answer has a body")
+            raise _Refused
+        self.body.append(body)
+        self._pending += len(body)
+        self._got_body = True
+
+    def on_message_complete(self) -> None:
+        if self.headers is not None:
+            self.complete = True
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -304,12 +431,22 @@ class _Conn(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def take_body(self) -> bytes:
+        """The body pieces received and not yet read, joined (b"" if none)."""
+        pieces = self.body
+        if not pieces:
+            return b""
+        piece = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self._pending = 0
+        return piece
+
     async def more(self, read_timeout: float | None) -> None:
         """Until more bytes arrived or the node closed the connection; TimeoutError after
         `read_timeout` seconds without either (the per-read limit)."""
         if self.eof:
             raise aiohttp.ServerDisconnectedError()
-        if self._paused and self.transport is not None:
+        if self._paused and self.transport is not None and not self.dirty:
             self._paused = False
             self.transport.resume_reading()
         fut = self.loop.create_future()
@@ -329,7 +466,7 @@ class _Conn(asyncio.Protocol):
             deadlines.waiting.pop(fut, None)
 
     def reusable(self, now: float) -> bool:
-        return not self.eof and not self.buf and now - self.idle_since <= _KEEPALIVE_SECONDS
+        return not self.eof and not self.dirty and now - self.idle_since <= _KEEPALIVE_SECONDS
 
     def close(self) -> None:
         self.eof = True
@@ -504,29 +641,17 @@ class _Decoder:
 class NodeResponse:
     """A node's answer whose status line and headers are in; the body is read on demand
     (`read`, `iter_any`). `release` always: it returns the connection to its pool once the
-    whole body was read, and closes it otherwise."""
+    whole body was read (and nothing followed it), and closes it otherwise."""
 
-    def __init__(
-        self,
-        pool: _HostPool,
-        conn: _Conn,
-        status: int,
-        headers: CIMultiDictProxy[str],
-        length: int | None,
-        chunked: bool,
-        keep_alive: bool,
-        read_timeout: float | None,
-    ) -> None:
+    def __init__(self, pool: _HostPool, conn: _Conn, read_timeout: float | None) -> None:
         self._pool: _HostPool | None = None  # set last: `__del__` must not release for a failed init
-        self.status = status
-        self.headers = headers
+        headers = conn.headers
+        assert headers is not None
+        self.status = conn.status
+        self.headers = CIMultiDictProxy(headers)
         self._conn = conn
-        self._left = length  # Content-Length framing: bytes still to come
-        self._chunked = chunked
-        self._chunk_left = 0  # chunked: bytes of the current chunk still to come
-        self._keep_alive = keep_alive
         self._timeout = read_timeout
-        self._done = length == 0
+        self._done = False
         coding = headers.get("Content-Encoding", "identity").strip().lower()
         self._decoder: _Decoder | None = None
         if coding in ("gzip", "x-gzip", "deflate"):
@@ -567,83 +692,30 @@ class NodeResponse:
                 return out
 
     async def _raw(self) -> bytes:
+        """Every body piece received and not yet read, in one (fewer, larger writes
+        downstream); b"" at the end of the body."""
         conn = self._conn
         while not self._done:
-            if self._chunked:
-                # Every chunk the buffer holds, in one piece (fewer, larger writes downstream).
-                pieces: list[bytes] = []
-                while not self._done:
-                    piece = self._chunk_step()
-                    if piece is None:
-                        break
-                    if piece:
-                        pieces.append(piece)
-                if pieces:
-                    return b"".join(pieces)
-                if self._done:
-                    break
-            elif self._left is not None:
-                if conn.buf:
-                    piece = bytes(conn.buf[: self._left])
-                    del conn.buf[: len(piece)]
-                    self._left -= len(piece)
-                    self._done = self._left == 0
-                    return piece
-            elif conn.buf:  # to the end of the connection
-                piece = bytes(conn.buf)
-                conn.buf.clear()
-                return piece
-            elif conn.eof:
+            if conn.body:
+                return conn.take_body()
+            if conn.complete:
                 self._done = True
                 break
+            if conn.error is not None:
+                raise conn.error
             if conn.eof:
-                raise aiohttp.ClientPayloadError("Response payload is not completed")
+                if conn.framed:
+                    raise aiohttp.ClientPayloadError("Response payload is not completed")
+                self._done = True  # delimited by the end of the connection
+                break
             await conn.more(self._timeout)
-        return b""
-
-    def _chunk_step(self) -> bytes | None:
-        """Decode what the buffer holds of a chunked body: data (b"" when only framing was
-        consumed, call again), or None when more bytes are needed."""
-        buf = self._conn.buf
-        if self._chunk_left > 0:
-            if not buf:
-                return None
-            piece = bytes(buf[: self._chunk_left])
-            del buf[: len(piece)]
-            self._chunk_left -= len(piece)
-            if self._chunk_left == 0:
-                self._chunk_left = -1  # its CRLF next
-            return piece
-        if self._chunk_left == -1:
-            if len(buf) < 2:
-                return None
-            if buf[:2] != b"\r\n":
-                raise ValueError("the node's chunked answer is malformed (no CRLF after a chunk)")
-            del buf[:2]
-            self._chunk_left = 0
-            return b""
-        end = buf.find(b"\r\n")
-        if end < 0:
-            if len(buf) > _MAX_CHUNK_LINE:
-                raise ValueError("the node's chunked answer is malformed (chunk size line too long)")
-            return None
-        line = bytes(buf[:end])
-        del buf[: end + 2]
-        if self._chunk_left == -2:  # trailers, up to an empty line
-            if not line:
-                self._done = True
-            return b""
-        size = line.split(b";", 1)[0].strip()
-        if not _HEX.fullmatch(size):
-            raise ValueError("the node's chunked answer is malformed (bad chunk size)")
-        n = int(size, 16)
-        self._chunk_left = n if n else -2
         return b""
 
     def release(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.release(self._conn, reuse=self._done and self._keep_alive)
+            conn = self._conn
+            pool.release(conn, reuse=conn.complete and conn.keep_alive and not conn.dirty)
 
     def __del__(self) -> None:
         # A response dropped unreleased (a bug elsewhere) must not keep its pool slot
@@ -654,60 +726,14 @@ class NodeResponse:
             self._pool = None
 
 
-async def _read_head(conn: _Conn, read_timeout: float | None) -> tuple[int, CIMultiDict[str], bool]:
-    """(status, headers, HTTP/1.1 keep-alive) of the node's final answer (1xx skipped)."""
-    while True:
-        end = conn.buf.find(b"\r\n\r\n")
-        while end < 0:
-            if len(conn.buf) > _MAX_HEAD:
-                raise ValueError("the node's response head is too large")
-            await conn.more(read_timeout)
-            end = conn.buf.find(b"\r\n\r\n")
-        lines = bytes(conn.buf[:end]).decode("latin-1").split("\r\n")
-        del conn.buf[: end + 4]
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or rest[3:4] not in ("", " "):
-            raise ValueError("the node's status line is malformed")
-        status = int(code)
-        pairs = [line.split(":", 1) for line in lines[1:]]
-        for pair in pairs:
-            if len(pair) != 2 or not pair[0]:
-                raise ValueError("the node's response headers are malformed")
-            pair[1] = pair[1].strip(" \t")
-        # Every name a token (no spaces, no obs-fold continuation lines), checked in one go.
-        if pairs and not _TOKENS.fullmatch("".join([pair[0] for pair in pairs])):
-            raise ValueError("the node's response headers are malformed")
-        headers: CIMultiDict[str] = CIMultiDict(pairs)  # type: ignore[arg-type]
-        if 100 <= status < 200:
-            if status == 101:
-                raise ValueError("the node switched protocols")
-            continue
-        keep_alive = version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
-        return status, headers, keep_alive
-
-
-def _framing(status: int, headers: CIMultiDict[str]) -> tuple[int | None, bool, bool]:
-    """(Content-Length, chunked, delimited) of the body (RFC 9112 section 6.3)."""
-    if status in (204, 304):
-        return 0, False, True
-    coding = headers.get("Transfer-Encoding")
-    if coding is not None:
-        if "Content-Length" in headers:
-            raise ValueError("the node's answer has both Transfer-Encoding and Content-Length")
-        if ",".join(headers.getall("Transfer-Encoding")).strip().lower() != "chunked":
-            # Only chunked: a transfer coding on top (gzip, chunked) would pass undecoded.
-            raise ValueError("the node's answer has a transfer coding other than chunked")
-        return None, True, True
-    lengths = headers.getall("Content-Length", ())
-    if len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit() and len(lengths[0]) <= 18:
-        return int(lengths[0]), False, True
-    if lengths:
-        values = {v.strip() for v in ",".join(lengths).split(",")}
-        if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
-            raise ValueError("the node's Content-Length is malformed")
-        return int(next(iter(values))), False, True
-    return None, False, False
+async def _read_head(conn: _Conn, read_timeout: float | None) -> None:
+    """Until the node's final answer's status line and headers are in (1xx skipped)."""
+    while conn.headers is None:
+        if conn.error is not None:
+            raise conn.error
+        await conn.more(read_timeout)
+    if conn.error is not None and not conn.body and not conn.complete:
+        raise conn.error
 
 
 @dataclass
@@ -881,21 +907,12 @@ class BackendPool:
         conn = await pool.acquire(lambda: self._connect(t))
         try:
             assert conn.transport is not None
+            conn.begin()
             conn.transport.write(
                 b"".join([t.head, head.encode(), b"Content-Length: %d\r\n\r\n" % len(data), data])
             )
-            status, headers, keep_alive = await _read_head(conn, t.read_timeout)
-            length, chunked, delimited = _framing(status, headers)
-            return NodeResponse(
-                pool,
-                conn,
-                status,
-                CIMultiDictProxy(headers),
-                length,
-                chunked,
-                keep_alive and delimited,
-                t.read_timeout,
-            )
+            await _read_head(conn, t.read_timeout)
+            return NodeResponse(pool, conn, t.read_timeout)
         except BaseException:
             pool.release(conn, reuse=False)
             raise

@@ -348,3 +348,157 @@ async def test_a_refused_content_coding_frees_its_slot_once(serve) -> None:
     assert [p.in_use for p in pool._pools.values()] == [0]
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert [p.in_use for p in pool._pools.values()] == [0]
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\n" + REPORT
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Request/response smuggling shapes: two ways to frame one body, or a framing two
+        # parsers could read differently. Each is refused as it arrives (the connection stays
+        # open, so the failure is the parser's, not a truncation).
+        OK_HEAD + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 2, 2\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        OK_HEAD + b"X-A: 1\r\n Content-Length: 2\r\nContent-Length: 2\r\n\r\nab",  # obs-fold
+        OK_HEAD + b"X-A: 1\r\n\tfolded\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nab",  # bare LF line endings
+        OK_HEAD + b"Content-Length: 2\n\r\nab",
+        OK_HEAD + b"X-A: 1\rContent-Length: 2\r\n\r\nab",  # bare CR
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\n0\r\n\r\n",
+        OK_HEAD + b"Content-Length: -1\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 18446744073709551617\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 0x2\r\n\r\nab",
+        OK_HEAD + b"Content-Length: 2 2\r\n\r\nab",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n-2\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n10000000000000001\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2 \r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n\r\nab\r\n0\r\n\r\n",
+        OK_HEAD + b"X-A: a\x00b\r\nContent-Length: 2\r\n\r\nab",  # NUL in a value
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nab" + whole(),  # an interim answer's body
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n" + whole(),
+    ],
+)
+async def test_smuggling_shapes_are_node_failures_and_the_connection_is_dropped(serve, answer: bytes) -> None:
+    pool, srv = await serve([answer, whole()], read_timeout_seconds=5)
+    with pytest.raises(BackendFailure) as exc:
+        await pool.chat("n1", PAYLOAD, SENT)
+    assert not exc.value.client_error and not exc.value.timeout
+    assert pool.nodes["n1"].failures == 1
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 2  # the refused answer's connection was not reused
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"\r\n",  # even a bare CRLF (llhttp skips empty lines between answers)
+        b"x",
+        whole(b'{"choices": [{"message": {"role": "assistant", "content": "smuggled"}}]}'),
+    ],
+)
+async def test_bytes_after_a_complete_answer_are_never_read_as_the_next_one(serve, after: bytes) -> None:
+    pool, srv = await serve([whole() + after, whole()])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 2
+
+
+async def test_bytes_arriving_while_idle_drop_the_connection(serve) -> None:
+    smuggled = whole(b'{"choices": [{"message": {"role": "assistant", "content": "smuggled"}}]}')
+
+    def then_more(t: asyncio.Transport) -> None:
+        t.write(whole())
+        asyncio.get_running_loop().call_later(0.02, t.write, smuggled)
+
+    pool, srv = await serve([then_more, whole()])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    await asyncio.sleep(0.1)
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.0 200 OK\r\n" + REPORT + b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER,
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+        + REPORT
+        + b"Content-Length: %d\r\n\r\n" % len(ANSWER)
+        + ANSWER,
+        whole(extra=b"Connection: keep-alive, close\r\n"),
+    ],
+)
+async def test_http_1_0_and_connection_close_are_not_reused(serve, answer: bytes) -> None:
+    pool, srv = await serve([answer, whole()])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 2
+
+
+async def test_several_interim_answers_are_skipped(serve) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    pool, srv = await serve([interim + whole(), whole()])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 1
+
+
+def _dribbled(raw: bytes, step: int = 1000) -> Callable[[asyncio.Transport], None]:
+    def send(t: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        for n, i in enumerate(range(0, len(raw), step)):
+            loop.call_later(0.0005 * n, t.write, raw[i : i + step])
+
+    return send
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        whole(extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70))),  # one write
+        _dribbled(whole(extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(70)))),
+        _dribbled(OK_HEAD + b"X-Long: " + b"a" * 100_000),  # one endless value
+        _dribbled(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nT: " + b"a" * 100_000),
+        _dribbled(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2;" + b"e" * 100_000),
+    ],
+)
+async def test_heads_trailers_and_framing_over_64_kib_are_node_failures(serve, answer: object) -> None:
+    pool, srv = await serve([answer, whole()], read_timeout_seconds=5)
+    with pytest.raises(BackendFailure) as exc:
+        await pool.chat("n1", PAYLOAD, SENT)
+    assert not exc.value.client_error and not exc.value.timeout
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 2
+
+
+async def test_a_head_just_under_the_limit_is_accepted(serve) -> None:
+    pool, _ = await serve([whole(extra=b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(60)))])
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+
+
+async def test_a_large_streamed_body_pauses_reading_and_arrives_whole(serve) -> None:
+    events = [b"data: %s\n\n" % (b"x" * 1000) for _ in range(600)]
+    stream = chunked(events, b"Content-Type: text/event-stream\r\n").replace(
+        b"Content-Type: application/json\r\n", b""
+    )
+    pool, srv = await serve([stream, whole()])
+    s = await pool.open_stream("n1", {**PAYLOAD, "stream": True}, SENT)
+    await asyncio.sleep(0.1)  # the node writes everything; the client pauses above its high-water mark
+    got = [p async for p in s.chunks()]
+    await s.close()
+    assert b"".join(got) == b"".join(events)
+    assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+    assert srv.connections == 1

@@ -586,6 +586,9 @@ def _target(
 
 
 _MAX_MEMBERS = 1024
+# Decoded bytes one compressed answer may expand to: a small compressed body must not become
+# hundreds of megabytes in one step of the event loop (a chat answer is kilobytes).
+_MAX_DECODED = 64 * 1024 * 1024
 _WINDOW_MIN = 64
 _WINDOW_MAX = 65_536
 
@@ -598,6 +601,7 @@ class _Decoder:
     def __init__(self, deflate: bool) -> None:
         self._deflate = deflate
         self._z: Any = None
+        self._left = _MAX_DECODED  # decoded bytes still allowed
 
     def feed(self, raw: bytes) -> bytes:
         # As aiohttp's decoder: input in windows that double while a member lasts (what is
@@ -619,7 +623,13 @@ class _Decoder:
                     self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else zlib.MAX_WBITS | 32)
                     window = _WINDOW_MIN
                 end = min(pos + window, len(view))
-                out.append(self._z.decompress(view[pos:end]))
+                piece = self._z.decompress(view[pos:end], self._left + 1)
+                if len(piece) > self._left:
+                    raise ValueError(
+                        f"the node's compressed answer expands to over {_MAX_DECODED // 2**20} MiB"
+                    )
+                self._left -= len(piece)
+                out.append(piece)
                 if self._z.eof:
                     pos = end - len(self._z.unused_data)
                 else:
@@ -957,8 +967,14 @@ class BackendPool:
 
     def _end(self, st: NodeState) -> None:
         st.in_flight -= 1
-        if self.nodes.get(st.cfg.id) is st:  # a node removed by a reload mid-call has no series
+        if self._current(st):
             self.metrics.child(self.metrics.node_in_flight, st.cfg.id).dec()
+
+    def _current(self, st: NodeState) -> bool:
+        """Whether `st` is still a configured node: one removed by a reload while a call to it
+        was in flight has no metric series left, and its call's end must not recreate them
+        (an in-flight gauge at -1, or healthy 0 for a node that no longer exists)."""
+        return self.nodes.get(st.cfg.id) is st
 
     def _answered(self, st: NodeState, start: float) -> None:
         elapsed = time.monotonic() - start
@@ -966,7 +982,8 @@ class BackendPool:
             elapsed if st.ewma_latency_s == 0 else (1 - EWMA_ALPHA) * st.ewma_latency_s + EWMA_ALPHA * elapsed
         )
         st.consecutive_failures = 0
-        self.metrics.child(self.metrics.node_latency, st.cfg.id).observe(elapsed)
+        if self._current(st):
+            self.metrics.child(self.metrics.node_latency, st.cfg.id).observe(elapsed)
 
     def _node_failure(self, st: NodeState, exc: BaseException) -> BackendFailure:
         """Count a transport or parse failure against the node and describe it."""
@@ -1033,11 +1050,14 @@ class BackendPool:
     def _failed(self, st: NodeState) -> None:
         st.failures += 1
         st.consecutive_failures += 1
-        self.metrics.node_failures.labels(st.cfg.id).inc()
+        current = self._current(st)
+        if current:
+            self.metrics.node_failures.labels(st.cfg.id).inc()
         if st.consecutive_failures >= self.routing.outlier_consecutive_failures:
             st.ejected_until = time.monotonic() + self.routing.outlier_ejection_seconds
             st.consecutive_failures = 0
-            self.metrics.node_healthy.labels(st.cfg.id).set(0)
+            if current:
+                self.metrics.node_healthy.labels(st.cfg.id).set(0)
             log.warning(
                 "node ejected", extra={"node": st.cfg.id, "seconds": self.routing.outlier_ejection_seconds}
             )

@@ -83,3 +83,22 @@ def test_many_gzip_members_cost_linear_work_not_quadratic(monkeypatch: pytest.Mo
     assert _Counting.fed <= 4 * len(body), (
         f"{_Counting.fed:,} bytes fed to zlib for a {len(body):,}-byte body"
     )
+
+
+def test_a_decompression_bomb_is_refused_before_it_expands() -> None:
+    """200 KB of gzip that would expand to 200 MB: refused once the decoded size passes the
+    cap, without ever producing more than the cap (the check is on zlib's max_length)."""
+    bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 300_000
+    decoder = _Decoder(deflate=False)
+    produced = 0
+    with pytest.raises(ValueError, match="expands to over"):
+        for i in range(0, len(bomb), 16_384):
+            produced += len(decoder.feed(bomb[i : i + 16_384]))
+    assert produced <= 64 * 1024 * 1024
+
+
+def test_an_answer_under_the_cap_decodes_whole() -> None:
+    body = b"x" * (3 * 1024 * 1024)
+    decoder = _Decoder(deflate=False)
+    assert decoder.feed(gzip.compress(body)) + decoder.finish() == body

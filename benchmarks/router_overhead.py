@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/router_overhead.py --diagnose   # ~2 min on 2 cores
     .venv/bin/python benchmarks/router_overhead.py --seconds 3 --concurrency 1 16
     .venv/bin/python benchmarks/router_overhead.py --baseline /tmp/base/router  # before/after
-    .venv/bin/python benchmarks/router_overhead.py --deferred   # + ledger.commit_mode=deferred
+    .venv/bin/python benchmarks/router_overhead.py --durable    # + ledger.commit_mode=durable
     .venv/bin/python benchmarks/router_overhead.py --workers 1 2 --concurrency 16 64   # serve --workers N
 
 Everything runs on 127.0.0.1 in separate processes: one demo node (``fdp-router
@@ -94,7 +94,7 @@ def run_router_without_ledger(config: str) -> None:
         def __init__(self, privacy: PrivacyConfig) -> None:
             self.delta = privacy.delta
 
-        async def reserve(self, charge: Charge) -> Reservation:
+        async def reserve(self, charge: Charge, nodes: tuple[str, ...] = ()) -> Reservation:
             eps = epsilon_of(charge.event, self.delta)  # type: ignore[arg-type]
             return Reservation(uuid.uuid4().hex, charge, eps, self.delta, dt.datetime.now(dt.UTC), 1e6)
 
@@ -286,6 +286,9 @@ def bench_config(tmp: Path, node_url: str, port: int) -> dict[str, Any]:
             "backend": "sqlite",
             "sqlite_path": str(tmp / "ledger.sqlite"),
             "audit_key_file": str(tmp / "audit.key"),
+            # the default, written out so that a --baseline tree older than that default
+            # (durable until 2026-11-30) runs the same mode
+            "commit_mode": "deferred",
             "idle_fast_path": os.environ.get("FDP_BENCH_IDLE_FAST_PATH") == "1",
         },
         "overload": {"max_concurrency": 256, "max_queue": 1024},
@@ -315,18 +318,18 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         "ledger": {**cfg["ledger"], "sqlite_path": str(tmp / "ledger-baseline.sqlite")},  # type: ignore[dict-item]
     }
     base_path.write_text(json.dumps(base_cfg))
-    deferred_port = free_port()
-    deferred_path = tmp / "router-deferred.json"
-    deferred_cfg = {
+    durable_port = free_port()
+    durable_path = tmp / "router-durable.json"
+    durable_cfg = {
         **cfg,
-        "server": {"host": "127.0.0.1", "port": deferred_port},
+        "server": {"host": "127.0.0.1", "port": durable_port},
         "ledger": {  # type: ignore[dict-item]
             **cfg["ledger"],
-            "sqlite_path": str(tmp / "ledger-deferred.sqlite"),
-            "commit_mode": "deferred",
+            "sqlite_path": str(tmp / "ledger-durable.sqlite"),
+            "commit_mode": "durable",
         },
     }
-    deferred_path.write_text(json.dumps(deferred_cfg))
+    durable_path.write_text(json.dumps(durable_cfg))
     env = {**os.environ, "FDP_JWT_SECRET": secret}
     procs = [
         subprocess.Popen(
@@ -350,9 +353,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 stderr=subprocess.DEVNULL,
             )
         )
-    if args.deferred:
-        procs.append(serve(deferred_path, env))
-        deferred_pid = procs[-1].pid
+    if args.durable:
+        procs.append(serve(durable_path, env))
+        durable_pid = procs[-1].pid
     if args.baseline:
         # The same router command, importing fdp_router from another source tree (an older
         # revision): before/after compared in one run, under the same machine load.
@@ -377,8 +380,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
         if args.diagnose:
             await wait_http(f"http://127.0.0.1:{noop_port}/healthz")
-        if args.deferred:
-            await wait_http(f"http://127.0.0.1:{deferred_port}/healthz")
+        if args.durable:
+            await wait_http(f"http://127.0.0.1:{durable_port}/healthz")
         if args.baseline:
             await wait_http(f"http://127.0.0.1:{base_port}/healthz")
         for n, (w_port, _) in workers.items():
@@ -410,10 +413,10 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"http://127.0.0.1:{noop_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
-        if args.deferred:
-            pids["router, deferred commit"] = deferred_pid
-            targets["router, deferred commit"] = (
-                f"http://127.0.0.1:{deferred_port}/v1/chat/completions",
+        if args.durable:
+            pids["router, durable commit"] = durable_pid
+            targets["router, durable commit"] = (
+                f"http://127.0.0.1:{durable_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
         if args.baseline:
@@ -489,9 +492,9 @@ def main() -> int:
         help="also measure the router with a no-op ledger (router cost alone)",
     )
     ap.add_argument(
-        "--deferred",
+        "--durable",
         action="store_true",
-        help="also measure the router with ledger.commit_mode=deferred",
+        help="also measure the router with ledger.commit_mode=durable (the commit record awaited)",
     )
     ap.add_argument(
         "--baseline",

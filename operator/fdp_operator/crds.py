@@ -860,12 +860,13 @@ FEDERATED_ROUTER_SPEC = _obj(
                     key="key",
                 ),
                 "commitMode": _s(
-                    "Durable: the commit record (which node answered) is durable before the answer "
-                    "leaves. Deferred: it rides with the next group commit, at most 50 ms later, saving "
-                    "one durable write of latency per request. Either way the spend is durable before "
-                    "any node is called, and a crash before the commit record leaves it spent",
+                    "Deferred (default): the commit record (the answer was released) rides with the "
+                    "next group commit, at most 50 ms later, instead of costing each answer one more "
+                    "durable write. Durable: it is durable before the answer leaves. Either way the "
+                    "spend, and the node it was reserved for, are durable before any node is called, "
+                    "and a crash before the commit record leaves the spend counted",
                     enum=["Durable", "Deferred"],
-                    default="Durable",
+                    default="Deferred",
                 ),
                 "sqlite": _obj(
                     "sqlite: the PersistentVolumeClaim <router>-ledger holding the ledger file, created "

@@ -538,7 +538,7 @@ class LedgerSpec(SpecModel):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     dsn_secret_ref: DsnSecretRef | None = None
     audit_key_secret_ref: AuditKeySecretRef | None = None
-    commit_mode: Literal["Durable", "Deferred"] = "Durable"  # see the CRD description (crds.py)
+    commit_mode: Literal["Durable", "Deferred"] = "Deferred"  # see the CRD description (crds.py)
     sqlite: SqliteVolumeSpec = SqliteVolumeSpec()
     timeouts: LedgerTimeoutsSpec = LedgerTimeoutsSpec()
 

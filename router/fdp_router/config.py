@@ -461,11 +461,12 @@ class LedgerConfig(_Frozen):
     audit_key_file: str | None = Field(None, description="AES-256 audit key file (hex or raw 32 bytes)")
     audit_key_env: str | None = "FDP_AUDIT_KEY"
     commit_mode: Literal["durable", "deferred"] = Field(
-        "durable",
-        description="durable: the commit record (which node answered) is durable before the answer "
-        "leaves. deferred: it rides with the next group commit (at most 50 ms later); the spend "
-        "itself is durable before any node is called in both modes, and a crash before the commit "
-        "record leaves the reservation counted as spent. Saves one durable write of latency per request.",
+        "deferred",
+        description="deferred (default): the commit record (the answer was released) rides with the "
+        "next group commit, at most 50 ms later, instead of costing each answer one more durable "
+        "write. durable: it is durable before the answer leaves. In both modes the spend, and the "
+        "node it was reserved for, are durable before any node is called, and a crash before the "
+        "commit record leaves the reservation counted as spent.",
     )
     idle_fast_path: bool = Field(
         False,

@@ -694,7 +694,7 @@ class RequestPath:
                     reservation = None
                 if cfg.privacy.data_class == DataClass.PHI:
                     try:
-                        reservation = await self._reserve(rt, who, (node.hospital,), sent)
+                        reservation = await self._reserve(rt, who, node, sent)
                     except BudgetExceeded as exc:
                         self.metrics.budget_rejections.labels(exc.scope.value).inc()
                         if exc.scope is Scope.HOSPITAL:
@@ -835,7 +835,9 @@ class RequestPath:
             "fdp_options": list(options),
         }
         try:
-            reservation = await rt.ledger.reserve(who.charge(hospitals, events.gnmax_event(ccfg.sigma)))
+            reservation = await rt.ledger.reserve(
+                who.charge(hospitals, events.gnmax_event(ccfg.sigma)), tuple(sorted(n.id for n in nodes))
+            )
         except BudgetExceeded as exc:
             self.metrics.budget_rejections.labels(exc.scope.value).inc()
             raise _budget_error(exc) from None
@@ -891,12 +893,10 @@ class RequestPath:
 
     # --- ledger -------------------------------------------------------------------------------
 
-    async def _reserve(
-        self, rt: Runtime, who: Requester, hospitals: tuple[str, ...], sent: SentPrivacy
-    ) -> Reservation:
+    async def _reserve(self, rt: Runtime, who: Requester, node: NodeView, sent: SentPrivacy) -> Reservation:
         try:
             event = events.event_for_node(sent.mechanism, sent.epsilon, rt.config.privacy.delta)
-            return await rt.ledger.reserve(who.charge(hospitals, event))
+            return await rt.ledger.reserve(who.charge((node.hospital,), event), (node.id,))
         except InvalidPrivacyRequest as exc:
             raise _invalid(exc) from None
 

@@ -135,8 +135,10 @@ class Ledger(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def reserve(self, charge: Charge) -> Reservation:
-        """Raises BudgetExceeded or InvalidPrivacyRequest and records nothing in that case."""
+    async def reserve(self, charge: Charge, nodes: tuple[str, ...] = ()) -> Reservation:
+        """Raises BudgetExceeded or InvalidPrivacyRequest and records nothing in that case.
+        `nodes`: the node(s) about to be asked, kept in the reservation's audit record, so the
+        trail names them even if the commit record is lost (deferred commit mode, a crash)."""
 
     @abc.abstractmethod
     async def commit(self, reservation_id: str, nodes: tuple[str, ...] = ()) -> None:

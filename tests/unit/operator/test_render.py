@@ -352,10 +352,8 @@ def test_render_is_deterministic(make_router, make_policy, make_node) -> None:
 
 def test_the_ledger_commit_mode_reaches_the_router_config(make_router, make_policy, make_node) -> None:
     default = _config(_render(make_router(), make_policy(), [make_node("a")]))
-    deferred = _config(
-        _render(make_router(ledger={"commitMode": "Deferred"}), make_policy(), [make_node("a")])
-    )
-    assert (default.ledger.commit_mode, deferred.ledger.commit_mode) == ("durable", "deferred")
+    durable = _config(_render(make_router(ledger={"commitMode": "Durable"}), make_policy(), [make_node("a")]))
+    assert (default.ledger.commit_mode, durable.ledger.commit_mode) == ("deferred", "durable")
 
 
 def test_the_hpa_cpu_target_is_the_one_the_crd_spells(make_router, make_policy, make_node) -> None:

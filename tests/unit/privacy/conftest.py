@@ -22,6 +22,11 @@ from fdp_router.privacy.ledger.core import SqlLedger
 
 from tests.support.postgres import PgServer, start_postgres
 
+# The ledger contract is tested in its strict mode, where commit() returns once its record is
+# durable (and so can fail to its caller); the default, deferred commit, has its own tests
+# (test_ledger_contract.py, test_ledger_faults.py, and every router test).
+CONTRACT_COMMIT_MODE = "durable"
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -56,14 +61,22 @@ def ledger_env(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerEnv:
     key = _key_file(tmp_path)
     if request.param == "sqlite":
         cfg = LedgerConfig(
-            backend="sqlite", sqlite_path=str(tmp_path / "ledger.sqlite"), audit_key_file=str(key)
+            backend="sqlite",
+            sqlite_path=str(tmp_path / "ledger.sqlite"),
+            audit_key_file=str(key),
+            commit_mode=CONTRACT_COMMIT_MODE,
         )
         return LedgerEnv("sqlite", cfg, key)
     server: PgServer = request.getfixturevalue("pg_server")
     dsn = server.new_database()
     dsn_file = tmp_path / "dsn"
     dsn_file.write_text(dsn)
-    cfg = LedgerConfig(backend="postgres", postgres_dsn_file=str(dsn_file), audit_key_file=str(key))
+    cfg = LedgerConfig(
+        backend="postgres",
+        postgres_dsn_file=str(dsn_file),
+        audit_key_file=str(key),
+        commit_mode=CONTRACT_COMMIT_MODE,
+    )
     return LedgerEnv("postgres", cfg, key, dsn)
 
 
@@ -91,7 +104,12 @@ def policy_admitting(
 @pytest.fixture
 def ledger_env_sqlite(tmp_path: Path) -> LedgerEnv:
     key = _key_file(tmp_path)
-    cfg = LedgerConfig(backend="sqlite", sqlite_path=str(tmp_path / "ledger.sqlite"), audit_key_file=str(key))
+    cfg = LedgerConfig(
+        backend="sqlite",
+        sqlite_path=str(tmp_path / "ledger.sqlite"),
+        audit_key_file=str(key),
+        commit_mode=CONTRACT_COMMIT_MODE,
+    )
     return LedgerEnv("sqlite", cfg, key)
 
 
@@ -101,5 +119,10 @@ def ledger_env_pg(pg_server: PgServer, tmp_path: Path) -> LedgerEnv:
     dsn = pg_server.new_database()
     dsn_file = tmp_path / "dsn"
     dsn_file.write_text(dsn)
-    cfg = LedgerConfig(backend="postgres", postgres_dsn_file=str(dsn_file), audit_key_file=str(key))
+    cfg = LedgerConfig(
+        backend="postgres",
+        postgres_dsn_file=str(dsn_file),
+        audit_key_file=str(key),
+        commit_mode=CONTRACT_COMMIT_MODE,
+    )
     return LedgerEnv("postgres", cfg, key, dsn)

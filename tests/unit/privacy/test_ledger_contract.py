@@ -408,3 +408,55 @@ async def test_deferred_commit_does_not_wait_and_close_drains_it(
     assert states == {res.id: "committed", deferred_again.id: "committed"}
     assert "deferred commit failed" in caplog.text
     assert verify_ledger(_driver(ledger_env), parse_keyring(ledger_env.key_file.read_text(), "k")).ok
+
+
+async def test_the_reserve_record_names_the_nodes_about_to_be_asked(ledger_env: LedgerEnv) -> None:
+    """DESIGN: every charge is an audit record naming its node(s). The reservation's record
+    carries them, so the trail names who was asked even when the commit record is deferred
+    and lost in a crash; a reservation made without nodes says so with an empty list."""
+    from fdp_router.privacy.audit import unseal
+    from fdp_router.privacy.ledger.core import AUDIT_COLUMNS
+
+    cfg = policy_admitting(5)
+    ledger = await open_ledger(ledger_env.ledger_cfg, cfg)
+    try:
+        asked = await ledger.reserve(_charge(cfg), ("node-a", "node-b"))
+        bare = await ledger.reserve(_charge(cfg))
+    finally:
+        await ledger.close()
+    keyring = parse_keyring(ledger_env.key_file.read_text(), "k")
+    rows = _rows(ledger_env, f"SELECT {', '.join(AUDIT_COLUMNS)} FROM fdp_audit WHERE kind = 'reserve'")
+    nodes = {
+        rec["reservation_id"]: unseal(keyring, rec)["nodes"]
+        for rec in (dict(zip(AUDIT_COLUMNS, row, strict=True)) for row in rows)
+    }
+    assert nodes == {asked.id: ["node-a", "node-b"], bare.id: []}
+    assert verify_ledger(_driver(ledger_env), keyring).ok
+
+
+async def test_verify_of_a_live_ledger_reads_one_snapshot(ledger_env: LedgerEnv) -> None:
+    """`ledger verify` beside a router that keeps writing: each check reads the audit trail,
+    the reservations and the units of one moment, so a commit landing between two of its
+    reads is never reported as a reservation its records do not explain."""
+    cfg = policy_admitting(10_000)
+    ledger = await open_ledger(ledger_env.ledger_cfg.model_copy(update={"commit_mode": "durable"}), cfg)
+    keyring = parse_keyring(ledger_env.key_file.read_text(), "k")
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            res = await asyncio.gather(*(ledger.reserve(_charge(cfg)) for _ in range(8)))
+            await asyncio.gather(*(ledger.commit(r.id, ("n",)) for r in res))
+
+    task = asyncio.create_task(traffic())
+    try:
+        results = []
+        for _ in range(25):
+            results.append(await asyncio.to_thread(verify_ledger, _driver(ledger_env), keyring))
+        bad = [r for r in results if not r.ok]
+        assert not bad, bad[0]
+        assert results[-1].checked > results[0].checked  # the ledger did move under the checks
+    finally:
+        stop.set()
+        await task
+        await ledger.close()

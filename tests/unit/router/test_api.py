@@ -460,3 +460,43 @@ async def test_parallel_requests_never_overspend_a_budget(
     assert statuses.count(200) == allowed  # exactly what fits, however the requests interleave
     budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
     assert budget["consumed_budget"] <= budget["total_budget"]
+
+
+def _reserve_records(demo_cluster: Cluster) -> list[dict[str, object]]:
+    """The sealed reserve records of the cluster's ledger, opened with its audit key."""
+    import sqlite3
+
+    from fdp_router.privacy.audit import parse_keyring, unseal
+    from fdp_router.privacy.ledger.core import AUDIT_COLUMNS
+
+    keyring = parse_keyring(demo_cluster.audit_key.read_text(), "audit key")
+    with sqlite3.connect(demo_cluster.tmp / "ledger.sqlite") as conn:
+        rows = conn.execute(
+            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM fdp_audit WHERE kind = 'reserve' ORDER BY seq"
+        ).fetchall()
+    return [unseal(keyring, dict(zip(AUDIT_COLUMNS, row, strict=True))) for row in rows]
+
+
+async def test_every_reservation_names_the_node_it_was_made_for(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """The reserve record (durable before any node is called) names the node, so the trail
+    says who was asked even when the commit record is deferred: here a failed first attempt
+    (refunded), the node that answered, and the three hospitals' nodes of a consensus vote."""
+    demo_cluster.nodes[0].state.failure_rate = 1.0
+    cfg = demo_cluster.config(
+        routing={"strategy": "round_robin", "max_attempts": 3}, privacy=CONSENSUS_PRIVACY
+    )
+    client = await router(cfg)
+    r = await client.post("/v1/inference", json={"prompt": q("names"), "privacy_budget": 0.2}, headers=auth())
+    assert r.status == 200, await r.text()
+    answered = (await r.json())["node_id"]
+    demo_cluster.nodes[0].state.failure_rate = 0.0
+    r = await client.post("/v1/inference", json=consensus_body("names"), headers=auth())
+    assert r.status == 200, await r.text()
+    records = _reserve_records(demo_cluster)
+    assert [rec["nodes"] for rec in records] == [["node-0"], [answered], ["node-0", "node-1", "node-2"]]
+    assert [rec["hospitals"] for rec in records[:2]] == [
+        ["hospital-0"],
+        [answered.replace("node-", "hospital-")],
+    ]

@@ -204,6 +204,11 @@ class SqlDriver(abc.ABC):
     @abc.abstractmethod
     def connect_reader(self) -> Any: ...
 
+    def begin_snapshot(self, conn: Any) -> None:
+        """Make the reads that follow on a fresh reader `conn` one consistent snapshot until it
+        commits or rolls back (verify reads several tables while writers go on)."""
+        return None
+
     @abc.abstractmethod
     def begin_locked(self, conn: Any) -> Any:
         """Start a transaction holding the ledger-wide write lock; return a cursor."""
@@ -581,7 +586,7 @@ class SqlLedger(Ledger):
 
     # --- public API -----------------------------------------------------------------------
 
-    async def reserve(self, charge: Charge) -> Reservation:
+    async def reserve(self, charge: Charge, nodes: tuple[str, ...] = ()) -> Reservation:
         validate_charge(charge)
         cost = flt.rdp_curve(charge.event)
         eps = fast_epsilon(charge.event, self._cfg.delta)
@@ -596,6 +601,7 @@ class SqlLedger(Ledger):
             epsilon=eps,
             now=now,
             window_id=window_of(self._cfg, now).id,
+            nodes=tuple(nodes),
         )
         result: Reservation = await self._submit(op)
         self._open[result.id] = time.monotonic()
@@ -1187,6 +1193,7 @@ class SqlLedger(Ledger):
                 "request_id": charge.request_id,
                 "window_id": op.window_id,
                 "event": _event_dict(charge.event),
+                "nodes": list(op.nodes),
             },
         )
         return Reservation(

@@ -75,6 +75,10 @@ class PostgresDriver(SqlDriver):
         self._set_session(conn)
         return conn
 
+    def begin_snapshot(self, conn: Any) -> None:
+        # READ COMMITTED (the default) takes a new snapshot per statement
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
 

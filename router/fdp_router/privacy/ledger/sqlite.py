@@ -85,6 +85,9 @@ class SqliteDriver(SqlDriver):
     def connect_reader(self) -> Any:
         return _Tx(self._connect())
 
+    def begin_snapshot(self, conn: Any) -> None:
+        conn.raw.execute("BEGIN")  # WAL: the first read fixes the snapshot until COMMIT/ROLLBACK
+
     def begin_locked(self, conn: Any) -> Any:
         conn.raw.execute("BEGIN IMMEDIATE")
         return conn.raw.cursor()

@@ -152,6 +152,9 @@ def verify_ledger(
     """Check a ledger (see the module docstring); never writes."""
     conn = driver.connect_reader()
     try:
+        # One snapshot: a live router's writes between two of its reads would otherwise look
+        # like a reservation whose state its records do not explain.
+        driver.begin_snapshot(conn)
         cur = conn.cursor()
         if not driver.table_exists(cur, "fdp_head"):
             result = VerifyResult(True, 0, head_seq=0, notes=("no ledger in this database (0 records)",))

@@ -54,6 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["FDP_ALLOWED_IMAGE_REPOSITORIES"] = ",".join(args.allowed_image_repository)
     if args.default_ingress_from:
         os.environ["FDP_DEFAULT_INGRESS_FROM"] = args.default_ingress_from
+    if args.allowed_priority_class:
+        os.environ["FDP_ALLOWED_PRIORITY_CLASSES"] = ",".join(args.allowed_priority_class)
+    if args.allowed_toleration_key:
+        os.environ["FDP_ALLOWED_TOLERATION_KEYS"] = ",".join(args.allowed_toleration_key)
     from fdp_operator.security import OperatorSettings
 
     try:
@@ -132,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO",
         help="image repository a FederatedRouter may run (repeatable; 'registry/org/*' allows a "
         "whole path); default: $FDP_ALLOWED_IMAGE_REPOSITORIES or ghcr.io/federated-dp-llm/router",
+    )
+    run.add_argument(
+        "--allowed-priority-class",
+        action="append",
+        metavar="NAME",
+        help="PriorityClass a FederatedRouter's spec.scheduling may name (repeatable; '*' any); "
+        "default: $FDP_ALLOWED_PRIORITY_CLASSES or any class but system-cluster-critical and "
+        "system-node-critical",
+    )
+    run.add_argument(
+        "--allowed-toleration-key",
+        action="append",
+        metavar="KEY",
+        help="toleration key a FederatedRouter's spec.scheduling may use (repeatable; '*' any, "
+        "key-less included); default: $FDP_ALLOWED_TOLERATION_KEYS or any key, never a key-less one",
     )
     run.add_argument(
         "--default-ingress-from",

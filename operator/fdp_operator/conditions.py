@@ -31,6 +31,7 @@ class Reason(StrEnum):
     PROGRESSING = "Progressing"
     INVALID_SPEC = "InvalidSpec"
     IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+    SCHEDULING_NOT_ALLOWED = "SchedulingNotAllowed"
     SECRET_NOT_ALLOWED = "SecretNotAllowed"  # noqa: S105 - a reason, not a password
     SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password
     POLICY_NOT_FOUND = "PolicyNotFound"
@@ -92,6 +93,7 @@ class RolloutFacts:
 class RouterObservation:
     spec_error: str | None = None
     image_error: str | None = None
+    scheduling_error: str | None = None
     #: (reason, message) per refused Secret the router's own spec names (security.py)
     secret_refusals: tuple[tuple[str, str], ...] = ()
     policy_name: str = ""
@@ -120,6 +122,12 @@ def spec_is_valid(o: RouterObservation) -> Verdict | None:
 
 def image_is_allowed(o: RouterObservation) -> Verdict | None:
     return Verdict(Reason.IMAGE_NOT_ALLOWED, o.image_error, True) if o.image_error else None
+
+
+def scheduling_is_allowed(o: RouterObservation) -> Verdict | None:
+    if o.scheduling_error:
+        return Verdict(Reason.SCHEDULING_NOT_ALLOWED, o.scheduling_error, True)
+    return None
 
 
 def secrets_are_allowed(o: RouterObservation) -> Verdict | None:
@@ -189,6 +197,7 @@ def workloads_available(o: RouterObservation) -> Verdict | None:
 ROUTER_CHECKS: tuple[Check, ...] = (
     spec_is_valid,
     image_is_allowed,
+    scheduling_is_allowed,
     secrets_are_allowed,
     policy_exists,
     policy_is_valid,

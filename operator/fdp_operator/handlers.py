@@ -91,6 +91,11 @@ def _configure(settings: kopf.OperatorSettings) -> None:
 
 async def _start(memo: kopf.Memo, config: OperatorConfig, settings: OperatorSettings) -> None:
     log.info("allowed router image repositories: %s", ", ".join(settings.allowed_image_repositories))
+    log.info(
+        "allowed router placement: priority classes %s; toleration keys %s",
+        "default" if settings.allowed_priority_classes is None else list(settings.allowed_priority_classes),
+        "default" if settings.allowed_toleration_keys is None else list(settings.allowed_toleration_keys),
+    )
     memo[MEMO_KEY] = Runtime(
         config=config,
         settings=settings,

@@ -11,6 +11,11 @@ rights. Two rules bound what such a person can make it do:
   compared whole: ``ghcr.io/federated-dp-llm/router-evil`` is not
   ``ghcr.io/federated-dp-llm/router``. An entry ending in ``/*`` allows every repository
   below that path.
+- **Placement**: ``spec.scheduling`` may ask only for the PriorityClasses and toleration keys
+  the operator's settings allow (chart values ``routerScheduling.*``). By default any class
+  but Kubernetes' own ``system-cluster-critical``/``system-node-critical`` (which would let a
+  router preempt the cluster's critical pods), and any keyed toleration but not a key-less
+  one (it tolerates every taint, control-plane and NoExecute ones included).
 - **Secrets**: a Secret is mounted into a router pod (or used by the operator to probe a
   node) only if it carries the label ``fdp.io/allow-router-mount: "true"``, set by whoever
   owns the Secret. The operator's own Secrets carry it.
@@ -31,6 +36,7 @@ from fdp_operator.models import (
     DEFAULT_ROUTER_IMAGE,
     FederatedRouter,
     HospitalNode,
+    SchedulingSpec,
     SecretKeyRef,
 )
 
@@ -102,6 +108,49 @@ def image_refusal(image: str, allowed: Iterable[str]) -> str | None:
     )
 
 
+# ---------------------------------------------------------------- placement
+
+#: Kubernetes' own classes for the cluster's critical components (kube-system's)
+SYSTEM_PRIORITY_CLASSES = ("system-cluster-critical", "system-node-critical")
+#: An allow-list entry that allows everything
+ANY = "*"
+
+
+def scheduling_refusal(scheduling: SchedulingSpec, settings: OperatorSettings) -> str | None:
+    """None if the router's placement is allowed, else why not (naming the field, the value and
+    the setting that would allow it)."""
+    pc = scheduling.priority_class_name
+    classes = settings.allowed_priority_classes
+    if pc is not None and ANY not in (classes or ()):
+        if classes is None and pc in SYSTEM_PRIORITY_CLASSES:
+            allowed = f"any class but {', '.join(SYSTEM_PRIORITY_CLASSES)}"
+        elif classes is not None and pc not in classes:
+            allowed = ", ".join(classes) or "none"
+        else:
+            allowed = ""
+        if allowed:
+            return (
+                f"spec.scheduling.priorityClassName {pc!r} is not allowed for router pods (allowed: "
+                f"{allowed}); the operator deploys nothing for this router. An operator administrator "
+                "allows classes with the chart value routerScheduling.allowedPriorityClasses"
+            )
+    keys = settings.allowed_toleration_keys
+    if ANY in (keys or ()):
+        return None
+    for i, t in enumerate(scheduling.tolerations):
+        key = t.key or ""
+        if key and (keys is None or key in keys):
+            continue
+        what = "a toleration without a key (it tolerates every taint)" if not key else f"key {key!r}"
+        allowed = "any key" if keys is None else (", ".join(keys) or "none")
+        return (
+            f"spec.scheduling.tolerations[{i}]: {what} is not allowed for router pods (allowed: "
+            f"{allowed}); the operator deploys nothing for this router. An operator administrator "
+            "allows keys with the chart value routerScheduling.allowedTolerationKeys"
+        )
+    return None
+
+
 # ---------------------------------------------------------------- settings
 
 
@@ -117,12 +166,18 @@ class OperatorSettings:
 
     allowed_image_repositories: tuple[str, ...] = DEFAULT_ALLOWED_REPOSITORIES
     default_ingress_from: tuple[dict[str, Any], ...] = DEFAULT_INGRESS_FROM
+    #: None: any class but SYSTEM_PRIORITY_CLASSES; "*" in it: any class
+    allowed_priority_classes: tuple[str, ...] | None = None
+    #: None: any key (a key-less toleration is refused); "*" in it: anything
+    allowed_toleration_keys: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
-        """``FDP_ALLOWED_IMAGE_REPOSITORIES`` (comma separated) and ``FDP_DEFAULT_INGRESS_FROM``
-        (a JSON list of NetworkPolicyPeer objects); unset or empty: the defaults. ValueError
-        naming the variable when one is malformed (the operator then refuses to start)."""
+        """``FDP_ALLOWED_IMAGE_REPOSITORIES``, ``FDP_ALLOWED_PRIORITY_CLASSES`` and
+        ``FDP_ALLOWED_TOLERATION_KEYS`` (comma separated) and ``FDP_DEFAULT_INGRESS_FROM`` (a
+        JSON list of NetworkPolicyPeer objects); unset or empty: the defaults (``-`` for the
+        placement lists: none allowed). ValueError naming the variable when one is malformed
+        (the operator then refuses to start)."""
         import json
 
         repos = tuple(
@@ -144,8 +199,28 @@ class OperatorSettings:
                 raise ValueError("FDP_DEFAULT_INGRESS_FROM: must be a JSON list of NetworkPolicyPeer objects")
             ingress = tuple(peers)
         return cls(
-            allowed_image_repositories=repos or DEFAULT_ALLOWED_REPOSITORIES, default_ingress_from=ingress
+            allowed_image_repositories=repos or DEFAULT_ALLOWED_REPOSITORIES,
+            default_ingress_from=ingress,
+            allowed_priority_classes=_placement_list(env, "FDP_ALLOWED_PRIORITY_CLASSES"),
+            allowed_toleration_keys=_placement_list(env, "FDP_ALLOWED_TOLERATION_KEYS"),
         )
+
+
+_PLACEMENT_ENTRY = re.compile(r"\*|[A-Za-z0-9]([A-Za-z0-9./_-]{0,315}[A-Za-z0-9])?")
+
+
+def _placement_list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """Unset or empty: None (the default rule); ``-``: an empty list (nothing allowed)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw == "-":
+        return ()
+    entries = tuple(e.strip() for e in raw.split(","))
+    for e in entries:
+        if not _PLACEMENT_ENTRY.fullmatch(e):
+            raise ValueError(f"{name}: {e!r} is not a PriorityClass name, a toleration key or '*'")
+    return entries
 
 
 # ---------------------------------------------------------------- Secrets

@@ -60,6 +60,29 @@ def test_the_operator_runs_one_replica_recreated_non_root(k8s_bin_dir) -> None:
     assert json.loads(env["FDP_DEFAULT_INGRESS_FROM"]) == [{"podSelector": {}}]
 
 
+def test_the_router_placement_allow_lists_are_chart_values(k8s_bin_dir) -> None:
+    from fdp_operator.security import OperatorSettings
+
+    (dep,) = [d for d in render(k8s_bin_dir) if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FDP_ALLOWED_PRIORITY_CLASSES" not in env and "FDP_ALLOWED_TOLERATION_KEYS" not in env
+    docs = render(
+        k8s_bin_dir,
+        "fdp-system",
+        "routerScheduling.allowedPriorityClasses={fdp-high,fdp-low}",
+        "routerScheduling.allowedTolerationKeys={-}",
+    )
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = OperatorSettings.from_env(env)
+    assert settings.allowed_priority_classes == ("fdp-high", "fdp-low")
+    assert settings.allowed_toleration_keys == ()
+    proc = helm(
+        k8s_bin_dir, "lint", str(CHART), "--set", "routerScheduling.allowedPriorityClasses={a b}", check=False
+    )
+    assert proc.returncode != 0 and "allowedPriorityClasses" in proc.stdout + proc.stderr
+
+
 def test_the_router_image_allow_list_is_a_chart_value(k8s_bin_dir) -> None:
     docs = render(
         k8s_bin_dir,

@@ -209,6 +209,34 @@ def test_an_image_from_another_repository_deploys_nothing(
     kube.wait_condition(namespace, "fr", "fr", timeout=90)
 
 
+def test_a_placement_outside_the_allow_lists_deploys_nothing(
+    kube, namespace, operator_runner, demo_nodes
+) -> None:
+    """A FederatedRouter author asks for Kubernetes' own critical PriorityClass (to preempt the
+    cluster's system pods) or a key-less toleration (every taint): refused by the operator's
+    default placement rule, through the real API server, with nothing created."""
+    _nodes(kube, namespace, demo_nodes, n=1)
+    for scheduling, needle in (
+        ({"priorityClassName": "system-node-critical"}, "'system-node-critical'"),
+        ({"tolerations": [{"operator": "Exists"}]}, "tolerations[0]: a toleration without a key"),
+    ):
+        kube.apply(namespace, federated_router(scheduling=scheduling))
+        ready = eventually(
+            lambda n=needle: (
+                (c := kube.condition(namespace, "fr", "fr", "Ready")) and n in c["message"] and c
+            ),
+            what=f"{scheduling} refused",
+        )
+        assert ready["status"] == "False" and ready["reason"] == "SchedulingNotAllowed"
+        assert kube.condition(namespace, "fr", "fr", "Stalled")["status"] == "True"
+        assert kube.get(namespace, "deployment", "fr") is None
+        assert kube.get(namespace, "secret", "fr-audit-key") is None
+    kube.apply(
+        namespace, federated_router(scheduling={"tolerations": [{"key": "dedicated", "operator": "Exists"}]})
+    )
+    kube.wait_condition(namespace, "fr", "fr", timeout=90)
+
+
 def test_the_allow_list_is_the_operator_administrators_setting(
     kube, namespace, make_operator, demo_nodes
 ) -> None:

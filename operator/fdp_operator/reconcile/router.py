@@ -48,6 +48,7 @@ from fdp_operator.security import (
     node_secret_uses,
     refusals,
     router_secret_uses,
+    scheduling_refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,10 @@ async def reconcile_router(
     image_error = image_refusal(router.spec.image, settings.allowed_image_repositories)
     if image_error is not None:
         return await finish(_failed(body, replace(obs, image_error=image_error), now, gen))
+    # 1c. only the priority classes and tolerations the administrator allows
+    scheduling_error = scheduling_refusal(router.spec.scheduling, settings)
+    if scheduling_error is not None:
+        return await finish(_failed(body, replace(obs, scheduling_error=scheduling_error), now, gen))
 
     # 2. the policy: missing or invalid -> stop before touching children
     policy_body = await kube.get("PrivacyPolicy", ns, router.spec.policy_ref.name)

@@ -33,6 +33,12 @@ def test_all_checks_passing_gives_ready_and_not_reconciling() -> None:
         ({"tls_error": "TLS Secret 's' missing"}, "TLSSecretMissing", True, "'s'"),
         ({"image_error": "spec.image 'evil/x:1' is not"}, "ImageNotAllowed", True, "'evil/x:1'"),
         (
+            {"scheduling_error": "spec.scheduling.priorityClassName 'system-node-critical' is not"},
+            "SchedulingNotAllowed",
+            True,
+            "'system-node-critical'",
+        ),
+        (
             {"secret_refusals": (("SecretNotAllowed", "Secret 'jwt' (spec.auth.hs256SecretRef) does not"),)},
             "SecretNotAllowed",
             True,

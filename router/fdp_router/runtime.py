@@ -70,6 +70,9 @@ class RuntimeHolder:
         self.generation = 0
         self.config_hash = ""
         self.lock = asyncio.Lock()
+        # Replaced runtimes whose ledger is not closed yet, each with the task that closes it
+        # once drained; shutdown closes them itself (their queued commit records included).
+        self.retired: dict[int, tuple[Runtime, asyncio.Task[None]]] = {}  # by id(runtime)
 
     def use(self) -> _Use:
         """``with holder.use() as rt:`` the current runtime, counted as in use until the block
@@ -169,13 +172,28 @@ async def apply_config(app: web.Application, cfg: RouterConfig, config_hash: str
         app[METRICS].reloads.labels("ok").inc()
         log.info("config applied", extra={"generation": rt.generation, "nodes": len(cfg.nodes)})
     if old is not None and old.ledger is not rt.ledger:
-        asyncio.get_running_loop().create_task(_close_when_drained(old))
+        task = asyncio.get_running_loop().create_task(_close_when_drained(holder, old))
+        holder.retired[id(old)] = (old, task)
     return rt
 
 
-async def _close_when_drained(old: Runtime) -> None:
-    await old.drained.wait()
-    await old.ledger.close()
+async def _close_when_drained(holder: RuntimeHolder, old: Runtime) -> None:
+    try:
+        await old.drained.wait()
+        await old.ledger.close()
+    finally:
+        holder.retired.pop(id(old), None)
+
+
+async def _close_retired(holder: RuntimeHolder) -> None:
+    """Shutdown: close every replaced ledger now, drained or not, so that the commit records
+    its requests queued are written before the process exits (its writer thread would die
+    with it); a request still running on one then fails to commit and stays spent."""
+    for old, task in list(holder.retired.values()):
+        await old.ledger.close()  # waits for a close the drain task already began
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _file_hash(path: Path) -> str:
@@ -257,4 +275,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await task
         await pool.close()
         current = app[HOLDER].current or rt
+        await _close_retired(app[HOLDER])
         await current.ledger.close()

@@ -74,7 +74,9 @@ async def test_a_refund_sent_right_after_a_queued_commit_never_wins(ledger_env: 
     assert verify_ledger(_driver(ledger_env), parse_keyring(ledger_env.key_file.read_text(), "k")).ok
 
 
-async def test_a_commit_queued_twice_settles_once(ledger_env: LedgerEnv, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_commit_queued_twice_settles_once(
+    ledger_env: LedgerEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     """Attack: double-settle through the queue (the same id committed twice while the first
     record is still held). One commit record, state committed, nothing refunded; the
     duplicate is logged and the trail verifies."""
@@ -111,7 +113,9 @@ async def test_close_while_the_writer_holds_deferred_records_loses_none(ledger_e
     with pytest.raises(PrivacyError):
         await ledger.commit(late.id, ("node-late",))
     states = _states(ledger_env)
-    assert {rid: states[rid] for rid in (r.id for r in res)} == dict.fromkeys((r.id for r in res), "committed")
+    assert {rid: states[rid] for rid in (r.id for r in res)} == dict.fromkeys(
+        (r.id for r in res), "committed"
+    )
     assert states[late.id] == "reserved"
     recs = _records(ledger_env)
     by_kind: dict[str, dict[object, object]] = {}

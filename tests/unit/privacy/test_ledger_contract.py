@@ -442,20 +442,27 @@ async def test_verify_of_a_live_ledger_reads_one_snapshot(ledger_env: LedgerEnv)
     ledger = await open_ledger(ledger_env.ledger_cfg.model_copy(update={"commit_mode": "durable"}), cfg)
     keyring = parse_keyring(ledger_env.key_file.read_text(), "k")
     stop = asyncio.Event()
+    batches = 0
 
     async def traffic() -> None:
+        nonlocal batches
         while not stop.is_set():
             res = await asyncio.gather(*(ledger.reserve(_charge(cfg)) for _ in range(8)))
             await asyncio.gather(*(ledger.commit(r.id, ("n",)) for r in res))
+            batches += 1
 
     task = asyncio.create_task(traffic())
     try:
+        while batches == 0 and not task.done():
+            await asyncio.sleep(0.01)
+        first = batches
         results = []
-        for _ in range(25):
+        # at least 25 checks, and the ledger moving under them (bounded: a stuck ledger fails)
+        while (len(results) < 25 or batches < first + 10) and len(results) < 500 and not task.done():
             results.append(await asyncio.to_thread(verify_ledger, _driver(ledger_env), keyring))
         bad = [r for r in results if not r.ok]
         assert not bad, bad[0]
-        assert results[-1].checked > results[0].checked  # the ledger did move under the checks
+        assert batches >= first + 10 and results[-1].checked > results[0].checked
     finally:
         stop.set()
         await task

@@ -77,4 +77,3 @@ async def test_a_reload_that_replaces_the_ledger_mid_request_loses_no_commit(
     assert old.ledger._closed
     assert list(_states(demo_cluster).values()) == ["committed"]
     assert _kinds(demo_cluster) == ["reserve", "commit"]
-

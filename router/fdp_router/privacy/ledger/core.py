@@ -684,13 +684,17 @@ class SqlLedger(Ledger):
         )
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._maintenance_stop.set()
-        self._queue.put(_Op("stop", None))
+        """Write what is queued (deferred commit records too), then stop. A second call, even
+        while the first is still draining, returns only once the writer has stopped."""
+        first = not self._closed
+        if first:
+            self._closed = True
+            self._maintenance_stop.set()
+            self._queue.put(_Op("stop", None))
         await asyncio.wrap_future(self._stopped)
         await asyncio.to_thread(self._thread.join)
+        if not first:
+            return
         if self._maintenance is not None:  # a prune stuck on a frozen database is not waited for
             await asyncio.to_thread(self._maintenance.join, self._timeouts.operation_seconds)
         await asyncio.to_thread(self._driver.close)

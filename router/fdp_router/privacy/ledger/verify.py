@@ -230,14 +230,25 @@ def _verify(
                     result, f"archived record {expect_head.seq} is not the checkpoint's", expect_head.seq
                 )
     if archive is not None:
-        arch = verify_archive(archive, keyring, ledger_id=integrity.ledger_id if integrity else None)
+        check = ChainCheck(keyring)
+        arch = _verify_segments(archive, keyring, integrity.ledger_id if integrity else None, check)
         if not arch.ok:
             return replace(arch, reason=f"archive: {arch.reason}")
-        end = arch.head_seq or 0
-        if end != head.base_seq:
+        end, end_hash = check.last
+        if end < head.base_seq:
             return _fail(
                 result, f"the archive ends at record {end}, the live database starts after {head.base_seq}"
             )
+        # The archive is read outside this snapshot: a prune may have written a segment whose
+        # records it has not deleted yet (or did so after the snapshot). Those records must be
+        # the live ones: the same hash at the archive's end binds every record before it.
+        live_hash = head.base_hash
+        if end > head.base_seq:
+            cur.execute(driver.sql("SELECT hash FROM fdp_audit WHERE seq = ?"), (end,))
+            row = cur.fetchone()
+            live_hash = str(row[0]) if row is not None else ""
+        if end_hash != live_hash:
+            return _fail(result, f"the archive's record {end} is not the live trail's record {end}")
         notes.append(f"archive: {arch.checked} records in segments verified, the live trail continues it")
     elif head.base_seq > 0:
         notes.append(f"records 1..{head.base_seq} are archived (check them with --archive DIR)")
@@ -388,10 +399,16 @@ def verify_archive(
     """Check the archived segments offline: one chain from the genesis, every hash and tag,
     each segment's signed end checkpoint (ledger id, record, hash). `head_seq`: the last
     archived record."""
+    return _verify_segments(archive, keyring, ledger_id, ChainCheck(keyring))
+
+
+def _verify_segments(
+    archive: str | Path, keyring: Keyring | None, ledger_id: str | None, check: ChainCheck
+) -> VerifyResult:
+    """`verify_archive`, feeding `check` (whose `last` is then the last archived record)."""
     path = Path(archive)
     if not path.is_dir():
         return VerifyResult(False, 0, None, f"{path} is not a directory")
-    check = ChainCheck(keyring)
     prev_hashes: dict[int, str] = {}
     segments = list_segments(path)
     for info in segments:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from fdp_router.config import DataClass, NodeMechanism, NodePrivacy
 
@@ -32,9 +31,9 @@ class Purpose(StrEnum):
     CONSENSUS_VOTE = "consensus_vote"  # the answer is one vote to the router's GNMax aggregator
 
 
-@dataclass(frozen=True, slots=True)
-class SentPrivacy:
-    """What the router tells a node it may spend for one call."""
+class SentPrivacy(NamedTuple):
+    """What the router tells a node it may spend for one call. Immutable (a NamedTuple, not a
+    frozen dataclass: built on every call, and a tuple builds about twice as fast)."""
 
     epsilon: float
     delta: float
@@ -58,9 +57,8 @@ class SentPrivacy:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class PrivacyReport:
-    """What a node says it spent on one answer."""
+class PrivacyReport(NamedTuple):
+    """What a node says it spent on one answer. Immutable (a NamedTuple, as `SentPrivacy`)."""
 
     epsilon: float
     delta: float

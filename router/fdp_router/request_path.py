@@ -776,7 +776,7 @@ class RequestPath:
                 logprobs=choice.get("logprobs") if logprobs else None,
             )
         # The node's own `basis` text is not released: no mechanism covers what a node writes there.
-        basis = f"node-side {ok.cfg.privacy.mechanism.value} mechanism at epsilon {ok.sent.epsilon:g}"
+        basis = f"node-side {ok.cfg.privacy.mechanism} mechanism at epsilon {ok.sent.epsilon:g}"
         return Released(
             text=text,
             node_ids=(ok.node_id,),

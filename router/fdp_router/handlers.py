@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -41,10 +41,10 @@ from fdp_router.streaming import (
 log = logging.getLogger("fdp_router.handlers")
 
 
-async def _authenticate(request: web.Request, rt: Runtime) -> Principal:
+def _authenticate(request: web.Request, rt: Runtime) -> Awaitable[Principal]:
     """The caller (401 without a valid token; 429 when locked out or over its rate limit):
-    ``access.py`` says in which order."""
-    return await access.authenticate(request, rt, request.app[METRICS])
+    ``access.py`` says in which order. Returns its coroutine: no second one per request."""
+    return access.authenticate(request, rt, request.app[METRICS])
 
 
 async def _json_body(request: web.Request) -> Any:

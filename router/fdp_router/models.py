@@ -87,9 +87,10 @@ class ChatRequest(PrivacyFields):
     def _has_user_message(self) -> ChatRequest:
         # A chat with no user turn asks the node nothing; nodes answer it 400, and such
         # requests must never reach a node (they used to count as node failures).
-        if not any(m.role == "user" and m.content.strip() for m in self.messages):
-            raise ValueError("messages: needs at least one non-empty message with role 'user'")
-        return self
+        for m in self.messages:  # a loop, not any(<generator>): runs on every request
+            if m.role == "user" and m.content.strip():
+                return self
+        raise ValueError("messages: needs at least one non-empty message with role 'user'")
 
 
 def parse(model: type[M], data: Any) -> M:

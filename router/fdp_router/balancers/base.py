@@ -16,13 +16,15 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from types import MappingProxyType
+from typing import ClassVar, NamedTuple
+
+_NO_BUDGETS: Mapping[str, float] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class NodeView:
-    """One node as a balancer sees it at decision time."""
+class NodeView(NamedTuple):
+    """One node as a balancer sees it at decision time. Immutable; a NamedTuple, not a frozen
+    dataclass: one is built per node on every request, and a tuple builds about twice as fast."""
 
     id: str
     hospital: str
@@ -41,12 +43,13 @@ class NodeView:
         return specialization is None or specialization in self.specializations
 
 
-@dataclass(frozen=True, slots=True)
-class PickContext:
+class PickContext(NamedTuple):
+    """What one pick is for. Immutable (a NamedTuple, as `NodeView`: built on every request)."""
+
     department: str
     epsilon: float = 0.0
     # Remaining epsilon per hospital as last seen (may be stale or missing: missing = unknown).
-    hospital_remaining: Mapping[str, float] = field(default_factory=dict)
+    hospital_remaining: Mapping[str, float] = _NO_BUDGETS
     exclude: frozenset[str] = frozenset()  # node ids already tried (failover)
     exclude_hospitals: frozenset[str] = frozenset()  # hospitals whose budget refused
     specialization: str | None = None  # only nodes listing it (None: any)
@@ -87,14 +90,7 @@ class Balancer(abc.ABC):
         chosen: list[NodeView] = []
         hospitals: set[str] = set(ctx.exclude_hospitals)
         while len(chosen) < k:
-            sub = PickContext(
-                department=ctx.department,
-                epsilon=ctx.epsilon,
-                hospital_remaining=ctx.hospital_remaining,
-                exclude=ctx.exclude,
-                exclude_hospitals=frozenset(hospitals),
-                specialization=ctx.specialization,
-            )
+            sub = ctx._replace(exclude_hospitals=frozenset(hospitals))
             node = self.pick(nodes, sub)
             if node is None:
                 break

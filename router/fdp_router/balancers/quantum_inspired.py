@@ -30,7 +30,6 @@ eligible nodes i = 1..n at decision time:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from fdp_router.balancers.base import Balancer, NodeView, PickContext
@@ -56,7 +55,7 @@ class QuantumInspired(Balancer):
                 self._seen[c.id] = state
                 self._picked_since[c.id] = 0
             extra = self._picked_since[c.id]
-            out.append(dataclasses.replace(c, in_flight=c.in_flight + extra) if extra else c)
+            out.append(c._replace(in_flight=c.in_flight + extra) if extra else c)
         return out
 
     def probabilities(self, candidates: list[NodeView]) -> list[float]:

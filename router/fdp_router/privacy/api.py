@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Scope(StrEnum):
@@ -81,10 +82,11 @@ class LedgerUnavailable(PrivacyError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """What one request asks to spend. `event` is a privacy event from ``events.py``
-    (a frozen value object like dp_accounting's DpEvent) describing the release."""
+    (a frozen value object like dp_accounting's DpEvent) describing the release. Immutable;
+    a NamedTuple, as `Reservation`: one of each per request, and a tuple builds about twice as
+    fast as a frozen dataclass."""
 
     user_id: str
     department: str
@@ -94,8 +96,7 @@ class Charge:
     request_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):
     id: str
     charge: Charge
     epsilon: float  # the event's epsilon at the policy delta, as reported to clients

@@ -229,8 +229,8 @@ def event_for_node(mechanism: NodeMechanism | str, epsilon: float, delta: float)
     L2-sensitivity-1 Gaussian with the analytic-Gaussian sigma for (epsilon, delta); ``none``
     releases nothing (InvalidPrivacyRequest: such a node is never used for a release).
     """
-    try:
-        mech = NodeMechanism(mechanism)
+    try:  # the request path passes the member itself: skip the (slow) enum lookup
+        mech = mechanism if isinstance(mechanism, NodeMechanism) else NodeMechanism(mechanism)
     except ValueError:
         raise InvalidPrivacyRequest("mechanism", f"unknown node mechanism {mechanism!r}") from None
     e = check_positive("epsilon", epsilon)

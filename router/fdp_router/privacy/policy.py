@@ -123,17 +123,28 @@ class Window:
     end: datetime | None
 
 
+_LIFETIME = Window(0, None, None)
+# The last period window computed, by period length: the ledger asks for the window on every
+# reservation, and it changes once a period (one tuple, replaced whole: safe across threads).
+_last: tuple[int, Window] = (0, _LIFETIME)
+
+
 def window_of(cfg: PrivacyConfig, now: datetime) -> Window:
+    global _last
     if cfg.window.kind != "period":
-        return Window(0, None, None)
+        return _LIFETIME
     assert cfg.window.period_seconds is not None
     period = cfg.window.period_seconds
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    t = int((now - _EPOCH).total_seconds())
-    wid = t // period
+    wid = int(now.timestamp()) // period  # timestamp(): (now - epoch).total_seconds()
+    last_period, last = _last
+    if last_period == period and last.id == wid:
+        return last
     start = _EPOCH + timedelta(seconds=wid * period)
-    return Window(wid, start, start + timedelta(seconds=period))
+    window = Window(wid, start, start + timedelta(seconds=period))
+    _last = (period, window)
+    return window
 
 
 def check_policy(cfg: PrivacyConfig) -> None:

@@ -169,9 +169,7 @@ def test_memoised_metric_children_follow_removal() -> None:
     m.remove(m.node_in_flight, "never-seen")  # removing an unknown series is not an error
 
 
-def test_completion_relayed_is_dataclasses_replace() -> None:
-    import dataclasses
-
+def test_completion_relayed_is_replace() -> None:
     from fdp_router.request_path import Completion
 
     c = Completion(
@@ -190,8 +188,8 @@ def test_completion_relayed_is_dataclasses_replace() -> None:
         usage={"prompt_tokens": 1},
         logprobs=[1],
     )
-    assert c.relayed("all of it", "length", None) == dataclasses.replace(
-        c, text="all of it", finish_reason="length", usage=None, logprobs=None
+    assert c.relayed("all of it", "length", None) == c._replace(
+        text="all of it", finish_reason="length", usage=None, logprobs=None
     )
 
 

@@ -650,7 +650,7 @@ class _Decoder:
 
 class NodeResponse:
     """A node's answer whose status line and headers are in; the body is read on demand
-    (`read`, `iter_any`). `release` always: it returns the connection to its pool once the
+    (`read`, or `next_piece` as it arrives). `release` always: it returns the connection to its pool once the
     whole body was read (and nothing followed it), and closes it otherwise."""
 
     def __init__(self, pool: _HostPool, conn: _Conn, read_timeout: float | None) -> None:
@@ -673,22 +673,14 @@ class NodeResponse:
     async def read(self) -> bytes:
         pieces: list[bytes] = []
         while True:
-            piece = await self._next()
+            piece = await self.next_piece()
             if not piece:
                 return b"".join(pieces)
             pieces.append(piece)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (decoded), in pieces of whatever is there."""
-        while True:
-            piece = await self._next()
-            if not piece:
-                return
-            yield piece
-
-    async def _next(self) -> bytes:
+    async def next_piece(self) -> bytes:
         """The next decoded piece of the body (what is there, after waiting if nothing is);
-        b"" at its end."""
+        b"" at its end (and on every call after it)."""
         while True:
             raw = await self._raw()
             decoder = self._decoder
@@ -1126,16 +1118,27 @@ class NodeStream:
         self._resp = resp
         self._closed = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. BackendFailure (counted against the node) when the node
         breaks off or stalls longer than its read timeout."""
+        return self
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        # An iterator object, not an async generator: a relay that stops at the node's
+        # [DONE] drops an async generator unfinished, and the event loop then finalizes it
+        # (a self-pipe wake-up and an `aclose` task, for each generator of the chain).
         if self.data is not None:
-            return
+            raise StopAsyncIteration
         try:
-            async for piece in self._resp.iter_any():
-                yield piece
+            piece = await self._resp.next_piece()
         except _NODE_ERRORS as exc:
             raise self._pool._node_failure(self._st, exc) from None
+        if not piece:
+            raise StopAsyncIteration
+        return piece
 
     async def close(self) -> None:
         if self._closed:

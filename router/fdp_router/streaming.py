@@ -70,17 +70,18 @@ class SseDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
         if not self._data and b"\r" not in buf:
-            # The common case, as OpenAI-compatible servers send it: events of one
-            # `data: ` line each, LF line ends. Anything else goes through the line parser.
-            blocks = buf.split(b"\n\n")
-            tail = blocks.pop()
+            # The common case, as OpenAI-compatible servers send it: events of one `data: `
+            # line each, LF line ends, split in one step. That is what the complete events
+            # are when every LF in them is one of the separators (`\n\ndata: `, and the last
+            # blank line); anything else goes through the line parser.
+            end = buf.rfind(b"\n\n")
             out: list[bytes] = []
-            for i, block in enumerate(blocks):
-                if block[:6] == b"data: " and b"\n" not in block:
-                    out.append(block[6:])
-                else:
-                    self._buf = b""
-                    return out + self._lines(b"\n\n".join([*blocks[i:], tail]))
+            tail = buf
+            if end >= 0:
+                if buf[:6] != b"data: " or buf.count(b"\n", 0, end) != 2 * buf.count(b"\n\ndata: ", 0, end):
+                    return self._lines(buf)
+                out = buf[6:end].split(b"\n\ndata: ")
+                tail = buf[end + 2 :]
             if len(tail) > MAX_EVENT_BYTES:
                 raise StreamBroken(f"an event longer than {MAX_EVENT_BYTES} bytes")
             self._buf = tail
@@ -186,8 +187,11 @@ class Reframer:
     node_done: bool = False
     _role_sent: bool = False
     _held: dict[str, Any] | None = None  # the chunk with finish_reason, sent last
-    _head: bytes = b""  # `data: {"id": ..., "choices":[` of every chunk, serialised once
-    _tail: bytes = b""
+    # A content chunk is `_head` + its delta + `_tail` (`_rest` after logprobs that are not
+    # null): the parts every chunk shares, serialised once.
+    _head: bytes = b""  # `data: {"id": …, "choices":[{"index":0,"delta":`
+    _rest: bytes = b""  # `,"finish_reason":null}]` (`,"usage":null`) `}` and the blank line
+    _tail: bytes = b""  # `,"logprobs":null` + `_rest`
 
     def __post_init__(self) -> None:
         doc = orjson.dumps(
@@ -199,8 +203,9 @@ class Reframer:
                 "system_fingerprint": self.fingerprint,
             }
         )
-        self._head = b"data: " + doc[:-1] + b',"choices":['
-        self._tail = b'],"usage":null}\n\n' if self.include_usage else b"]}\n\n"
+        self._head = b"data: " + doc[:-1] + b',"choices":[{"index":0,"delta":'
+        self._rest = b',"finish_reason":null}]' + (b',"usage":null}\n\n' if self.include_usage else b"}\n\n")
+        self._tail = b',"logprobs":null' + self._rest
 
     @property
     def text(self) -> str:
@@ -266,7 +271,14 @@ class Reframer:
                 self.finish = finish
                 self._held = self._chunk([self._choice(d, finish, logprobs)])
             elif d or logprobs is not None or not self._role_sent:
-                out += self._head + orjson.dumps(self._choice(d, None, logprobs)) + self._tail
+                # What event(self._chunk([self._choice(d, None, logprobs)])) would give.
+                if not self._role_sent:
+                    d = {"role": "assistant", **d}
+                    self._role_sent = True
+                tail = self._tail
+                if logprobs is not None:
+                    tail = b',"logprobs":' + orjson.dumps(logprobs) + self._rest
+                out += self._head + orjson.dumps(d) + tail
         return out
 
     def whole(self, text: str, finish: str | None, logprobs: Any = None, usage: Any = None) -> bytes:

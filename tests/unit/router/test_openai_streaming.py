@@ -313,6 +313,23 @@ def test_sse_decoder_gives_the_same_events_wherever_the_stream_is_split() -> Non
             assert got == events, (cut, cut2, got)
 
 
+def test_sse_decoder_splits_in_one_step_only_what_is_one_line_data_events() -> None:
+    # Each buffer is close to the common shape (`data: ` lines, blank lines, LF) but not it:
+    # the line parser's reading, not the one-step split's.
+    cases = {
+        b"data: a\n\ndata: b\n\ndata: c": [b"a", b"b"],
+        b"data: a\n\n\ndata: b\n\n": [b"a", b"b"],
+        b"data: a\n\n: c\n\ndata: b\n\n": [b"a", b"b"],
+        b"data: a\nb\n\ndata: c\n\n": [b"a", b"c"],
+        b"data: a\ndata: b\n\n": [b"a\nb"],
+        b"data: a\n\ndata:b\n\ndata:  c\n\n": [b"a", b"b", b" c"],
+        b"\n\ndata: a\n\n": [b"a"],
+    }
+    for stream, events in cases.items():
+        dec = SseDecoder()
+        assert dec.feed(stream) == events, stream
+
+
 def test_reframer_holds_the_finish_chunk_for_the_privacy_summary() -> None:
     fr = Reframer(id="chatcmpl-1", model="m", fingerprint="f")
     out = fr.node_event(b'{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]}')

@@ -10,6 +10,13 @@ never run out) but departments and hospitals are shared hot rows, as in producti
 
     .venv/bin/python benchmarks/ledger_bench.py            # both backends, c = 1, 16, 64
     .venv/bin/python benchmarks/ledger_bench.py --backends sqlite --seconds 3 --json
+    .venv/bin/python benchmarks/ledger_bench.py --commit    # + commit each reservation, as the router does
+
+Without ``--commit`` reservations are never settled, so every one stays open: from c=2 on the
+writer then always waits GATHER_SECONDS for company (core.py, "Gathering"), which a router,
+settling each request's reservation, does only while other requests are in flight. With
+``--commit`` each task commits its reservation after a pause (``--node-ms``, the node call)
+and the latency and CPU are per request (reservation + commit).
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from fdp_router.privacy.ledger import open_ledger
 POLICY = PrivacyConfig(budgets={"per_user": 10.0, "per_department": 1e9, "per_hospital": 1e9})
 
 
-async def run_cell(ledger_cfg: LedgerConfig, concurrency: int, seconds: float) -> dict[str, float]:
+async def run_cell(
+    ledger_cfg: LedgerConfig, concurrency: int, seconds: float, commit: bool = False, node_ms: float = 0.0
+) -> dict[str, float]:
     ledger = await open_ledger(ledger_cfg, POLICY)
     event = event_for_request(POLICY, None)
     latencies: list[float] = []
@@ -49,11 +58,18 @@ async def run_cell(ledger_cfg: LedgerConfig, concurrency: int, seconds: float) -
             i = next(ids)
             charge = Charge(f"user-{i}", f"dept-{i % 8}", (f"h{i % 4}",), event, query_hash="0" * 64)
             t0 = time.perf_counter()
-            await ledger.reserve(charge)
+            r = await ledger.reserve(charge)
+            if commit:
+                t1 = time.perf_counter()
+                await asyncio.sleep(node_ms / 1000)
+                t2 = time.perf_counter()
+                await ledger.commit(r.id, ("node",))
+                t0 += t2 - t1  # the node's time is not the ledger's
             latencies.append(time.perf_counter() - t0)
 
     # warm-up (schema, caches) outside the measurement
-    await ledger.reserve(Charge("warm", "dept-0", ("h0",), event))
+    warm = await ledger.reserve(Charge("warm", "dept-0", ("h0",), event))
+    await ledger.commit(warm.id)  # else it counts as a request in flight (core.py, "Gathering")
     t_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t_start
@@ -77,6 +93,8 @@ async def main() -> int:
     p.add_argument("--concurrency", default="1,16,64")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--commit", action="store_true", help="commit each reservation (reserve + commit)")
+    p.add_argument("--node-ms", type=float, default=5.0, help="with --commit: pause between the two")
     args = p.parse_args()
     if not args.json:
         with open("/proc/loadavg") as fh:
@@ -106,7 +124,7 @@ async def main() -> int:
                     cfg = LedgerConfig(
                         backend="postgres", postgres_dsn_file=str(dsn_file), audit_key_file=str(key)
                     )
-                cell = await run_cell(cfg, c, args.seconds)
+                cell = await run_cell(cfg, c, args.seconds, args.commit, args.node_ms)
                 results.append({"backend": backend, "concurrency": c, **cell})
                 if not args.json:
                     print(

@@ -12,6 +12,14 @@ cross-thread future chaining cost more than the operation's own work). Check and
 atomic step, serialised across threads, processes and router replicas; a crash before the
 commit acknowledges nothing, a crash after it loses nothing.
 
+**Gathering** (``GATHER_SECONDS``): while other reservations of this process are open (other
+requests in flight, whose commits will follow), the writer, having taken a batch's first
+operation, waits up to 1 ms for more before it opens the transaction, and stops waiting as soon
+as the last open reservation's settlement is queued. A transaction's fixed cost (a dozen
+statements, the dirty pages of the head and the tables' last leaves, the durable commit, one
+wake-up of each caller's loop) is most of what an operation costs, so under load bigger batches
+cut the ledger's CPU per request; a lone request (nothing else open) never waits.
+
 **Idle fast path** (``ledger.idle_fast_path``, drivers with ``inline``: SQLite, a local
 file): an operation submitted while the ledger has nothing else pending or running, and no
 other reservation of this process is
@@ -145,6 +153,10 @@ AUDIT_COLUMNS = (
 assert AUDIT_COLUMNS == audit_mod.STORED_COLUMNS  # audit.seal_row returns rows in this order
 MAX_BATCH = 512
 DEFERRED_MAX_DELAY_SECONDS = 0.05  # a deferred commit record waits at most this for company
+# While other requests of this process hold open reservations, the writer waits this long after
+# the first operation of a batch for more (their commits, the next requests' reservations): see
+# SqlLedger._gather. Nothing open (a lone request): no wait.
+GATHER_SECONDS = 0.001
 MAX_SQL_PARAMS = 999  # per statement: SQLite's lowest default limit
 MAX_CACHED_UNITS = 100_000  # unit states kept between batches (all windows)
 MAX_CACHED_PLANS = 8192  # (user, department, hospitals) -> stored unit keys and budgets (~1 KB each)
@@ -409,6 +421,9 @@ class SqlLedger(Ledger):
         self._pending = 0  # operations submitted and not yet settled (the idle test)
         # Reservations returned and not yet settled, with when: other requests in flight.
         self._open: dict[str, float] = {}
+        # The writer is waiting for company (_gather); set when no other reservation is open.
+        self._gathering = False
+        self._gathered = threading.Event()
         self._observer: Observer | None = None
         # Operation deadlines, per event loop (_submit): the last one used, and all of them.
         self._deadlines: _Deadlines | None = None
@@ -630,6 +645,8 @@ class SqlLedger(Ledger):
         self._pending += 1
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
         self._queue.put(op)
+        if self._gathering:
+            self._end_gather()
 
     async def release(self, reservation_id: str) -> None:
         self._open.pop(reservation_id, None)
@@ -752,6 +769,8 @@ class SqlLedger(Ledger):
         deadlines.add(op)
         self._pending += 1
         self._queue.put(op)
+        if self._gathering:
+            self._end_gather()
         try:
             result = await fut
         except asyncio.CancelledError:
@@ -936,6 +955,9 @@ class SqlLedger(Ledger):
                 held = batch
                 continue
             held = []
+            if first is not None and stop is None and self._in_flight():
+                self._gather(batch)
+                stop = next((op for op in batch if op.kind == "stop"), None)
             # A caller that gave up (cancelled, or past its deadline) before its turn records
             # nothing. (Reading the flag from this thread is a benign race: a caller cancelled
             # after this check has its reservation recorded and never refunded, which is the
@@ -953,6 +975,42 @@ class SqlLedger(Ledger):
                 _close_quietly(self._writer_conn)
         finally:
             self._stopped.set_result(None)
+
+    def _gather(self, batch: list[_Op]) -> None:
+        """Add to `batch` what arrives within GATHER_SECONDS, or until no other reservation
+        of this process is open (the last one settled: nobody else is coming soon). Only
+        called while some are: those requests' commits and the next requests' reservations
+        then share this batch's transaction and fsync instead of paying their own (each one's
+        fixed cost, a dozen statements and a durable commit, is most of an operation's CPU);
+        a lone request never waits. The writer sleeps once here, with no wake-up per arrival."""
+        self._gathered.clear()
+        self._gathering = True
+        try:
+            if self._in_flight():  # again: the last one may have settled before the flag was up
+                self._gathered.wait(GATHER_SECONDS)
+        finally:
+            self._gathering = False
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+
+    def _end_gather(self) -> None:
+        """(Event loop, after queueing an operation.) Stop the writer's wait for company when
+        no other reservation is open any more: the last one's settlement is queued."""
+        if not self._others_open():
+            self._gathered.set()
+
+    def _in_flight(self) -> bool:
+        """Whether another reservation of this process is open and not stale (the newest
+        one is recent): for the writer thread, which only reads `_open` (the event loop
+        prunes it)."""
+        try:
+            newest = next(reversed(self._open.values()), None)
+        except RuntimeError:  # changed under us by the event loop's thread: something is open
+            return True
+        return newest is not None and newest > time.monotonic() - OPEN_STALE_SECONDS
 
     def _run_batch(
         self,

@@ -176,7 +176,7 @@ OP_LABELS = {"reserve": "reserve", "commit": "commit", "release": "release", "pi
 
 @dataclass(slots=True)
 class _Op:
-    kind: str  # reserve | commit | release | ping | stop
+    kind: str  # reserve | commit | release | ping | stop | wake (deferred records held)
     future: asyncio.Future[Any] | None  # on the caller's loop; None for stop
     charge: Charge | None = None
     cost: tuple[float, ...] = ()
@@ -415,6 +415,10 @@ class SqlLedger(Ledger):
         self._now = now or (lambda: datetime.now(UTC))
         self._guarantee = guarantee(privacy_cfg).text
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        # Deferred commit records, kept apart from the queue: adding one wakes the writer only
+        # when the list was empty (it then holds them for company), not once per record.
+        self._deferred_ops: deque[_Op] = deque()
+        self._deferred_lock = threading.Lock()
         self._stopped: Future[None] = Future()
         # Held while a batch runs (the writer thread, or a caller on the idle fast path).
         self._batch_lock = threading.Lock()
@@ -644,7 +648,11 @@ class SqlLedger(Ledger):
         start = time.perf_counter()
         self._pending += 1
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
-        self._queue.put(op)
+        with self._deferred_lock:
+            first_held = not self._deferred_ops
+            self._deferred_ops.append(op)
+        if first_held:
+            self._queue.put(_Op("wake", None))  # the writer starts their clock
         if self._gathering:
             self._end_gather()
 
@@ -929,40 +937,43 @@ class SqlLedger(Ledger):
 
     def _writer_loop(self) -> None:
         stop: _Op | None = None
-        held: list[_Op] = []  # deferred commits waiting for a batch somebody waits on
-        held_since = 0.0
+        held_since: float | None = None  # deferred records wait (for company) since then
         while stop is None:
+            timeout = (
+                None
+                if held_since is None
+                else max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic())
+            )
             try:
-                timeout = (
-                    max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic()) if held else None
-                )
-                first = self._queue.get(timeout=timeout)
+                first: _Op | None = self._queue.get(timeout=timeout)
             except queue.Empty:  # nobody else came: write the held records on their own
                 first = None
-            batch = [*held, *([first] if first is not None else [])]
+            batch = [first] if first is not None else []
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = next((op for op in batch if op.kind == "stop"), None)
-            if first is not None and stop is None and all(op.deferred for op in batch):
-                # Only deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS) so that
-                # they share the next waited-for batch's transaction and fsync instead of
-                # costing one of their own in front of it.
-                if not held:
+            if first is not None and stop is None and all(op.future is None for op in batch):
+                # Only wake-ups for deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS)
+                # so that they share the next waited-for batch's transaction and fsync instead
+                # of costing one of their own in front of it.
+                if held_since is None:
                     held_since = time.monotonic()
-                held = batch
                 continue
-            held = []
             if first is not None and stop is None and self._in_flight():
                 self._gather(batch)
                 stop = next((op for op in batch if op.kind == "stop"), None)
+            deferred = self._take_deferred(everything=stop is not None)
+            held_since = time.monotonic() if self._deferred_ops else None  # over MAX_BATCH: soon
             # A caller that gave up (cancelled, or past its deadline) before its turn records
             # nothing. (Reading the flag from this thread is a benign race: a caller cancelled
             # after this check has its reservation recorded and never refunded, which is the
             # safe side.)
-            work = [op for op in batch if op.future is not None and not op.future.cancelled()]
+            work = [
+                op for op in chain(deferred, batch) if op.future is not None and not op.future.cancelled()
+            ]
             if work:
                 try:
                     with self._batch_lock:
@@ -975,6 +986,13 @@ class SqlLedger(Ledger):
                 _close_quietly(self._writer_conn)
         finally:
             self._stopped.set_result(None)
+
+    def _take_deferred(self, *, everything: bool) -> list[_Op]:
+        """The held deferred commit records to write now (at most MAX_BATCH, unless stopping)."""
+        with self._deferred_lock:
+            ops = self._deferred_ops
+            n = len(ops) if everything else min(len(ops), MAX_BATCH)
+            return [ops.popleft() for _ in range(n)]
 
     def _gather(self, batch: list[_Op]) -> None:
         """Add to `batch` what arrives within GATHER_SECONDS, or until no other reservation

@@ -49,11 +49,15 @@ async def _until_committed(env: LedgerEnv, ids: set[str], limit: float) -> float
         if not missing:
             return time.monotonic() - t0
         if time.monotonic() - t0 > limit:
-            raise AssertionError(f"{len(missing)} deferred commit record(s) never written: {sorted(missing)[:3]}")
+            raise AssertionError(
+                f"{len(missing)} deferred commit record(s) never written: {sorted(missing)[:3]}"
+            )
         await asyncio.sleep(0.01)
 
 
-async def test_deferred_records_appended_while_the_writer_drains_are_never_lost(ledger_env_sqlite: LedgerEnv) -> None:
+async def test_deferred_records_appended_while_the_writer_drains_are_never_lost(
+    ledger_env_sqlite: LedgerEnv,
+) -> None:
     """Lost wake-up race: commits (deque appends, a wake only for the first of a hold) land
     while the writer takes the deque for a batch of reservations; a record appended between
     the writer's `_take_deferred` and its `held_since` check must still be written (not only
@@ -64,7 +68,9 @@ async def test_deferred_records_appended_while_the_writer_drains_are_never_lost(
     rng = random.Random(7)
     try:
         for round_no in range(12):
-            reserved = await asyncio.gather(*(ledger.reserve(_charge(policy, f"u{i % 5}")) for i in range(24)))
+            reserved = await asyncio.gather(
+                *(ledger.reserve(_charge(policy, f"u{i % 5}")) for i in range(24))
+            )
             ids = {r.id for r in reserved}
             more = [asyncio.create_task(ledger.reserve(_charge(policy, "x"))) for _ in range(8)]
             for r in reserved:  # commits interleaved with the writer running `more`

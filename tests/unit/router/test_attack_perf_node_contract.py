@@ -52,7 +52,13 @@ def old_parse_report(headers: Mapping[str, str], body: Any) -> tuple | None:
         eps, delta = _number(body.get("epsilon")), _number(body.get("delta", 0))
         if eps is not None and delta is not None:
             basis = body.get("basis")
-            from_body = (eps, delta, str(body.get("mechanism", "")), basis if isinstance(basis, str) else "", True)
+            from_body = (
+                eps,
+                delta,
+                str(body.get("mechanism", "")),
+                basis if isinstance(basis, str) else "",
+                True,
+            )
     if from_headers is None or from_body is None:
         readable = from_headers or from_body
         if (
@@ -85,10 +91,29 @@ def _as_tuple(report: Any) -> tuple | None:
 def _same(a: tuple | None, b: tuple | None) -> bool:
     if a is None or b is None:
         return a is b
-    return all((x == y) or (isinstance(x, float) and math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+    return all(
+        (x == y) or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+        for x, y in zip(a, b, strict=True)
+    )
 
 
-VALUES = ["0.5", "0.50", " 0.5", "0.5 ", "5e-1", "0x1p-1", "1_0", "inf", "nan", "-0.1", "-0", "", "true", "0.1", "1e999"]
+VALUES = [
+    "0.5",
+    "0.50",
+    " 0.5",
+    "0.5 ",
+    "5e-1",
+    "0x1p-1",
+    "1_0",
+    "inf",
+    "nan",
+    "-0.1",
+    "-0",
+    "",
+    "true",
+    "0.1",
+    "1e999",
+]
 NAMES = {
     EPSILON_HEADER: [EPSILON_HEADER, EPSILON_HEADER.lower(), EPSILON_HEADER.upper()],
     DELTA_HEADER: [DELTA_HEADER, DELTA_HEADER.lower()],
@@ -133,7 +158,9 @@ def test_a_repeated_header_with_a_cheaper_second_value_is_refused() -> None:
         for name in NAMES[EPSILON_HEADER]:
             h = CIMultiDict([(EPSILON_HEADER, first), (name, second), (MECHANISM_HEADER, "gaussian")])
             assert check_report(declared, sent, parse_report(h, None)) is Violation.INCONSISTENT
-    h = CIMultiDict([(EPSILON_HEADER, "0.5"), (MECHANISM_HEADER, "gaussian"), (MECHANISM_HEADER.lower(), "laplace")])
+    h = CIMultiDict(
+        [(EPSILON_HEADER, "0.5"), (MECHANISM_HEADER, "gaussian"), (MECHANISM_HEADER.lower(), "laplace")]
+    )
     assert check_report(declared, sent, parse_report(h, None)) is Violation.INCONSISTENT
     h = CIMultiDict([(EPSILON_HEADER, "0.5"), (DELTA_HEADER, "0"), (DELTA_HEADER.upper(), "0.9")])
     assert check_report(declared, sent, parse_report(h, None)) is Violation.INCONSISTENT
@@ -159,6 +186,11 @@ def test_over_spend_and_exact_spend() -> None:
 def test_sent_privacy_wire_format_is_unchanged() -> None:
     for mech, purpose in itertools.product(NodeMechanism, Purpose):
         sent = SentPrivacy(0.25, 1e-7, mech, purpose)
-        assert sent.body() == {"epsilon": 0.25, "delta": 1e-7, "mechanism": mech.value, "purpose": purpose.value}
+        assert sent.body() == {
+            "epsilon": 0.25,
+            "delta": 1e-7,
+            "mechanism": mech.value,
+            "purpose": purpose.value,
+        }
         assert all(type(v) is str or type(v) is float for v in sent.body().values())
         assert sent.headers()[PURPOSE_HEADER] == purpose.value and type(sent.headers()[PURPOSE_HEADER]) is str

@@ -120,13 +120,19 @@ def test_fast_split_random_streams_match_the_previous_decoder() -> None:
         stream = b"".join(rng.choice(atoms) for _ in range(rng.randint(1, 14)))
         cuts = sorted(rng.sample(range(len(stream) + 1), min(len(stream) + 1, rng.randint(0, 4))))
         pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-        assert _run(SseDecoder(), pieces) == _run(OldSseDecoder(), pieces) == _run(LinesOnly(), pieces), pieces
+        assert _run(SseDecoder(), pieces) == _run(OldSseDecoder(), pieces) == _run(LinesOnly(), pieces), (
+            pieces
+        )
 
 
 def test_an_oversized_event_is_refused_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node that never ends its event: the fast path refuses it at the same point."""
     monkeypatch.setattr(streaming, "MAX_EVENT_BYTES", 64)
-    for stream in (b"data: " + b"x" * 80, b"data: ok\n\ndata: " + b"y" * 80, b"data: a\ndata: " + b"z" * 30 * 3):
+    for stream in (
+        b"data: " + b"x" * 80,
+        b"data: ok\n\ndata: " + b"y" * 80,
+        b"data: a\ndata: " + b"z" * 30 * 3,
+    ):
         for cut in range(1, len(stream)):
             outcomes = []
             for cls in (SseDecoder, OldSseDecoder):
@@ -160,7 +166,18 @@ class OldReframer(Reframer):
         return out
 
 
-CONTENTS = ["", "hi", 'quo"te', "back\\slash", "new\nline", "\u2028\u2029", "é€😀", "\x00\x1f", "[DONE]", "data: x\n\n"]
+CONTENTS = [
+    "",
+    "hi",
+    'quo"te',
+    "back\\slash",
+    "new\nline",
+    "\u2028\u2029",
+    "é€😀",
+    "\x00\x1f",
+    "[DONE]",
+    "data: x\n\n",
+]
 LOGPROBS: list[Any] = [
     None,
     {"content": [{"token": "a", "logprob": -0.1}]},

@@ -419,6 +419,7 @@ class SqlLedger(Ledger):
         # when the list was empty (it then holds them for company), not once per record.
         self._deferred_ops: deque[_Op] = deque()
         self._deferred_lock = threading.Lock()
+        self._hold = 0  # numbers the holds (an empty list getting a record), for their timers
         self._stopped: Future[None] = Future()
         # Held while a batch runs (the writer thread, or a caller on the idle fast path).
         self._batch_lock = threading.Lock()
@@ -650,18 +651,23 @@ class SqlLedger(Ledger):
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
         with self._deferred_lock:
             first_held = not self._deferred_ops
+            if first_held:
+                self._hold += 1
             self._deferred_ops.append(op)
+            hold = self._hold
         if first_held:  # the next batch takes them; if none comes, this timer sends them alone
-            asyncio.get_running_loop().call_later(DEFERRED_MAX_DELAY_SECONDS, self._flush_deferred)
+            asyncio.get_running_loop().call_later(DEFERRED_MAX_DELAY_SECONDS, self._flush_deferred, hold)
         if self._gathering:
             self._end_gather()
 
-    def _flush_deferred(self) -> None:
-        """(Event loop timer.) Deferred records still held after DEFERRED_MAX_DELAY_SECONDS
-        with no batch to ride with: wake the writer to write them on their own. A timer on the
-        loop instead of a writer wake-up per hold: at low concurrency the next request's batch
-        takes them first and this finds nothing to do."""
-        if self._deferred_ops and not self._closed:
+    def _flush_deferred(self, hold: int) -> None:
+        """(Event loop timer.) The deferred records of hold number `hold`, if still held after
+        DEFERRED_MAX_DELAY_SECONDS with no batch to ride with: wake the writer to write them
+        on their own. A timer on the loop instead of a writer wake-up per hold; normally the
+        next request's batch has taken them (and a later hold has its own timer)."""
+        with self._deferred_lock:
+            still_held = self._hold == hold and bool(self._deferred_ops)
+        if still_held and not self._closed:
             self._queue.put(_Op("wake", None))
 
     async def release(self, reservation_id: str) -> None:

@@ -419,7 +419,6 @@ class SqlLedger(Ledger):
         # when the list was empty (it then holds them for company), not once per record.
         self._deferred_ops: deque[_Op] = deque()
         self._deferred_lock = threading.Lock()
-        self._hold = 0  # numbers the holds (an empty list getting a record), for their timers
         self._stopped: Future[None] = Future()
         # Held while a batch runs (the writer thread, or a caller on the idle fast path).
         self._batch_lock = threading.Lock()
@@ -651,24 +650,11 @@ class SqlLedger(Ledger):
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
         with self._deferred_lock:
             first_held = not self._deferred_ops
-            if first_held:
-                self._hold += 1
             self._deferred_ops.append(op)
-            hold = self._hold
-        if first_held:  # the next batch takes them; if none comes, this timer sends them alone
-            asyncio.get_running_loop().call_later(DEFERRED_MAX_DELAY_SECONDS, self._flush_deferred, hold)
+        if first_held:
+            self._queue.put(_Op("wake", None))  # the writer starts their clock
         if self._gathering:
             self._end_gather()
-
-    def _flush_deferred(self, hold: int) -> None:
-        """(Event loop timer.) The deferred records of hold number `hold`, if still held after
-        DEFERRED_MAX_DELAY_SECONDS with no batch to ride with: wake the writer to write them
-        on their own. A timer on the loop instead of a writer wake-up per hold; normally the
-        next request's batch has taken them (and a later hold has its own timer)."""
-        with self._deferred_lock:
-            still_held = self._hold == hold and bool(self._deferred_ops)
-        if still_held and not self._closed:
-            self._queue.put(_Op("wake", None))
 
     async def release(self, reservation_id: str) -> None:
         self._open.pop(reservation_id, None)
@@ -951,21 +937,36 @@ class SqlLedger(Ledger):
 
     def _writer_loop(self) -> None:
         stop: _Op | None = None
+        held_since: float | None = None  # deferred records wait (for company) since then
         while stop is None:
-            first = self._queue.get()
-            batch = [first]
+            timeout = (
+                None
+                if held_since is None
+                else max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic())
+            )
+            try:
+                first: _Op | None = self._queue.get(timeout=timeout)
+            except queue.Empty:  # nobody else came: write the held records on their own
+                first = None
+            batch = [first] if first is not None else []
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             stop = next((op for op in batch if op.kind == "stop"), None)
-            if stop is None and self._in_flight() and any(op.future is not None for op in batch):
+            if first is not None and stop is None and all(op.future is None for op in batch):
+                # Only wake-ups for deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS)
+                # so that they share the next waited-for batch's transaction and fsync instead
+                # of costing one of their own in front of it.
+                if held_since is None:
+                    held_since = time.monotonic()
+                continue
+            if first is not None and stop is None and self._in_flight():
                 self._gather(batch)
                 stop = next((op for op in batch if op.kind == "stop"), None)
-            # Deferred commit records ride with this batch (or, on the loop's timer's wake-up
-            # or at close, go on their own): they share its transaction and fsync.
             deferred = self._take_deferred(everything=stop is not None)
+            held_since = time.monotonic() if self._deferred_ops else None  # over MAX_BATCH: soon
             # A caller that gave up (cancelled, or past its deadline) before its turn records
             # nothing. (Reading the flag from this thread is a benign race: a caller cancelled
             # after this check has its reservation recorded and never refunded, which is the
@@ -980,8 +981,6 @@ class SqlLedger(Ledger):
                 except BaseException as exc:  # never let the writer die: it serves every request
                     log.exception("ledger writer: unexpected failure; %d operations not recorded", len(work))
                     _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in work])
-            if self._deferred_ops and stop is None:  # more than MAX_BATCH were held: go on
-                self._queue.put(_Op("wake", None))
         try:
             with self._batch_lock:
                 _close_quietly(self._writer_conn)

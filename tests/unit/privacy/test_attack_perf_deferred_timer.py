@@ -7,7 +7,6 @@ was an event-loop timer (2a2b6ad, b62464a); the writer thread owns that clock ag
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fdp_router.privacy.ledger import open_ledger

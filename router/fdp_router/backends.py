@@ -721,11 +721,13 @@ class NodeResponse:
 
     def __del__(self) -> None:
         # A response dropped unreleased (a bug elsewhere) must not keep its pool slot
-        # forever (aiohttp's ClientResponse released its connection on collection too).
-        if self._pool is not None:
-            with contextlib.suppress(Exception):
-                self._pool.release(self._conn, reuse=False)
-            self._pool = None
+        # forever (aiohttp's ClientResponse released its connection on collection too). The
+        # collector may run this on any thread: the pool and its waiters belong to the
+        # connection's event loop, so the release is handed to that loop.
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):  # a closed loop: nothing left to give back to
+                self._conn.loop.call_soon_threadsafe(pool.release, self._conn, False)
 
 
 async def _read_head(conn: _Conn, read_timeout: float | None) -> None:

@@ -333,8 +333,41 @@ async def test_a_dropped_response_gives_its_slot_back(serve) -> None:
     assert hosts[0].in_use == 1
     del resp
     gc.collect()
+    await asyncio.sleep(0)  # the release is handed to the loop
     assert hosts[0].in_use == 0
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
+
+
+async def test_a_response_collected_on_another_thread_is_released_on_its_loop(serve) -> None:
+    """The garbage collector may finalise a dropped response on any thread; the pool's
+    bookkeeping and its waiters' futures belong to the event loop, so the release must run
+    there (a waiter's future set from another thread would not wake its task)."""
+    import threading
+
+    from fdp_router.backends import _HostPool
+
+    pool, _ = await serve([whole(), whole()], routing={"per_host_connections": 1})
+    st = pool.nodes["n1"]
+    resp = await pool._send(st, PAYLOAD, SENT)
+    (host,) = [p for p in pool._pools.values() if isinstance(p, _HostPool)]
+    released_on: list[str] = []
+    real_release = host.release
+
+    def spy(conn, reuse):
+        released_on.append(threading.current_thread().name)
+        real_release(conn, reuse)
+
+    host.release = spy  # type: ignore[method-assign]
+    waiting = asyncio.ensure_future(pool.chat("n1", PAYLOAD, SENT))  # queued for the one slot
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    box = [resp]
+    del resp
+    worker = threading.Thread(target=box.clear, name="collector")  # the last reference dies there
+    worker.start()
+    worker.join()
+    assert (await asyncio.wait_for(waiting, 5)).text == "hello"
+    assert released_on[0] == threading.current_thread().name
 
 
 async def test_a_refused_content_coding_frees_its_slot_once(serve) -> None:

@@ -10,11 +10,12 @@ archive that runs past the snapshot's base must end on the live record with the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fdp_router.config import LedgerRetention, PrivacyConfig
-from fdp_router.privacy.audit import parse_keyring
+from fdp_router.privacy.audit import Keyring, parse_keyring
 from fdp_router.privacy.ledger import maintenance, verify, verify_ledger
 from fdp_router.privacy.ledger.maintenance import prune
 
@@ -34,21 +35,43 @@ async def _fill(env: LedgerEnv, cfg: PrivacyConfig, clock: Clock, n: int) -> Non
         await ledger.close()
 
 
+@dataclass
+class _Pruning:
+    """A ledger with an archive and, after it, records due for the next prune."""
+
+    clock: Clock
+    cfg: PrivacyConfig
+    archive: Path
+    retention: LedgerRetention
+    keyring: Keyring
+
+    def prune(self, env: LedgerEnv) -> int:
+        return prune(_driver(env), self.keyring, self.cfg, self.retention, self.clock()).archived
+
+
+async def _pruning(env: LedgerEnv, tmp_path: Path) -> _Pruning:
+    archive = tmp_path / "archive"
+    p = _Pruning(
+        Clock(),
+        PrivacyConfig(budgets=BIG),
+        archive,
+        LedgerRetention(audit_seconds=3600, archive_dir=str(archive)),
+        parse_keyring(env.key_file.read_text(), "k"),
+    )
+    await _fill(env, p.cfg, p.clock, 6)
+    p.clock.advance(7200)
+    assert p.prune(env) > 0  # an archive exists
+    await _fill(env, p.cfg, p.clock, 6)
+    p.clock.advance(7200)
+    return p
+
+
 async def test_verify_with_archive_while_the_router_prunes_between_snapshot_and_archive_read(
     ledger_env: LedgerEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = ledger_env
-    clock = Clock()
-    cfg = PrivacyConfig(budgets=BIG)
-    archive = tmp_path / "archive"
-    retention = LedgerRetention(audit_seconds=3600, archive_dir=str(archive))
-    keyring = parse_keyring(env.key_file.read_text(), "k")
-    await _fill(env, cfg, clock, 6)
-    clock.advance(7200)
-    first = prune(_driver(env), keyring, cfg, retention, clock())  # an archive exists
-    assert first.archived > 0
-    await _fill(env, cfg, clock, 6)
-    clock.advance(7200)
+    p = await _pruning(env, tmp_path)
+    keyring, archive = p.keyring, p.archive
     assert verify_ledger(_driver(env), keyring, archive=archive).ok  # intact, quiet
 
     real = verify._verify_segments
@@ -56,7 +79,7 @@ async def test_verify_with_archive_while_the_router_prunes_between_snapshot_and_
 
     def racing_archive_read(*args, **kw):  # the router's maintenance thread runs now
         if not ran:
-            ran.append(prune(_driver(env), keyring, cfg, retention, clock()).archived)
+            ran.append(p.prune(env))
         return real(*args, **kw)
 
     monkeypatch.setattr(verify, "_verify_segments", racing_archive_read)
@@ -72,16 +95,8 @@ async def test_verify_with_archive_between_a_prunes_segment_write_and_its_delete
     ledger_env: LedgerEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = ledger_env
-    clock = Clock()
-    cfg = PrivacyConfig(budgets=BIG)
-    archive = tmp_path / "archive"
-    retention = LedgerRetention(audit_seconds=3600, archive_dir=str(archive))
-    keyring = parse_keyring(env.key_file.read_text(), "k")
-    await _fill(env, cfg, clock, 6)
-    clock.advance(7200)
-    prune(_driver(env), keyring, cfg, retention, clock())
-    await _fill(env, cfg, clock, 6)
-    clock.advance(7200)
+    p = await _pruning(env, tmp_path)
+    keyring, archive = p.keyring, p.archive
 
     real_chunk = maintenance._prune_chunk
     seen: list[object] = []
@@ -92,7 +107,7 @@ async def test_verify_with_archive_between_a_prunes_segment_write_and_its_delete
         return real_chunk(*args, **kw)
 
     monkeypatch.setattr(maintenance, "_prune_chunk", chunk_after_verify)
-    prune(_driver(env), keyring, cfg, retention, clock())
+    p.prune(env)
     monkeypatch.setattr(maintenance, "_prune_chunk", real_chunk)
     assert verify_ledger(_driver(env), keyring, archive=archive).ok
     result = seen[0]

@@ -141,6 +141,8 @@ def test_an_unreachable_node_flips_leaves_the_config_and_returns(
     )
     status = kube.get(namespace, "fr", "fr")["status"]
     assert status["configHash"] != before and status["nodes"]["names"] == ["hosp-0"]
+    # listed as down, so that its model answers 503 (retry), not 404, if it was the last one
+    assert [d["id"] for d in _config(kube, namespace)["nodes_down"]] == ["hosp-1"]
     nodes_ready = next(c for c in status["conditions"] if c["type"] == "NodesReady")
     assert nodes_ready["status"] == "False" and "hosp-1" in nodes_ready["message"]
     events = cluster.kubectl(
@@ -154,6 +156,7 @@ def test_an_unreachable_node_flips_leaves_the_config_and_returns(
         lambda: [n["id"] for n in _config(kube, namespace)["nodes"]] == ["hosp-0", "hosp-1"],
         what="node back in config",
     )
+    assert "nodes_down" not in _config(kube, namespace)
     assert kube.get(namespace, "fr", "fr")["status"]["configHash"] == before
 
 

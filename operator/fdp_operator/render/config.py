@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from fdp_router.config import (
     AuthConfig,
+    DownNode,
     HospitalNodeConfig,
     LedgerConfig,
     ManagedBy,
@@ -111,10 +112,26 @@ def selected_nodes(router: FederatedRouter, nodes: Sequence[HospitalNode]) -> li
     )
 
 
+def down_nodes(selected: Sequence[HospitalNode]) -> tuple[DownNode, ...]:
+    """The selected nodes left out because their probes fail: the router answers a request
+    for a model only they serve with 503 (retry), not 404 (no such model)."""
+    return tuple(
+        DownNode(
+            id=n.ref.name,
+            model=n.spec.model,
+            departments=tuple(n.spec.departments),
+            security_level=n.spec.security_level.value,
+        )
+        for n in selected
+        if not n.healthy
+    )
+
+
 def router_config(
     router: FederatedRouter, policy: PrivacyPolicy, nodes: Sequence[HospitalNode]
 ) -> RouterConfig:
-    """The config the router pods run: healthy selected nodes, the policy, auth, ledger."""
+    """The config the router pods run: healthy selected nodes (and which are down), the
+    policy, auth, ledger."""
     s = router.spec
     auth = AuthConfig(
         algorithms=tuple(s.auth.algorithms),
@@ -146,6 +163,7 @@ def router_config(
             tls_key_file=f"{names.TLS_MOUNT}/tls.key",
         ),
         nodes=tuple(node_config(n) for n in selected_nodes(router, nodes) if n.healthy),
+        nodes_down=down_nodes(selected_nodes(router, nodes)),
         privacy=privacy_config(policy),
         routing=RoutingConfig(
             strategy=s.routing.strategy,
@@ -171,8 +189,10 @@ class RenderedConfig:
     spec_digest: str  # sha256 of the config without its node list: what rolls the pods
 
 
-def with_nodes(cfg: RouterConfig, nodes: Sequence[HospitalNodeConfig]) -> RouterConfig:
-    return cfg.model_copy(update={"nodes": tuple(nodes)})
+def with_nodes(
+    cfg: RouterConfig, nodes: Sequence[HospitalNodeConfig], down: Sequence[DownNode] = ()
+) -> RouterConfig:
+    return cfg.model_copy(update={"nodes": tuple(nodes), "nodes_down": tuple(down)})
 
 
 def rendered(cfg: RouterConfig) -> RenderedConfig:

@@ -53,6 +53,8 @@ def test_the_config_is_the_router_model_with_managed_by_and_only_healthy_selecte
     r = _render(router, make_policy(), nodes)
     cfg = _config(r)
     assert [n.id for n in cfg.nodes] == ["in-ok"]
+    # the down node is never called, but its model answers 503 (retry), not 404
+    assert [(d.id, d.model) for d in cfg.nodes_down] == [("in-down", nodes[1].spec.model)]
     assert cfg.managed_by is not None and (cfg.managed_by.namespace, cfg.managed_by.name) == ("ns", "fr1")
     assert cfg.server.tls_cert_file == "/etc/fdp/tls/tls.crt" and cfg.server.host == "0.0.0.0"
     assert r.selected_count == 2 and r.node_names == ["in-ok"]
@@ -92,6 +94,8 @@ def test_a_node_leaving_changes_the_config_in_place_and_never_the_pod_template(
     cm = _kinds(down)[("ConfigMap", down.config_map_name)]
     assert "immutable" not in cm
     assert cm["metadata"]["annotations"][names.SELECTED_NODES_ANNOTATION] == "a,b"
+    assert cm["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == "b"
+    assert [d.id for d in _config(down).nodes_down] == ["b"] and _config(up).nodes_down == ()
     config_volume = next(v for v in _template(up)["spec"]["volumes"] if v["name"] == "config")
     assert config_volume == {"name": "config", "configMap": {"name": up.config_map_name}}
     mount = next(m for m in _template(up)["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config")
@@ -126,6 +130,52 @@ def test_an_older_revision_still_mounted_gets_the_node_change_too(
         owned_config_maps={old.config_map_name: old_cm},
     )
     assert [o for o in unchanged.objects if o["metadata"]["name"] == old.config_map_name] == []
+    assert refreshed["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == "b"
+    assert [d.id for d in cfg.nodes_down] == ["b"]
+
+
+def test_an_older_revision_without_nodes_down_never_gets_the_field(
+    make_router, make_policy, make_node
+) -> None:
+    """A ConfigMap written by an operator that did not know ``nodes_down`` (no annotation) is
+    mounted by pods whose router refuses unknown fields: the refresh changes only its nodes,
+    or those pods would stop taking any config change until the rollout ends."""
+    router = make_router(ledger=PG)
+    old = _render(router, make_policy(), [make_node("a"), make_node("b")])
+    old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
+    del old_cm["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION]
+    new = _render(
+        router,
+        make_policy(budgets={"perUser": 5}),
+        [make_node("a"), make_node("b", healthy=False)],
+        observed=ObservedState(now=NOW, deployments={"fr1-blue": {"spec": {"template": _template(old)}}}),
+        owned_config_maps={old.config_map_name: old_cm},
+    )
+    refreshed = _kinds(new)[("ConfigMap", old.config_map_name)]
+    data = json.loads(refreshed["data"][names.CONFIG_FILE])
+    assert [n["id"] for n in data["nodes"]] == ["a"] and "nodes_down" not in data
+    assert names.NODES_DOWN_ANNOTATION not in refreshed["metadata"]["annotations"]
+
+
+def test_a_recovered_node_leaves_nodes_down_of_the_older_revision(
+    make_router, make_policy, make_node
+) -> None:
+    router = make_router(ledger=PG)
+    old = _render(router, make_policy(), [make_node("a"), make_node("b", healthy=False)])
+    old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
+    assert "nodes_down" in json.loads(old_cm["data"][names.CONFIG_FILE])
+    new = _render(
+        router,
+        make_policy(budgets={"perUser": 5}),
+        [make_node("a"), make_node("b")],
+        observed=ObservedState(now=NOW, deployments={"fr1-blue": {"spec": {"template": _template(old)}}}),
+        owned_config_maps={old.config_map_name: old_cm},
+    )
+    refreshed = _kinds(new)[("ConfigMap", old.config_map_name)]
+    data = json.loads(refreshed["data"][names.CONFIG_FILE])
+    assert [n["id"] for n in data["nodes"]] == ["a", "b"] and "nodes_down" not in data
+    assert refreshed["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == ""
+    RouterConfig.model_validate(data)
 
 
 def test_the_sqlite_ledger_lives_on_its_claim_and_the_pods_are_recreated_not_surged(

@@ -142,3 +142,78 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_in_json(router: Router
     err = json.loads(body)["error"]
     assert err["type"] == "invalid_request_error" and err["code"] == "bad_http_request"
     assert "\x00" not in err["message"]
+
+
+def _split_down(cluster: Cluster, down_ids: set[str]) -> dict[str, Any]:
+    """The demo config with `down_ids` moved to ``nodes_down``, as the operator renders nodes
+    whose probes fail."""
+    nodes = [n.model_dump(mode="json") for n in cluster.config().nodes]
+    up = [n for n in nodes if n["id"] not in down_ids]
+    down = [
+        {
+            "id": n["id"],
+            "model": n["model"],
+            "departments": n["departments"],
+            "security_level": n["security_level"],
+        }
+        for n in nodes
+        if n["id"] in down_ids
+    ]
+    return {"nodes": up, "nodes_down": down}
+
+
+async def test_a_model_whose_nodes_are_all_down_is_503_not_404(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """Right after nodes recover, the kubelet can take a minute to swap the config file: a
+    request for their model must say "retry", which OpenAI SDKs do on 503, not "no such
+    model" (which they never retry), and must spend nothing."""
+    parts = _split_down(demo_cluster, {"node-0", "node-1", "node-2"})
+    up = demo_cluster.config().nodes[0].model_dump(mode="json")
+    parts["nodes"] = [{**up, "id": "other", "model": "other-model"}]
+    client = await router(demo_cluster.config(**parts))
+    body = {"model": PHI_MODEL, "privacy_budget": 0.5, "messages": [{"role": "user", "content": q("down")}]}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 503, await r.text()
+    assert r.headers["Retry-After"] == "5"
+    err = (await r.json())["error"]
+    assert err["code"] == "no_node_available" and err["type"] == "server_error"
+    assert "node-0, node-1, node-2 fail their health probes" in err["message"], err
+    spent = await client.get("/v1/privacy/budget/alice", headers=auth(token(user="alice")))
+    assert (await spent.json())["consumed_budget"] == 0
+    # A model no node has, up or down, is still 404; the up node still answers.
+    r = await client.post("/v1/chat/completions", json={**body, "model": "gpt-4o"}, headers=auth())
+    assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+    r = await client.post("/v1/chat/completions", json={**body, "model": "other-model"}, headers=auth())
+    assert r.status == 200, await r.text()
+
+
+async def test_a_down_node_of_another_department_is_still_404(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    parts = _split_down(demo_cluster, {"node-0", "node-1", "node-2"})
+    parts["nodes_down"] = [{**d, "departments": ["oncology"]} for d in parts["nodes_down"]]
+    parts["nodes"] = []
+    client = await router(demo_cluster.config(**parts))
+    body = {"model": PHI_MODEL, "messages": [{"role": "user", "content": q("other dept")}]}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())  # cardiology
+    assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+    r = await client.post("/v1/chat/completions", json=body, headers=auth(token(department="oncology")))
+    assert r.status == 503 and "fail their health probes" in (await r.json())["error"]["message"]
+
+
+def test_a_node_is_either_up_or_down_and_an_empty_down_list_is_not_written(demo_cluster: Cluster) -> None:
+    parts = _split_down(demo_cluster, {"node-1"})
+    cfg = demo_cluster.config(**parts)
+    assert [d.id for d in cfg.nodes_down] == ["node-1"]
+    clash = {**parts, "nodes_down": [*parts["nodes_down"], {"id": "node-0", "model": PHI_MODEL}]}
+    with pytest.raises(ValidationError, match=r"nodes_down: node id\(s\) \['node-0'\] are also in nodes"):
+        demo_cluster.config(**clash)
+    twice = {**parts, "nodes_down": parts["nodes_down"] * 2}
+    with pytest.raises(ValidationError, match=r"nodes_down: duplicate node id\(s\) \['node-1'\]"):
+        demo_cluster.config(**twice)
+    from fdp_router.config import dump_config
+
+    assert "nodes_down" in json.loads(dump_config(cfg))
+    # Routers of earlier releases refuse unknown fields: a config with every node up has none.
+    assert "nodes_down" not in json.loads(dump_config(demo_cluster.config()))

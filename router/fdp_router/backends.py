@@ -45,7 +45,13 @@ from yarl import URL
 from fdp_router.balancers import NodeView
 from fdp_router.config import DataClass, HospitalNodeConfig, NodeTLS, RoutingConfig
 from fdp_router.metrics import Metrics
-from fdp_router.node_contract import EPSILON_HEADER, PrivacyReport, SentPrivacy, parse_report
+from fdp_router.node_contract import (
+    EPSILON_HEADER,
+    MAX_ANSWER_BYTES,
+    PrivacyReport,
+    SentPrivacy,
+    parse_report,
+)
 
 log = logging.getLogger("fdp_router.backends")
 EWMA_ALPHA = 0.2
@@ -588,7 +594,7 @@ def _target(
 _MAX_MEMBERS = 1024
 # Decoded bytes one compressed answer may expand to: a small compressed body must not become
 # hundreds of megabytes in one step of the event loop (a chat answer is kilobytes).
-_MAX_DECODED = 64 * 1024 * 1024
+_MAX_DECODED = MAX_ANSWER_BYTES
 _WINDOW_MIN = 64
 _WINDOW_MAX = 65_536
 
@@ -671,11 +677,17 @@ class NodeResponse:
         self._pool = pool
 
     async def read(self) -> bytes:
+        """The whole decoded body; ValueError once it passes MAX_ANSWER_BYTES (checked as it
+        arrives, so a node that never stops sending holds at most that much)."""
         pieces: list[bytes] = []
+        size = 0
         while True:
             piece = await self.next_piece()
             if not piece:
                 return b"".join(pieces)
+            size += len(piece)
+            if size > MAX_ANSWER_BYTES:
+                raise ValueError(f"the node's answer is over {MAX_ANSWER_BYTES // 2**20} MiB")
             pieces.append(piece)
 
     async def next_piece(self) -> bytes:

@@ -24,6 +24,9 @@ MECHANISM_HEADER = "X-FDP-Privacy-Mechanism"
 PURPOSE_HEADER = "X-FDP-Purpose"
 # Float rounding between the router's repr and the node's parse; anything larger is a violation.
 RELATIVE_SLACK = 1e-9
+# The most a node's answer may hold, decoded (whole, or the text of a stream): a chat answer
+# is kilobytes; a node that keeps sending must not hold the router's memory.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class Purpose(StrEnum):

@@ -32,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from fdp_router.node_contract import MAX_ANSWER_BYTES
+
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -187,6 +189,7 @@ class Reframer:
     node_done: bool = False
     _role_sent: bool = False
     _held: dict[str, Any] | None = None  # the chunk with finish_reason, sent last
+    _chars: int = 0  # of `parts`, bounded by MAX_ANSWER_BYTES
     # A content chunk is `_head` + its delta + `_tail` (`_rest` after logprobs that are not
     # null): the parts every chunk shares, serialised once.
     _head: bytes = b""  # `data: {"id": …, "choices":[{"index":0,"delta":`
@@ -265,6 +268,9 @@ class Reframer:
             if isinstance(content, str):
                 d["content"] = content
                 self.parts.append(content)
+                self._chars += len(content)
+                if self._chars > MAX_ANSWER_BYTES:
+                    raise StreamBroken(f"an answer of over {MAX_ANSWER_BYTES:,} characters")
             logprobs = ch.get("logprobs") if self.pass_logprobs else None
             finish = ch.get("finish_reason")
             if finish is not None and (finish := finish_reason(finish)) is not None:

@@ -4,6 +4,7 @@ dropped from what the clinician gets."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 import pytest
 from fdp_router.backends import _Decoder
 
-from .test_node_client import PAYLOAD, SENT, chunked, serve, whole  # noqa: F401  (serve: fixture)
+from .test_node_client import PAYLOAD, REPORT, SENT, chunked, serve, whole  # noqa: F401  (serve: fixture)
 
 EVENTS = [b'data: {"choices":[{"delta":{"content":"part %d"}}]}\n\n' % i for i in range(3)]
 
@@ -102,3 +103,43 @@ def test_an_answer_under_the_cap_decodes_whole() -> None:
     body = b"x" * (3 * 1024 * 1024)
     decoder = _Decoder(deflate=False)
     assert decoder.feed(gzip.compress(body)) + decoder.finish() == body
+
+
+async def test_a_node_that_never_stops_sending_is_cut_off_at_the_answer_cap(serve) -> None:  # noqa: F811
+    """No Content-Length, no chunking: the body ends when the connection does, and this node
+    never closes it. Before the cap, `read` gathered everything it was sent (the router's
+    memory was the node's to fill); now the answer is refused once it passes 64 MiB."""
+    sent = 0
+    piece = b"x" * (1 << 20)
+
+    def endless(t: asyncio.Transport) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + REPORT + b"\r\n")
+
+        def more() -> None:
+            nonlocal sent
+            if t.is_closing() or sent > 256 * len(piece):
+                return
+            t.write(piece)
+            sent += len(piece)
+            asyncio.get_running_loop().call_later(0.001 if t.get_write_buffer_size() > 8 << 20 else 0, more)
+
+        more()
+
+    pool, _ = await serve([endless])
+    with pytest.raises(Exception, match="over 64 MiB") as caught:
+        await pool.chat("n1", PAYLOAD, SENT)
+    assert "over 64 MiB" in str(caught.value)
+    assert sent < 256 * len(piece), "the router read everything the node sent"
+
+
+def test_a_stream_that_never_ends_is_cut_off_at_the_answer_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's text is kept for the cache and the audit: it is bounded the same way."""
+    from fdp_router import streaming
+
+    monkeypatch.setattr(streaming, "MAX_ANSWER_BYTES", 10_000)
+    r = streaming.Reframer(id="c1", model="m", fingerprint="fp")
+    event = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "y" * 1000}}]})
+    for _ in range(10):
+        r.node_event(event)
+    with pytest.raises(streaming.StreamBroken, match="an answer of over 10,000 characters"):
+        r.node_event(event)

@@ -280,7 +280,7 @@ def _nodes_ready(o: RouterObservation) -> list[Condition]:
                 "NodesReady",
                 "False",
                 Reason.SOME_NODES_NOT_READY.value,
-                f"{o.nodes_ready}/{o.nodes_selected} ready; left the config: {', '.join(o.not_ready_nodes)}",
+                f"{o.nodes_ready}/{o.nodes_selected} ready; failing probes: {', '.join(o.not_ready_nodes)}",
             )
         ]
     if o.nodes_selected:

@@ -187,7 +187,10 @@ HOSPITAL_NODE_SPEC = _obj(
                 "intervalSeconds": _n("seconds between probes", default=10, minimum=0.2),
                 "timeoutSeconds": _n("probe timeout in seconds", default=2, minimum=0.1),
                 "failureThreshold": _i(
-                    "consecutive failures before the node leaves every router's config", default=3, minimum=1
+                    "consecutive failures before the node is not Ready (each router, probing it "
+                    "itself, then sends it nothing)",
+                    default=3,
+                    minimum=1,
                 ),
             },
             default={},

@@ -310,7 +310,7 @@ async def node_prober(
                 kopf.event(
                     body, type=outcome.event.type, reason=outcome.event.reason, message=outcome.event.message
                 )
-                for router in used_by:  # the node joins or leaves their config now, not at the next resync
+                for router in used_by:  # their NodesReady status now, not at the next resync
                     poke_router(rt, ns, router)
         interval = float(((body.spec.get("healthCheck") or {}).get("intervalSeconds")) or 10)
         deadline = asyncio.get_running_loop().time() + interval

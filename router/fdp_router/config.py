@@ -521,26 +521,10 @@ class ManagedBy(_Frozen):
     name: str
 
 
-class DownNode(_Frozen):
-    """A node the operator selected for this router but left out of ``nodes`` because its
-    health probes fail. The router never calls it; it only lets a request for a model that
-    only down nodes serve get 503 ``no_node_available`` (retry soon), not 404 (no such model)."""
-
-    id: str = Field(..., min_length=1, max_length=253)
-    model: str = Field(..., min_length=1, max_length=256)
-    departments: tuple[str, ...] = ()
-    security_level: SecurityLevel = SecurityLevel.STANDARD
-
-
 class RouterConfig(_Frozen):
     version: Literal[1] = CONFIG_VERSION
     server: ServerConfig = ServerConfig()
     nodes: tuple[HospitalNodeConfig, ...] = ()
-    nodes_down: tuple[DownNode, ...] = Field(
-        (),
-        description="set by the operator: selected nodes whose health probes fail (never called; "
-        "their models answer 503, not 404)",
-    )
     privacy: PrivacyConfig = PrivacyConfig()
     routing: RoutingConfig = RoutingConfig()
     auth: AuthConfig = AuthConfig()
@@ -556,13 +540,6 @@ class RouterConfig(_Frozen):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"nodes: duplicate node id(s) {dupes}")
-        down = [n.id for n in self.nodes_down]
-        dupes = sorted({i for i in down if down.count(i) > 1})
-        if dupes:
-            raise ValueError(f"nodes_down: duplicate node id(s) {dupes}")
-        both = sorted(set(down) & set(ids))
-        if both:
-            raise ValueError(f"nodes_down: node id(s) {both} are also in nodes")
         return self
 
     @model_validator(mode="after")
@@ -589,13 +566,8 @@ def load_config(path: str | Path) -> RouterConfig:
 
 
 def dump_config(cfg: RouterConfig) -> str:
-    """Canonical JSON (sorted keys) so that a content hash is stable. An empty ``nodes_down`` is
-    left out: routers of earlier releases refuse unknown fields, and the operator rewrites a
-    rollout's older ConfigMap in place while that revision's pods still run."""
-    data = cfg.model_dump(mode="json")
-    if not data["nodes_down"]:
-        del data["nodes_down"]
-    return json.dumps(data, sort_keys=True, indent=2)
+    """Canonical JSON (sorted keys) so that a content hash is stable."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, indent=2)
 
 
 def config_schema() -> dict[str, object]:

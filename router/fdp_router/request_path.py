@@ -556,18 +556,6 @@ class RequestPath:
             if wanted and cfg.security_level.rank >= floor:
                 out.append((view, cfg))
         if not out and not any_model:
-            down = sorted(
-                n.id
-                for n in rt.config.nodes_down
-                if n.model == model
-                and n.security_level.rank >= floor
-                and (not n.departments or department in n.departments)
-            )
-            if down:  # the model exists; its nodes are out of the config until a probe passes
-                raise NoNodeAvailable(
-                    f"no node serving the model {model!r} is up: {', '.join(down)} "
-                    f"{'fails its' if len(down) == 1 else 'fail their'} health probes; retry later"
-                )
             raise ModelNotFound(f"The model {model!r} does not exist or you do not have access to it.")
         return out
 

@@ -53,7 +53,7 @@ def _secret(name: str, labels: dict[str, str] | None = None, **data: str) -> dic
 # ---------------------------------------------------------------- item 2: ledgers outlive pods
 
 
-def test_a_node_going_down_and_back_changes_the_config_map_in_place_never_the_pod_template(
+def test_a_node_going_down_changes_nothing_and_a_new_node_joins_the_config_map_in_place(
     kube, namespace, operator_runner, demo_nodes
 ) -> None:
     nodes = _nodes(kube, namespace, demo_nodes)
@@ -63,30 +63,37 @@ def test_a_node_going_down_and_back_changes_the_config_map_in_place_never_the_po
     cm = status["configMapName"]
     dep = kube.get(namespace, "deployment", "fr")
     template, generation = dep["spec"]["template"], dep["metadata"]["generation"]
-    assert [n["id"] for n in _config(kube, namespace, cm)["nodes"]] == ["hosp-0", "hosp-1"]
+    text = kube.get(namespace, "configmap", cm)["data"]["router-config.json"]
+    assert [n["id"] for n in json.loads(text)["nodes"]] == ["hosp-0", "hosp-1"]
 
+    # Down and back: the routers' own probes act on it; the config and the pods stay.
     nodes[1].stop()
     kube.wait_condition(namespace, "hn", "hosp-1", status="False", timeout=30)
     eventually(
-        lambda: [n["id"] for n in _config(kube, namespace, cm)["nodes"]] == ["hosp-0"],
-        what="hosp-1 left the same ConfigMap",
+        lambda: kube.get(namespace, "fr", "fr")["status"]["nodes"]["names"] == ["hosp-0"],
+        what="the router's status sees hosp-1 down",
     )
-    down = kube.get(namespace, "fr", "fr")["status"]
-    assert down["configMapName"] == cm and down["configHash"] != status["configHash"]
+    assert kube.get(namespace, "configmap", cm)["data"]["router-config.json"] == text
+    demo_nodes.start("hosp-1", port=nodes[1].port)
+    kube.wait_condition(namespace, "hn", "hosp-1", timeout=30)
+    assert kube.get(namespace, "configmap", cm)["data"]["router-config.json"] == text
+    dep = kube.get(namespace, "deployment", "fr")
+    assert dep["spec"]["template"] == template and dep["metadata"]["generation"] == generation
+    assert kube.get(namespace, "fr", "fr")["status"]["configHash"] == status["configHash"]
+
+    # A new node (its CA Secret already mounted) joins the same ConfigMap, in place.
+    third = demo_nodes.start("hosp-2")
+    kube.apply(
+        namespace, [hospital_node("hosp-2", third.endpoint, tls={"caSecretRef": {"name": "hospital-ca"}})]
+    )
+    eventually(
+        lambda: [n["id"] for n in _config(kube, namespace, cm)["nodes"]] == ["hosp-0", "hosp-1", "hosp-2"],
+        what="hosp-2 in the same ConfigMap",
+    )
     dep = kube.get(namespace, "deployment", "fr")
     assert dep["spec"]["template"] == template and dep["metadata"]["generation"] == generation
     mount = next(m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config")
     assert "subPath" not in mount  # the kubelet updates a directory mount in place
-
-    demo_nodes.start("hosp-1", port=nodes[1].port)
-    kube.wait_condition(namespace, "hn", "hosp-1", timeout=30)
-    eventually(
-        lambda: [n["id"] for n in _config(kube, namespace, cm)["nodes"]] == ["hosp-0", "hosp-1"],
-        what="hosp-1 back in the same ConfigMap",
-    )
-    dep = kube.get(namespace, "deployment", "fr")
-    assert dep["spec"]["template"] == template and dep["metadata"]["generation"] == generation
-    assert kube.get(namespace, "fr", "fr")["status"]["configHash"] == status["configHash"]
     # a spec change (the policy) still rolls the pods: a new ConfigMap and template
     kube.apply(namespace, privacy_policy(budgets={"perUser": 4}))
     eventually(

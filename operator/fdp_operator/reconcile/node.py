@@ -2,9 +2,10 @@
 
 Called by the node's probe daemon in handlers.py (``node_prober``) once per
 ``healthCheck.intervalSeconds``, and at once after a spec change; every call probes.
-``Ready`` flips to False after ``failureThreshold`` consecutive failures, which is also when
-routers drop the node from their config (see reconcile/router.node_is_healthy), and flips
-back on the first success. Returns the Event to post on a transition.
+``Ready`` flips to False after ``failureThreshold`` consecutive failures and back on the
+first success. The routers do not wait for this: each router pod probes the node itself with
+the same health check and threshold and sends it nothing while it fails (the node stays in
+their config). Returns the Event to post on a transition.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def node_conditions(failures: int, threshold: int, probed: bool, error: str | No
         verdict = cond.Verdict(
             cond.Reason.PROBE_FAILED,
             f"{failures} consecutive failed probes (threshold {threshold}): {error}; "
-            "removed from every router's config",
+            "routers send it nothing until their own probes pass again",
             True,
         )
         return cond.summary(verdict, "")

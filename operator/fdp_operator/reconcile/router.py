@@ -2,10 +2,11 @@
 
 Steps: parse the spec (edge) -> the image must be in an allowed repository (security.py)
 -> resolve the PrivacyPolicy (it must parse and pass the router's own policy check,
-guarantee.py) -> resolve HospitalNodes (only healthy, selected ones whose Secrets are
-allowed reach the config) -> TLS -> the Secrets the spec names (opt-in label, keys) ->
-observe owned children -> the ledger's claim and audit key (ledger_step.py) -> render
-(pure) -> apply and prune -> conditions (pure chain) -> write status if it changed.
+guarantee.py) -> resolve HospitalNodes (selected ones whose Secrets are allowed reach the
+config, healthy or not: the router probes them itself) -> TLS -> the Secrets the spec names
+(opt-in label, keys) -> observe owned children -> the ledger's claim and audit key
+(ledger_step.py) -> render (pure) -> apply and prune -> conditions (pure chain) -> write
+status if it changed.
 A step that cannot proceed (invalid spec, image not allowed, a Secret refused,
 missing/invalid policy, missing TLS Secret) returns early *without touching the children*,
 so running pods keep their last good config; the status then says why. Called by

@@ -4,10 +4,12 @@ Called by ``render.router.render`` (and by tests). The output is ``dump_config``
 JSON, so its hash is stable. Two hashes matter: ``spec_hash`` covers everything but the node
 list (image-independent settings: policy, auth, ledger, routing...) and names the ConfigMap
 and the pod template annotation, so only those changes roll the pods; the node list (which
-nodes are healthy, their endpoints) changes the ConfigMap's content in place, and the router,
-which polls its config file, reloads it without a restart. Only nodes that pass their health
-checks are rendered; Secret files point at the volumes the pod template mounts
-(``node_secret_mount``).
+nodes are selected, their endpoints) changes the ConfigMap's content in place, and the router,
+which polls its config file, reloads it without a restart. Every selected node is rendered,
+healthy or not: the router probes each node itself with the same health check and threshold
+and sends a failing node nothing, and takes it back seconds after it recovers, where a config
+change would wait for the kubelet to swap the mounted file (about a minute). Secret files
+point at the volumes the pod template mounts (``node_secret_mount``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 
 from fdp_router.config import (
     AuthConfig,
-    DownNode,
     HospitalNodeConfig,
     LedgerConfig,
     ManagedBy,
@@ -112,26 +113,10 @@ def selected_nodes(router: FederatedRouter, nodes: Sequence[HospitalNode]) -> li
     )
 
 
-def down_nodes(selected: Sequence[HospitalNode]) -> tuple[DownNode, ...]:
-    """The selected nodes left out because their probes fail: the router answers a request
-    for a model only they serve with 503 (retry), not 404 (no such model)."""
-    return tuple(
-        DownNode(
-            id=n.ref.name,
-            model=n.spec.model,
-            departments=tuple(n.spec.departments),
-            security_level=n.spec.security_level.value,
-        )
-        for n in selected
-        if not n.healthy
-    )
-
-
 def router_config(
     router: FederatedRouter, policy: PrivacyPolicy, nodes: Sequence[HospitalNode]
 ) -> RouterConfig:
-    """The config the router pods run: healthy selected nodes (and which are down), the
-    policy, auth, ledger."""
+    """The config the router pods run: the selected nodes, the policy, auth, ledger."""
     s = router.spec
     auth = AuthConfig(
         algorithms=tuple(s.auth.algorithms),
@@ -162,8 +147,7 @@ def router_config(
             tls_cert_file=f"{names.TLS_MOUNT}/tls.crt",
             tls_key_file=f"{names.TLS_MOUNT}/tls.key",
         ),
-        nodes=tuple(node_config(n) for n in selected_nodes(router, nodes) if n.healthy),
-        nodes_down=down_nodes(selected_nodes(router, nodes)),
+        nodes=tuple(node_config(n) for n in selected_nodes(router, nodes)),
         privacy=privacy_config(policy),
         routing=RoutingConfig(
             strategy=s.routing.strategy,
@@ -185,14 +169,12 @@ def config_hash(text: str) -> str:
 @dataclass(frozen=True)
 class RenderedConfig:
     text: str  # the whole config file (canonical JSON)
-    digest: str  # sha256 of ``text``: changes with anything, node health included
+    digest: str  # sha256 of ``text``: changes with anything, the node list included
     spec_digest: str  # sha256 of the config without its node list: what rolls the pods
 
 
-def with_nodes(
-    cfg: RouterConfig, nodes: Sequence[HospitalNodeConfig], down: Sequence[DownNode] = ()
-) -> RouterConfig:
-    return cfg.model_copy(update={"nodes": tuple(nodes), "nodes_down": tuple(down)})
+def with_nodes(cfg: RouterConfig, nodes: Sequence[HospitalNodeConfig]) -> RouterConfig:
+    return cfg.model_copy(update={"nodes": tuple(nodes)})
 
 
 def rendered(cfg: RouterConfig) -> RenderedConfig:

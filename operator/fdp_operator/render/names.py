@@ -12,9 +12,6 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CONFIG_HASH_ANNOTATION = "fdp.io/config-hash"
 #: on a config ConfigMap: the HospitalNodes the config was rendered for (comma separated)
 SELECTED_NODES_ANNOTATION = "fdp.io/selected-nodes"
-#: on a config ConfigMap: the selected nodes its ``nodes_down`` lists (probes failing);
-#: present, even empty, only where the config may carry ``nodes_down`` (see refreshed_config_map)
-NODES_DOWN_ANNOTATION = "fdp.io/nodes-down"
 #: on objects kept when their router is deleted (ledger claim, audit key): whose they are
 RETAINED_FOR_LABEL = "fdp.io/retained-for-router"
 AUDIT_KEY_KEY = "key"

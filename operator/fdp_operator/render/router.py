@@ -34,7 +34,6 @@ from fdp_operator.render.config import (
     DATA_MOUNT,
     LEDGER_MOUNT,
     config_hash,
-    down_nodes,
     node_config,
     node_secret_mount,
     rendered_config,
@@ -75,23 +74,15 @@ def _meta(router: FederatedRouter, name: str, component: str = "router") -> dict
 
 
 def render_config_map(
-    router: FederatedRouter,
-    name: str,
-    text: str,
-    digest: str,
-    selected: Sequence[str],
-    down: Sequence[str] | None = (),
+    router: FederatedRouter, name: str, text: str, digest: str, selected: Sequence[str]
 ) -> dict[str, Any]:
     """The config ConfigMap. Not immutable: its name stays while only the node list changes,
-    and the kubelet updates the mounted file in place (a directory mount, never subPath).
-    ``down=None``: a config without ``nodes_down`` (an older revision's image)."""
+    and the kubelet updates the mounted file in place (a directory mount, never subPath)."""
     meta = _meta(router, name, "config")
     meta["annotations"] = {
         names.CONFIG_HASH_ANNOTATION: digest,
         names.SELECTED_NODES_ANNOTATION: ",".join(selected),
     }
-    if down is not None:
-        meta["annotations"][names.NODES_DOWN_ANNOTATION] = ",".join(down)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {names.CONFIG_FILE: text}}
 
 
@@ -519,8 +510,9 @@ def refreshed_config_map(
     router: FederatedRouter, cm: Mapping[str, Any], nodes: Sequence[HospitalNode]
 ) -> dict[str, Any] | None:
     """An older revision's ConfigMap (still mounted during a blue/green or canary rollout)
-    with today's healthy nodes among those it was rendered for; None if nothing changes or
-    it cannot be changed (immutable, or not a config this operator wrote)."""
+    with today's specs of the nodes it was rendered for (a node deleted leaves it, an edited
+    endpoint or credential applies to it); None if nothing changes or it cannot be changed
+    (immutable, or not a config this operator wrote)."""
     meta = cm.get("metadata") or {}
     text = (cm.get("data") or {}).get(names.CONFIG_FILE)
     if cm.get("immutable") or text is None:
@@ -533,21 +525,12 @@ def refreshed_config_map(
         data = json.loads(text)
     except ValueError:
         return None
-    mine = sorted((n for n in nodes if n.ref.name in selected), key=lambda n: n.ref.name)
-    data["nodes"] = [node_config(n).model_dump(mode="json") for n in mine if n.healthy]
-    # ``nodes_down`` only where its writer put it: that revision's image may predate the
-    # field, and a router refuses a config with a field it does not know.
-    down: list[str] | None = None
-    if names.NODES_DOWN_ANNOTATION in ann:
-        gone = down_nodes(mine)
-        down = [d.id for d in gone]
-        data.pop("nodes_down", None)
-        if gone:
-            data["nodes_down"] = [d.model_dump(mode="json") for d in gone]
+    keep = sorted((n for n in nodes if n.ref.name in selected), key=lambda n: n.ref.name)
+    data["nodes"] = [node_config(n).model_dump(mode="json") for n in keep]
     new_text = json.dumps(data, sort_keys=True, indent=2)
     if new_text == text:
         return None
-    return render_config_map(router, str(meta["name"]), new_text, config_hash(new_text), selected, down)
+    return render_config_map(router, str(meta["name"]), new_text, config_hash(new_text), selected)
 
 
 def render(
@@ -570,14 +553,7 @@ def render(
     cfg = rendered_config(router, policy, nodes)
     selected = selected_nodes(router, nodes)
     cm_name = names.config_map(router.ref.name, cfg.spec_digest)
-    cm = render_config_map(
-        router,
-        cm_name,
-        cfg.text,
-        cfg.digest,
-        [n.ref.name for n in selected],
-        [n.ref.name for n in selected if not n.healthy],
-    )
+    cm = render_config_map(router, cm_name, cfg.text, cfg.digest, [n.ref.name for n in selected])
     template = render_pod_template(router, cm_name, cfg.spec_digest, tls_secret, tls_serial, selected)
     plan = render_workloads(router, template, observed)
     objects: list[dict[str, Any]] = [cm, render_service_account(router), *plan.objects, render_pdb(router)]
@@ -611,7 +587,7 @@ def render(
         plan=plan,
         config_hash=cfg.digest,
         config_map_name=cm_name,
-        node_names=[n.ref.name for n in selected if n.healthy],
+        node_names=[n.ref.name for n in selected if n.healthy],  # status: those the operator sees Ready
         selected_count=len(selected),
         spec_hash=cfg.spec_digest,
     )

@@ -41,7 +41,7 @@ def test_a_router_renders_all_its_children(make_router, make_policy, make_node) 
     assert r.config_map_name == f"fr1-config-{r.spec_hash[:10]}"
 
 
-def test_the_config_is_the_router_model_with_managed_by_and_only_healthy_selected_nodes(
+def test_the_config_is_the_router_model_with_managed_by_and_every_selected_node(
     make_router, make_policy, make_node
 ) -> None:
     router = make_router(nodeSelector={"matchLabels": {"net": "x"}})
@@ -52,9 +52,8 @@ def test_the_config_is_the_router_model_with_managed_by_and_only_healthy_selecte
     ]
     r = _render(router, make_policy(), nodes)
     cfg = _config(r)
-    assert [n.id for n in cfg.nodes] == ["in-ok"]
-    # the down node is never called, but its model answers 503 (retry), not 404
-    assert [(d.id, d.model) for d in cfg.nodes_down] == [("in-down", nodes[1].spec.model)]
+    # a down node stays: the router probes it itself and takes it back seconds after it recovers
+    assert [n.id for n in cfg.nodes] == ["in-down", "in-ok"]
     assert cfg.managed_by is not None and (cfg.managed_by.namespace, cfg.managed_by.name) == ("ns", "fr1")
     assert cfg.server.tls_cert_file == "/etc/fdp/tls/tls.crt" and cfg.server.host == "0.0.0.0"
     assert r.selected_count == 2 and r.node_names == ["in-ok"]
@@ -79,23 +78,33 @@ def _template(r):
     return _kinds(r)[("Deployment", "fr1")]["spec"]["template"]
 
 
-def test_a_node_leaving_changes_the_config_in_place_and_never_the_pod_template(
-    make_router, make_policy, make_node
-) -> None:
-    """A health flap used to rename the ConfigMap and roll the pods (and a SQLite ledger on an
-    emptyDir with them): now the same ConfigMap gets the new node list, the pods reload it."""
+def test_a_node_going_down_changes_nothing_the_operator_renders(make_router, make_policy, make_node) -> None:
+    """Health used to be in the config: a flap rewrote the ConfigMap, and a node that came
+    back stayed unused until the kubelet swapped the mounted file (about a minute; a model
+    served only by it answered 404 meanwhile). Now the routers' own probes decide."""
     ca = {"caSecretRef": {"name": "b-ca"}}
     up = _render(make_router(), make_policy(), [make_node("a"), make_node("b", tls=ca)])
     down = _render(make_router(), make_policy(), [make_node("a"), make_node("b", tls=ca, healthy=False)])
-    assert up.config_hash != down.config_hash
-    assert [n.id for n in _config(down).nodes] == ["a"]
-    assert up.config_map_name == down.config_map_name and up.spec_hash == down.spec_hash
-    assert _template(up) == _template(down)  # b's Secret stays mounted while b is down
-    cm = _kinds(down)[("ConfigMap", down.config_map_name)]
+    assert _kinds(up) == _kinds(down) and up.config_hash == down.config_hash
+    assert [n.id for n in _config(down).nodes] == ["a", "b"]
+    assert (up.node_names, down.node_names) == (["a", "b"], ["a"])  # status: what the operator sees Ready
+
+
+def test_a_node_leaving_the_selection_changes_the_config_in_place_and_never_the_pod_template(
+    make_router, make_policy, make_node
+) -> None:
+    """A change of the node list used to rename the ConfigMap and roll the pods (and a SQLite
+    ledger on an emptyDir with them): now the same ConfigMap gets the new node list, the pods
+    reload it. (A node whose Secrets are mounted takes them along: that does roll the pods.)"""
+    up = _render(make_router(), make_policy(), [make_node("a"), make_node("b")])
+    gone = _render(make_router(), make_policy(), [make_node("a")])
+    assert up.config_hash != gone.config_hash
+    assert [n.id for n in _config(gone).nodes] == ["a"]
+    assert up.config_map_name == gone.config_map_name and up.spec_hash == gone.spec_hash
+    assert _template(up) == _template(gone)
+    cm = _kinds(up)[("ConfigMap", up.config_map_name)]
     assert "immutable" not in cm
     assert cm["metadata"]["annotations"][names.SELECTED_NODES_ANNOTATION] == "a,b"
-    assert cm["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == "b"
-    assert [d.id for d in _config(down).nodes_down] == ["b"] and _config(up).nodes_down == ()
     config_volume = next(v for v in _template(up)["spec"]["volumes"] if v["name"] == "config")
     assert config_volume == {"name": "config", "configMap": {"name": up.config_map_name}}
     mount = next(m for m in _template(up)["spec"]["containers"][0]["volumeMounts"] if m["name"] == "config")
@@ -106,7 +115,8 @@ def test_an_older_revision_still_mounted_gets_the_node_change_too(
     make_router, make_policy, make_node
 ) -> None:
     """During a blue/green or canary rollout the stable pods mount the previous revision's
-    ConfigMap: a node going down leaves that config as well, nothing else in it changes."""
+    ConfigMap: a node deleted leaves that config as well, nothing else in it changes; a node
+    going down changes neither."""
     router = make_router(ledger=PG)
     old = _render(router, make_policy(), [make_node("a"), make_node("b")])
     old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
@@ -114,7 +124,7 @@ def test_an_older_revision_still_mounted_gets_the_node_change_too(
     new = _render(
         router,
         make_policy(budgets={"perUser": 5}),
-        [make_node("a"), make_node("b", healthy=False)],
+        [make_node("a")],
         observed=ObservedState(now=NOW, deployments={"fr1-blue": dep}),
         owned_config_maps={old.config_map_name: old_cm},
     )
@@ -125,57 +135,11 @@ def test_an_older_revision_still_mounted_gets_the_node_change_too(
     unchanged = _render(
         router,
         make_policy(budgets={"perUser": 5}),
-        [make_node("a"), make_node("b")],
+        [make_node("a"), make_node("b", healthy=False)],
         observed=ObservedState(now=NOW, deployments={"fr1-blue": dep}),
         owned_config_maps={old.config_map_name: old_cm},
     )
     assert [o for o in unchanged.objects if o["metadata"]["name"] == old.config_map_name] == []
-    assert refreshed["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == "b"
-    assert [d.id for d in cfg.nodes_down] == ["b"]
-
-
-def test_an_older_revision_without_nodes_down_never_gets_the_field(
-    make_router, make_policy, make_node
-) -> None:
-    """A ConfigMap written by an operator that did not know ``nodes_down`` (no annotation) is
-    mounted by pods whose router refuses unknown fields: the refresh changes only its nodes,
-    or those pods would stop taking any config change until the rollout ends."""
-    router = make_router(ledger=PG)
-    old = _render(router, make_policy(), [make_node("a"), make_node("b")])
-    old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
-    del old_cm["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION]
-    new = _render(
-        router,
-        make_policy(budgets={"perUser": 5}),
-        [make_node("a"), make_node("b", healthy=False)],
-        observed=ObservedState(now=NOW, deployments={"fr1-blue": {"spec": {"template": _template(old)}}}),
-        owned_config_maps={old.config_map_name: old_cm},
-    )
-    refreshed = _kinds(new)[("ConfigMap", old.config_map_name)]
-    data = json.loads(refreshed["data"][names.CONFIG_FILE])
-    assert [n["id"] for n in data["nodes"]] == ["a"] and "nodes_down" not in data
-    assert names.NODES_DOWN_ANNOTATION not in refreshed["metadata"]["annotations"]
-
-
-def test_a_recovered_node_leaves_nodes_down_of_the_older_revision(
-    make_router, make_policy, make_node
-) -> None:
-    router = make_router(ledger=PG)
-    old = _render(router, make_policy(), [make_node("a"), make_node("b", healthy=False)])
-    old_cm = _kinds(old)[("ConfigMap", old.config_map_name)]
-    assert "nodes_down" in json.loads(old_cm["data"][names.CONFIG_FILE])
-    new = _render(
-        router,
-        make_policy(budgets={"perUser": 5}),
-        [make_node("a"), make_node("b")],
-        observed=ObservedState(now=NOW, deployments={"fr1-blue": {"spec": {"template": _template(old)}}}),
-        owned_config_maps={old.config_map_name: old_cm},
-    )
-    refreshed = _kinds(new)[("ConfigMap", old.config_map_name)]
-    data = json.loads(refreshed["data"][names.CONFIG_FILE])
-    assert [n["id"] for n in data["nodes"]] == ["a", "b"] and "nodes_down" not in data
-    assert refreshed["metadata"]["annotations"][names.NODES_DOWN_ANNOTATION] == ""
-    RouterConfig.model_validate(data)
 
 
 def test_the_sqlite_ledger_lives_on_its_claim_and_the_pods_are_recreated_not_surged(

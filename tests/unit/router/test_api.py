@@ -10,7 +10,7 @@ from fdp_router.app import HOLDER
 from fdp_router.demo_data import CONDITIONS
 from fdp_router.privacy.api import Scope
 
-from .conftest import Cluster, RouterFactory, auth, q, token
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q, token
 
 CONSENSUS_PRIVACY = {
     "budgets": {"per_user": 10.0, "per_department": 50.0, "per_hospital": 500.0},
@@ -327,6 +327,42 @@ async def test_readyz_is_503_when_every_node_is_down(router: RouterFactory, demo
     r = await client.post("/v1/inference", json={"prompt": q("x")}, headers=auth())
     assert r.status == 503
     assert int(r.headers["Retry-After"]) > 0
+
+
+async def test_nodes_the_routers_probes_see_down_are_503_and_back_without_a_config_change(
+    router: RouterFactory, demo_cluster: Cluster
+) -> None:
+    """The operator keeps a down node in the config: the router's own probes take it out and
+    bring it back. A model whose nodes are all down is 503 (OpenAI SDKs retry), never 404,
+    and costs nothing; the first passing probe serves it again, the config unchanged."""
+    cfg = demo_cluster.config()
+    fast = {"failure_threshold": 1, "interval_seconds": 0.05}
+    nodes = tuple(
+        n.model_copy(update={"health_check": n.health_check.model_copy(update=fast)}) for n in cfg.nodes
+    )
+    client = await router(cfg.model_copy(update={"nodes": nodes}), probes=True)
+    for n in demo_cluster.nodes:
+        n.state.healthy = False
+    for _ in range(400):
+        if (await client.get("/readyz")).status == 503:
+            break
+        await asyncio.sleep(0.05)
+    body = {"model": PHI_MODEL, "privacy_budget": 0.5, "messages": [{"role": "user", "content": q("down")}]}
+    r = await client.post("/v1/chat/completions", json=body, headers=auth())
+    assert r.status == 503, await r.text()
+    err = (await r.json())["error"]
+    assert err["code"] == "no_node_available" and "all down" in err["message"], err
+    assert int(r.headers["Retry-After"]) > 0
+    budget = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
+    assert budget["consumed_budget"] == 0
+    for n in demo_cluster.nodes:
+        n.state.healthy = True
+    for _ in range(400):
+        r = await client.post("/v1/chat/completions", json=body, headers=auth())
+        if r.status == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert r.status == 200, await r.text()
 
 
 async def test_admin_endpoints_need_admin_and_answer_409_when_managed(

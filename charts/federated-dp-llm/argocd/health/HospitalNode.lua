@@ -1,6 +1,6 @@
 -- Argo CD health check for fdp.io/HospitalNode (federated-dp-llm).
 -- Ready reflects the operator's health probe of the hospital's LLM endpoint; after
--- failureThreshold failed probes the node is Ready=False and leaves every router's config.
+-- failureThreshold failed probes the node is Ready=False (routers act on their own probes).
 local waiting = not_observed("Waiting for the fdp operator to observe the HospitalNode")
 if waiting ~= nil then
   return waiting

@@ -48,6 +48,15 @@ def _fork(env: LedgerEnv, tmp_path: Path) -> LedgerEnv:
     return LedgerEnv("sqlite", env.ledger_cfg.model_copy(update={"sqlite_path": str(dst)}), env.key_file)
 
 
+async def _forked(env: LedgerEnv, tmp_path: Path) -> tuple[LedgerEnv, Clock, LedgerEnv, Clock]:
+    """A ledger with three charges, and its fork: each with its own clock, at the same time."""
+    clock = Clock()
+    await _fill(env, clock, ["a0", "a1", "a2"])
+    twin_clock = Clock()
+    twin_clock.t = clock.t
+    return env, clock, _fork(env, tmp_path), twin_clock
+
+
 def _prune(env: LedgerEnv, clock: Clock, archive: Path) -> int:
     keyring = parse_keyring(env.key_file.read_text(), "k")
     retention = LedgerRetention(audit_seconds=3600, archive_dir=str(archive))
@@ -66,10 +75,7 @@ def sqlite_env(tmp_path: Path) -> LedgerEnv:
 async def test_an_archive_of_the_other_branch_ending_at_the_live_base_is_refused(
     sqlite_env: LedgerEnv, tmp_path: Path
 ) -> None:
-    live, live_clock = sqlite_env, Clock()
-    await _fill(live, live_clock, ["a0", "a1", "a2"])
-    twin, twin_clock = _fork(live, tmp_path), Clock()
-    twin_clock.t = live_clock.t
+    live, live_clock, twin, twin_clock = await _forked(sqlite_env, tmp_path)
     # Both branches write as many records, then prune the same span: the archives end at
     # the same record number, holding different records.
     await _fill(live, live_clock, ["live-0", "live-1", "live-2"])
@@ -90,10 +96,7 @@ async def test_an_archive_of_the_other_branch_ending_at_the_live_base_is_refused
 async def test_an_archive_of_the_other_branch_running_past_the_live_base_is_refused(
     sqlite_env: LedgerEnv, tmp_path: Path
 ) -> None:
-    live, live_clock = sqlite_env, Clock()
-    await _fill(live, live_clock, ["a0", "a1", "a2"])
-    twin, twin_clock = _fork(live, tmp_path), Clock()
-    twin_clock.t = live_clock.t
+    live, live_clock, twin, twin_clock = await _forked(sqlite_env, tmp_path)
     live_clock.advance(7200)
     assert _prune(live, live_clock, tmp_path / "live-archive") > 0  # the live base: the shared prefix
     await _fill(live, live_clock, ["live-0", "live-1", "live-2", "live-3"])

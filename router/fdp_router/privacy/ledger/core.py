@@ -34,10 +34,11 @@ the writer thread batches them as before. Deferred commit records held for compa
 previous request's, at concurrency 1) do not count as pending work here: the inline batch takes
 them (under the batch and deferred locks, as the writer does) into its own transaction, so at
 concurrency 1 they ride with the next request's reservation on the caller's thread; the writer
-still writes the ones nobody takes within DEFERRED_MAX_DELAY_SECONDS. The price: the event
-loop waits for that fsync itself, so a disk that stalls stalls the loop (the writer thread would
-cost only the caller its deadline); one inline transaction slower than IDLE_STALL_SECONDS turns
-the path off for a while.
+still writes the ones nobody takes within DEFERRED_MAX_DELAY_SECONDS (its clock runs for the
+oldest record still held, not for one an inline batch took). The price: the event loop waits
+for that fsync itself, so a disk that stalls stalls the loop (the writer thread would cost only
+the caller its deadline); one inline transaction slower than IDLE_STALL_SECONDS turns the path
+off for a while.
 
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
@@ -191,6 +192,7 @@ class _Op:
     reservation_id: str = ""
     nodes: tuple[str, ...] = ()
     deferred: bool = False  # nobody waits for it: may ride along with a later batch
+    held_at: float = 0.0  # deferred: when it was held (time.monotonic), for the writer's clock
     expired: bool = False  # its caller's deadline passed (the future was cancelled for it)
 
 
@@ -653,6 +655,7 @@ class SqlLedger(Ledger):
         start = time.perf_counter()
         self._pending += 1
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
+        op.held_at = time.monotonic()
         with self._deferred_lock:
             first_held = not self._deferred_ops
             self._deferred_ops.append(op)
@@ -986,12 +989,19 @@ class SqlLedger(Ledger):
                 except queue.Empty:
                     break
             stop = next((op for op in batch if op.kind == "stop"), None)
+            if not batch:
+                # The clock ran out. An inline batch (idle fast path) may have taken the records
+                # it was started for: it runs on for the oldest record still held, if any.
+                oldest = self._oldest_held()
+                if oldest is None or oldest + DEFERRED_MAX_DELAY_SECONDS > time.monotonic():
+                    held_since = oldest
+                    continue
             if first is not None and stop is None and all(op.future is None for op in batch):
                 # Only wake-ups for deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS)
                 # so that they share the next waited-for batch's transaction and fsync instead
                 # of costing one of their own in front of it.
                 if held_since is None:
-                    held_since = time.monotonic()
+                    held_since = self._oldest_held()  # None: an inline batch took them already
                 continue
             if first is not None and stop is None and self._in_flight():
                 self._gather(batch)
@@ -1003,7 +1013,7 @@ class SqlLedger(Ledger):
                 # so the last take at close() misses none.
                 with self._batch_lock:
                     deferred = self._take_deferred(everything=stop is not None)
-                    held_since = time.monotonic() if self._deferred_ops else None  # over MAX_BATCH: soon
+                    held_since = self._oldest_held()  # over MAX_BATCH: soon
                     # A caller that gave up (cancelled, or past its deadline) before its turn
                     # records nothing. (Reading the flag from this thread is a benign race: a
                     # caller cancelled after this check has its reservation recorded and never
@@ -1023,6 +1033,11 @@ class SqlLedger(Ledger):
                 _close_quietly(self._writer_conn)
         finally:
             self._stopped.set_result(None)
+
+    def _oldest_held(self) -> float | None:
+        """When the oldest deferred record still held was held (None: none is)."""
+        with self._deferred_lock:
+            return self._deferred_ops[0].held_at if self._deferred_ops else None
 
     def _take_deferred(self, *, everything: bool) -> list[_Op]:
         """The held deferred commit records to write now (at most MAX_BATCH, unless stopping)."""

@@ -356,6 +356,24 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.durable:
         procs.append(serve(durable_path, env))
         durable_pid = procs[-1].pid
+    idle_ab_port = free_port()
+    idle_ab_on = not cfg["ledger"]["idle_fast_path"]  # type: ignore[index]
+    idle_ab_name = f"router, idle_fast_path {'on' if idle_ab_on else 'off'}"
+    if args.idle_ab:
+        # The same tree with ledger.idle_fast_path flipped: an on/off A/B in the same run.
+        idle_ab_path = tmp / "router-idle-ab.json"
+        idle_ab_cfg = {
+            **cfg,
+            "server": {"host": "127.0.0.1", "port": idle_ab_port},
+            "ledger": {  # type: ignore[dict-item]
+                **cfg["ledger"],
+                "sqlite_path": str(tmp / "ledger-idle-ab.sqlite"),
+                "idle_fast_path": idle_ab_on,
+            },
+        }
+        idle_ab_path.write_text(json.dumps(idle_ab_cfg))
+        procs.append(serve(idle_ab_path, env))
+        idle_ab_pid = procs[-1].pid
     if args.baseline:
         # The same router command, importing fdp_router from another source tree (an older
         # revision): before/after compared in one run, under the same machine load.
@@ -384,6 +402,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             await wait_http(f"http://127.0.0.1:{durable_port}/healthz")
         if args.baseline:
             await wait_http(f"http://127.0.0.1:{base_port}/healthz")
+        if args.idle_ab:
+            await wait_http(f"http://127.0.0.1:{idle_ab_port}/healthz")
         for n, (w_port, _) in workers.items():
             await wait_http(f"http://127.0.0.1:{w_port}/healthz")
             await wait_workers(f"http://127.0.0.1:{w_port}/healthz", {}, n)
@@ -417,6 +437,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             pids["router, durable commit"] = durable_pid
             targets["router, durable commit"] = (
                 f"http://127.0.0.1:{durable_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {tok}"},
+            )
+        if args.idle_ab:
+            pids[idle_ab_name] = idle_ab_pid
+            targets[idle_ab_name] = (
+                f"http://127.0.0.1:{idle_ab_port}/v1/chat/completions",
                 {"Authorization": f"Bearer {tok}"},
             )
         if args.baseline:
@@ -472,12 +498,51 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f" (event loop {r['loop_cpu_us_per_request']:4.0f})  errors {r['errors']}",
                     flush=True,
                 )
+        if args.idle_ab:
+            fsync = fsync_ms(tmp)
+            print(f"fsync of a 4 KiB write in the ledgers' directory: median {fsync:.2f} ms", flush=True)
+            print_targets(rows, fsync)
         return rows
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
+
+
+def fsync_ms(directory: Path, n: int = 200) -> float:
+    """Median time of one 4 KiB write + fsync in `directory` (a durable write's floor)."""
+    path = directory / "fsync-probe"
+    times = []
+    with path.open("wb") as f:
+        for _ in range(n):
+            f.write(os.urandom(4096))
+            f.flush()
+            t0 = time.perf_counter()
+            os.fsync(f.fileno())
+            times.append(time.perf_counter() - t0)
+    path.unlink()
+    return statistics.median(times) * 1000
+
+
+def print_targets(rows: list[dict[str, Any]], fsync: float) -> None:
+    """Issue 14's two targets for every router row: c=1 added p50 <= the bare proxy's added
+    p50 + one fsync + 1 ms; CPU per request <= 2.5x the bare proxy's (stated for c=16)."""
+    by = {(r["target"], r["concurrency"]): r for r in rows}
+    for c in sorted({r["concurrency"] for r in rows}):
+        bare = by.get(("bare proxy", c))
+        if bare is None:
+            continue
+        budget = bare["added_p50_ms"] + fsync + 1.0
+        for (name, cc), r in by.items():
+            if cc != c or not name.startswith("router"):
+                continue
+            ratio = r["cpu_us_per_request"] / bare["cpu_us_per_request"]
+            line = f"target c={c:<3} {name:<30} CPU/req {ratio:.2f}x the bare proxy's (<= 2.5 at c=16)"
+            if c == 1:
+                ok = "met" if r["added_p50_ms"] <= budget else "not met"
+                line += f"; added p50 {r['added_p50_ms']:+.2f} ms vs {budget:.2f} ms: {ok}"
+            print(line, flush=True)
 
 
 def main() -> int:
@@ -509,6 +574,13 @@ def main() -> int:
         metavar="N",
         help="also measure `fdp-router serve --workers N` for each N > 1 (the `router` row is one "
         "worker); CPU is the whole process tree's",
+    )
+    ap.add_argument(
+        "--idle-ab",
+        action="store_true",
+        help="also measure the router with ledger.idle_fast_path flipped from what "
+        "FDP_BENCH_IDLE_FAST_PATH sets (it applies to every router, the baseline's too): an "
+        "on/off A/B of one tree in one run; then prints the fsync and issue 14's targets",
     )
     ap.add_argument("--noop-ledger-router", help=argparse.SUPPRESS)
     ap.add_argument("--proxy", type=int, help=argparse.SUPPRESS)

@@ -30,9 +30,15 @@ takes, with SQLite's lock wait off (another process holding the write lock sends
 writer thread instead, which waits for the lock). At low concurrency this removes both
 thread hand-offs of every operation (a wake-up of the writer, then of the caller's loop),
 which on a busy host cost more than the transaction; under load operations are pending and
-the writer thread batches them as before. The price: the event loop waits for that fsync itself,
-so a disk that stalls stalls the loop (the writer thread would cost only the caller its deadline);
-one inline transaction slower than IDLE_STALL_SECONDS turns the path off for a while.
+the writer thread batches them as before. Deferred commit records held for company (the
+previous request's, at concurrency 1) do not count as pending work here: the inline batch takes
+them (under the batch and deferred locks, as the writer does) into its own transaction, so at
+concurrency 1 they ride with the next request's reservation on the caller's thread; the writer
+still writes the ones nobody takes within DEFERRED_MAX_DELAY_SECONDS (its clock runs for the
+oldest record still held, not for one an inline batch took). The price: the event loop waits
+for that fsync itself, so a disk that stalls stalls the loop (the writer thread would cost only
+the caller its deadline); one inline transaction slower than IDLE_STALL_SECONDS turns the path
+off for a while.
 
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
@@ -186,6 +192,7 @@ class _Op:
     reservation_id: str = ""
     nodes: tuple[str, ...] = ()
     deferred: bool = False  # nobody waits for it: may ride along with a later batch
+    held_at: float = 0.0  # deferred: when it was held (time.monotonic), for the writer's clock
     expired: bool = False  # its caller's deadline passed (the future was cancelled for it)
 
 
@@ -648,6 +655,7 @@ class SqlLedger(Ledger):
         start = time.perf_counter()
         self._pending += 1
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
+        op.held_at = time.monotonic()
         with self._deferred_lock:
             first_held = not self._deferred_ops
             self._deferred_ops.append(op)
@@ -749,7 +757,9 @@ class SqlLedger(Ledger):
         assert fut is not None
         start = time.perf_counter()
         if (
-            self._pending == 0
+            # Nothing pending but held deferred commit records (counted in _pending until
+            # settled): the inline batch takes them along (_run_inline).
+            self._pending == len(self._deferred_ops)
             and self._idle_fast_path
             and not self._others_open()
             and time.monotonic() >= self._fast_path_off_until
@@ -824,21 +834,33 @@ class SqlLedger(Ledger):
         return False
 
     def _run_inline(self, op: _Op) -> bool:
-        """The idle fast path (module docstring): `op` as a batch of one on this thread, its
-        future settled here. False (nothing done, the future untouched) when there is no
-        live connection, or another process holds the write lock: then the writer thread
-        takes it, waiting for the lock as usual. Called with the batch lock held."""
+        """The idle fast path (module docstring): `op` as a batch on this thread, together
+        with the deferred commit records held for company (taken as the writer takes them,
+        so each is written exactly once), every future settled here (or, for a record of
+        another event loop, on that loop). False (nothing done, the future untouched, the
+        taken records held again) when there is no live connection, or another process holds
+        the write lock: then the writer thread takes it, waiting for the lock as usual.
+        Called with the batch lock held."""
         conn = self._writer_conn
         if conn is None or not self._driver.usable(conn):
             return False
+        taken = self._take_deferred(everything=False) if self._deferred_ops else []
+        held = [d for d in taken if d.future is not None and not d.future.cancelled()]
+        batch = [*held, op]
+        assert op.future is not None
+        loop = op.future.get_loop()
         started = time.monotonic()
+        ran = True
         try:
-            return self._run_batch([op], _settle, inline=True)
+            ran = self._run_batch(batch, lambda outcomes: _settle_from(loop, outcomes), inline=True)
+            return ran
         except Exception as exc:  # as in the writer loop: nothing recorded, no crash
-            log.exception("ledger: unexpected failure; the operation was not recorded")
-            _settle([(op, None, PrivacyError(f"ledger write failed: {exc}"))])
+            log.exception("ledger: unexpected failure; %d operations not recorded", len(batch))
+            _settle_from(loop, [(o, None, PrivacyError(f"ledger write failed: {exc}")) for o in batch])
             return True
         finally:
+            if not ran:
+                self._hold_again(held)
             took = time.monotonic() - started
             if took > IDLE_STALL_SECONDS:
                 self._fast_path_off_until = time.monotonic() + IDLE_STALL_OFF_SECONDS
@@ -848,6 +870,18 @@ class SqlLedger(Ledger):
                     took * 1000,
                     IDLE_STALL_OFF_SECONDS,
                 )
+
+    def _hold_again(self, ops: list[_Op]) -> None:
+        """Put deferred records an inline batch took but did not run back in front of the
+        held ones (batch lock held: the writer takes records under it, so its last take at
+        close() sees them), waking the writer's clock if none were held."""
+        if not ops:
+            return
+        with self._deferred_lock:
+            first_held = not self._deferred_ops
+            self._deferred_ops.extendleft(reversed(ops))
+        if first_held:
+            self._queue.put(_Op("wake", None))
 
     def _observe(self, op: str, start: float, error: LedgerUnavailable | None) -> None:
         if self._observer is not None:
@@ -955,37 +989,55 @@ class SqlLedger(Ledger):
                 except queue.Empty:
                     break
             stop = next((op for op in batch if op.kind == "stop"), None)
+            if not batch:
+                # The clock ran out. An inline batch (idle fast path) may have taken the records
+                # it was started for: it runs on for the oldest record still held, if any.
+                oldest = self._oldest_held()
+                if oldest is None or oldest + DEFERRED_MAX_DELAY_SECONDS > time.monotonic():
+                    held_since = oldest
+                    continue
             if first is not None and stop is None and all(op.future is None for op in batch):
                 # Only wake-ups for deferred records: hold them (up to DEFERRED_MAX_DELAY_SECONDS)
                 # so that they share the next waited-for batch's transaction and fsync instead
                 # of costing one of their own in front of it.
                 if held_since is None:
-                    held_since = time.monotonic()
+                    held_since = self._oldest_held()  # None: an inline batch took them already
                 continue
             if first is not None and stop is None and self._in_flight():
                 self._gather(batch)
                 stop = next((op for op in batch if op.kind == "stop"), None)
-            deferred = self._take_deferred(everything=stop is not None)
-            held_since = time.monotonic() if self._deferred_ops else None  # over MAX_BATCH: soon
-            # A caller that gave up (cancelled, or past its deadline) before its turn records
-            # nothing. (Reading the flag from this thread is a benign race: a caller cancelled
-            # after this check has its reservation recorded and never refunded, which is the
-            # safe side.)
-            work = [
-                op for op in chain(deferred, batch) if op.future is not None and not op.future.cancelled()
-            ]
-            if work:
-                try:
-                    with self._batch_lock:
+            work: list[_Op] = []
+            try:
+                # The held records are taken under the batch lock: an inline batch (idle fast
+                # path) takes them under it too, and gives back under it what it did not run,
+                # so the last take at close() misses none.
+                with self._batch_lock:
+                    deferred = self._take_deferred(everything=stop is not None)
+                    held_since = self._oldest_held()  # over MAX_BATCH: soon
+                    # A caller that gave up (cancelled, or past its deadline) before its turn
+                    # records nothing. (Reading the flag from this thread is a benign race: a
+                    # caller cancelled after this check has its reservation recorded and never
+                    # refunded, which is the safe side.)
+                    work = [
+                        op
+                        for op in chain(deferred, batch)
+                        if op.future is not None and not op.future.cancelled()
+                    ]
+                    if work:
                         self._run_batch(work)
-                except BaseException as exc:  # never let the writer die: it serves every request
-                    log.exception("ledger writer: unexpected failure; %d operations not recorded", len(work))
-                    _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in work])
+            except BaseException as exc:  # never let the writer die: it serves every request
+                log.exception("ledger writer: unexpected failure; %d operations not recorded", len(work))
+                _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in work])
         try:
             with self._batch_lock:
                 _close_quietly(self._writer_conn)
         finally:
             self._stopped.set_result(None)
+
+    def _oldest_held(self) -> float | None:
+        """When the oldest deferred record still held was held (None: none is)."""
+        with self._deferred_lock:
+            return self._deferred_ops[0].held_at if self._deferred_ops else None
 
     def _take_deferred(self, *, everything: bool) -> list[_Op]:
         """The held deferred commit records to write now (at most MAX_BATCH, unless stopping)."""
@@ -1430,6 +1482,32 @@ def _settle(items: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
             fut.set_exception(error)
         else:
             fut.set_result(value)
+
+
+def _settle_from(loop: asyncio.AbstractEventLoop, items: Sequence[_Outcome]) -> None:
+    """(On `loop`'s thread: an inline batch.) Settle the outcomes of `loop`'s futures here
+    and hand the others to their loops (a deferred record committed by another loop); a
+    future already settled is left alone (a failure after part of the outcomes went out)."""
+    here: list[_Outcome] = []
+    elsewhere: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for item in items:
+        fut = item[0].future
+        assert fut is not None
+        if fut.get_loop() is loop:
+            if not fut.done():
+                here.append(item)
+        else:
+            elsewhere.setdefault(fut.get_loop(), []).append(item)
+    _settle(here)
+    for other, its in elsewhere.items():
+        try:
+            other.call_soon_threadsafe(_settle_unsettled, its)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            log.warning("ledger: %d results for a closed event loop dropped", len(its))
+
+
+def _settle_unsettled(items: Sequence[_Outcome]) -> None:
+    _settle([item for item in items if item[0].future is not None and not item[0].future.done()])
 
 
 @dataclass(slots=True)

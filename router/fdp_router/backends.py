@@ -765,7 +765,6 @@ class NodeState:
     ejected_until: float = 0.0
     probe_failures: int = 0
     probe_healthy: bool = True
-    probe_ever_passed: bool = False  # until then, one failed probe takes the node out
     last_probe_time: float | None = None
     last_probe_latency_s: float | None = None
     requests: int = 0
@@ -1092,13 +1091,9 @@ class BackendPool:
         if ok:
             st.probe_failures = 0
             st.probe_healthy = True
-            st.probe_ever_passed = True
         else:
             st.probe_failures += 1
-            # The threshold forgives a node that was answering a few failures; a node this
-            # router has never seen answer (down when the pod started: the operator keeps
-            # down nodes in the config) is out from its first failed probe.
-            if st.probe_failures >= hc.failure_threshold or not st.probe_ever_passed:
+            if st.probe_failures >= hc.failure_threshold:
                 st.probe_healthy = False
         self.metrics.node_healthy.labels(node_id).set(1 if st.healthy(time.monotonic()) else 0)
         return ok

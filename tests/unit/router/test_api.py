@@ -536,30 +536,3 @@ async def test_every_reservation_names_the_node_it_was_made_for(
         ["hospital-0"],
         [answered.replace("node-", "hospital-")],
     ]
-
-
-async def test_a_node_never_seen_answering_is_out_from_its_first_failed_probe(demo_cluster: Cluster) -> None:
-    """The operator keeps down nodes in the config, so a router pod that starts while one is
-    down must not send it traffic for `failure_threshold` probe intervals; a node this router
-    has seen answer keeps the threshold's forgiveness."""
-    from fdp_router.backends import BackendPool
-    from fdp_router.metrics import Metrics
-
-    cfg = demo_cluster.config()
-    pool = BackendPool(cfg.routing, Metrics())
-    await pool.start()
-    try:
-        pool.configure(cfg.nodes, cfg.routing)
-        assert all(n.health_check.failure_threshold == 3 for n in cfg.nodes)
-        demo_cluster.nodes[0].state.healthy = False
-        assert await pool.probe_once("node-0") is False
-        assert pool.nodes["node-0"].probe_healthy is False  # out at once: never seen answering
-        assert await pool.probe_once("node-1") is True
-        demo_cluster.nodes[1].state.healthy = False
-        assert await pool.probe_once("node-1") is False
-        assert pool.nodes["node-1"].probe_healthy is True  # seen answering: 1 failure of 3
-        demo_cluster.nodes[0].state.healthy = True
-        assert await pool.probe_once("node-0") is True
-        assert pool.nodes["node-0"].probe_healthy is True
-    finally:
-        await pool.close()

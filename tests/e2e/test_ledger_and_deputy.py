@@ -408,7 +408,12 @@ def test_the_operator_probes_a_gateway_with_the_nodes_api_key_headers_and_method
         assert "HTTP 401" in kube.get(namespace, "hn", "gw-wrong")["status"]["lastError"], wrong
         kube.wait_condition(namespace, "fr", "fr", timeout=90)
         status = kube.get(namespace, "fr", "fr")["status"]
-        (gw,) = _config(kube, namespace, status["configMapName"])["nodes"]
+        # gw-wrong fails its probes but stays in the config (the router probes it itself,
+        # with its own key: refused as well)
+        nodes = {n["id"]: n for n in _config(kube, namespace, status["configMapName"])["nodes"]}
+        assert sorted(nodes) == ["gw", "gw-wrong"]
+        gw = nodes["gw"]
+        assert nodes["gw-wrong"]["auth"]["api_key_file"] == "/etc/fdp/nodes/gw-wrong-key/api-key"
         assert gw["auth"] == {
             "api_key_file": "/etc/fdp/nodes/gw-key/api-key",
             "headers_file": "/etc/fdp/nodes/gw-headers/headers.json",

@@ -173,14 +173,6 @@ def _connected(request: web.Request) -> Callable[[], bool]:
     return connected
 
 
-class _EventStream(web.StreamResponse):
-    """The status line and headers go out with the first event, in one write, as aiohttp's
-    own ``web.Response`` sends them with its body (a send per streamed answer saved). Should
-    a later aiohttp drop this class attribute, they go out at ``prepare`` as before."""
-
-    _send_headers_immediately = False
-
-
 async def _stream(
     request: web.Request, rt: Runtime, who: Principal, creq: CompletionRequest
 ) -> web.StreamResponse:
@@ -200,7 +192,7 @@ async def _stream(
                 pass_logprobs=s.public and creq.logprobs,
                 check_privacy=s.check_privacy,
             )
-            resp = _EventStream(
+            resp = web.StreamResponse(
                 headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}
             )
             privacy = _privacy_doc(summary, rt)

@@ -63,11 +63,12 @@ class SseDecoder:
     get the ``data`` of each complete event. Comments, ``event:``, ``id:`` and ``retry:``
     lines are ignored; multi-line data is joined with newlines."""
 
-    __slots__ = ("_buf", "_data")
+    __slots__ = ("_buf", "_data", "_held")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._held = 0  # bytes in `_data`: one event's, bounded by MAX_EVENT_BYTES too
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
@@ -103,11 +104,15 @@ class SseDecoder:
                 if self._data:
                     out.append(b"\n".join(self._data))
                     self._data = []
+                    self._held = 0
                 continue
             if line[:1] == b":":
                 continue
             name, _, value = line.partition(b":")
             if name == b"data":
+                self._held += len(value)
+                if self._held > MAX_EVENT_BYTES:
+                    raise StreamBroken(f"an event longer than {MAX_EVENT_BYTES} bytes")
                 self._data.append(value[1:] if value[:1] == b" " else value)
         return out
 
@@ -267,8 +272,9 @@ class Reframer:
             d: dict[str, Any] = {}
             if isinstance(content, str):
                 d["content"] = content
-                self.parts.append(content)
-                self._chars += len(content)
+                if content:  # an empty one keeps no slot: a node may send them forever
+                    self.parts.append(content)
+                    self._chars += len(content)
                 if self._chars > MAX_ANSWER_BYTES:
                     raise StreamBroken(f"an answer of over {MAX_ANSWER_BYTES:,} characters")
             logprobs = ch.get("logprobs") if self.pass_logprobs else None

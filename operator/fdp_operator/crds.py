@@ -1065,7 +1065,8 @@ FEDERATED_ROUTER_STATUS = _status(
         "configHash": _s("hash of the rendered router config (node list included: what the pods read)"),
         "configMapName": _s(
             "ConfigMap holding the rendered config; named by the hash of the config without its node "
-            "list, so node health changes its content in place and only spec changes roll the pods"
+            "list, so a change of the selected nodes changes its content in place and only spec "
+            "changes roll the pods (node health changes neither)"
         ),
         "ledger": _obj(
             "where the budget ledger lives",
@@ -1080,8 +1081,10 @@ FEDERATED_ROUTER_STATUS = _status(
             "HospitalNodes selected by the router",
             {
                 "selected": _i("nodes matching spec.nodeSelector"),
-                "ready": _i("selected nodes that pass their health checks (in the config)"),
-                "names": _strings("nodes in the rendered config"),
+                "ready": _i("selected nodes that pass the operator's health checks"),
+                "names": _strings(
+                    "the ready nodes (every selected node is in the config; the router probes them)"
+                ),
             },
         ),
         "nodesSummary": _s("ready/selected, for the printer column"),

@@ -46,6 +46,7 @@ from router_overhead import (
     bench_config,
     cpu_seconds,
     free_port,
+    fsync_ms,
     serve,
     summarize,
     wait_http,
@@ -85,21 +86,6 @@ def run_stream_proxy(port: int, upstream: str) -> None:
     app.on_cleanup.append(on_cleanup)
     app.router.add_post("/v1/chat/completions", forward)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def fsync_ms(directory: Path, n: int = 200) -> float:
-    """Median time of one 4 KiB write + fsync in `directory` (a durable write's floor)."""
-    path = directory / "fsync-probe"
-    times = []
-    with path.open("wb") as f:
-        for _ in range(n):
-            f.write(os.urandom(4096))
-            f.flush()
-            t0 = time.perf_counter()
-            os.fsync(f.fileno())
-            times.append(time.perf_counter() - t0)
-    path.unlink()
-    return statistics.median(times) * 1000
 
 
 async def load(

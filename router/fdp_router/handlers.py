@@ -211,6 +211,10 @@ async def _stream(
                             break
                         if out:
                             await resp.write(out)
+                        elif request.transport is None or request.transport.is_closing():
+                            # Events with nothing to relay write nothing, so no write would
+                            # find the client gone: stop reading the node for no one.
+                            raise ConnectionResetError("the client went away")
                     else:
                         last = b"".join([framer.node_event(data) for data in decoder.close()])
                         if framer.finish is None:

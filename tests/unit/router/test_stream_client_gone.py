@@ -1,0 +1,76 @@
+"""A client that leaves a stream whose node events carry nothing to relay: the router must
+stop reading the node (and give its connection back), not relay into nothing until the node
+stops. Found by the session-7 attack review: with no write, no write finds the client gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from aiohttp import web
+from fdp_router.app import Settings, create_app
+
+from .conftest import PHI_MODEL, SECRET, Cluster, auth, q
+
+
+async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
+    demo_cluster: Cluster, aiohttp_server: Any, unused_tcp_port: int
+) -> None:
+    """The router runs as `fdp-router serve` runs it: aiohttp's test server cancels a handler
+    whose client left (handler_cancellation=True), which would hide this; web.run_app does not."""
+    released = asyncio.Event()
+    sent = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
+                "X-FDP-Privacy-Delta": "0.0",
+                "X-FDP-Privacy-Mechanism": "pure_dp",
+            }
+        )
+        await resp.prepare(request)
+        try:
+            first = {"index": 0, "delta": {"content": "one"}}
+            await resp.write(b"data: " + json.dumps({"choices": [first]}).encode() + b"\n\n")
+            while sent < 2000:  # ~100 s of events that carry nothing to relay
+                await resp.write(b'data: {"choices": []}\n\n')
+                sent += 1
+                await asyncio.sleep(0.05)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            released.set()  # the router closed its side (a test server cancels the handler)
+            raise
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    node = {
+        "id": "chatty",
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
+    runner = web.AppRunner(
+        create_app(Settings(config=demo_cluster.config(nodes=[node]), hs256_secret=SECRET, probes=False)),
+        handler_cancellation=False,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    body = {"model": PHI_MODEL, "stream": True, "messages": [{"role": "user", "content": q("gone")}]}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}", timeout=5) as http:
+            async with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
+                assert resp.status_code == 200
+                async for chunk in resp.aiter_bytes():
+                    assert b"one" in chunk
+                    break  # the clinician's app closes the stream after its first event
+        await asyncio.wait_for(released.wait(), timeout=10)
+        assert sent < 400, f"the router read {sent} events for a client that had gone"
+    finally:
+        await runner.cleanup()

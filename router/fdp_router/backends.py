@@ -592,9 +592,6 @@ def _target(
 
 
 _MAX_MEMBERS = 1024
-# Decoded bytes one compressed answer may expand to: a small compressed body must not become
-# hundreds of megabytes in one step of the event loop (a chat answer is kilobytes).
-_MAX_DECODED = MAX_ANSWER_BYTES
 _WINDOW_MIN = 64
 _WINDOW_MAX = 65_536
 
@@ -607,7 +604,7 @@ class _Decoder:
     def __init__(self, deflate: bool) -> None:
         self._deflate = deflate
         self._z: Any = None
-        self._left = _MAX_DECODED  # decoded bytes still allowed
+        self._left = MAX_ANSWER_BYTES  # decoded bytes still allowed (zlib's max_length: never in one step)
 
     def feed(self, raw: bytes) -> bytes:
         # As aiohttp's decoder: input in windows that double while a member lasts (what is
@@ -632,7 +629,7 @@ class _Decoder:
                 piece = self._z.decompress(view[pos:end], self._left + 1)
                 if len(piece) > self._left:
                     raise ValueError(
-                        f"the node's compressed answer expands to over {_MAX_DECODED // 2**20} MiB"
+                        f"the node's compressed answer expands to over {MAX_ANSWER_BYTES // 2**20} MiB"
                     )
                 self._left -= len(piece)
                 out.append(piece)

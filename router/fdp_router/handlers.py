@@ -180,8 +180,9 @@ async def _stream(
     is sent before the request path cleared the answer (node headers checked, spend
     committed); from the first byte on, failures end the stream with an error event."""
     path = request.app[PATH]
+    connected = _connected(request)
     try:
-        async with path.stream(rt, who, creq, _connected(request)) as s:
+        async with path.stream(rt, who, creq, connected) as s:
             summary = s.completion
             framer = Reframer(
                 id=f"chatcmpl-{creq.request_id}",
@@ -211,7 +212,7 @@ async def _stream(
                             break
                         if out:
                             await resp.write(out)
-                        elif request.transport is None or request.transport.is_closing():
+                        elif not connected():
                             # Events with nothing to relay write nothing, so no write would
                             # find the client gone: stop reading the node for no one.
                             raise ConnectionResetError("the client went away")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fdp_router.app import Settings, create_app
 from fdp_router.auth import mint_token
@@ -141,6 +142,41 @@ async def demo_cluster(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp
 
 
 RouterFactory = Callable[..., Awaitable[TestClient]]
+NodeHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def fast_probes(cfg: RouterConfig, failure_threshold: int) -> RouterConfig:
+    """`cfg` with every node probed every 50 ms and down after `failure_threshold` failures."""
+    fast = {"failure_threshold": failure_threshold, "interval_seconds": 0.05}
+    nodes = tuple(
+        n.model_copy(update={"health_check": n.health_check.model_copy(update=fast)}) for n in cfg.nodes
+    )
+    return cfg.model_copy(update={"nodes": nodes})
+
+
+def node_report(request: web.Request) -> dict[str, str]:
+    """The privacy headers of a pure-DP node that spent exactly the ε the router sent."""
+    return {
+        "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
+        "X-FDP-Privacy-Delta": "0.0",
+        "X-FDP-Privacy-Mechanism": "pure_dp",
+    }
+
+
+async def custom_node(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], handler: NodeHandler, node_id: str = "custom"
+) -> dict[str, Any]:
+    """Serve `handler` as a PHI pure-DP hospital node's chat completions; its config entry."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    return {
+        "id": node_id,
+        "hospital": "h9",
+        "endpoint": str(server.make_url("")).rstrip("/"),
+        "model": PHI_MODEL,
+        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
+    }
 
 
 @pytest.fixture

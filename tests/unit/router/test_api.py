@@ -10,7 +10,7 @@ from fdp_router.app import HOLDER
 from fdp_router.demo_data import CONDITIONS
 from fdp_router.privacy.api import Scope
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q, token
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, fast_probes, q, token
 
 CONSENSUS_PRIVACY = {
     "budgets": {"per_user": 10.0, "per_department": 50.0, "per_hospital": 500.0},
@@ -308,17 +308,7 @@ async def test_readyz_is_503_when_every_node_is_down(router: RouterFactory, demo
     for n in demo_cluster.nodes:
         n.state.healthy = False
     cfg = demo_cluster.config()
-    nodes = tuple(
-        n.model_copy(
-            update={
-                "health_check": n.health_check.model_copy(
-                    update={"failure_threshold": 1, "interval_seconds": 0.05}
-                )
-            }
-        )
-        for n in cfg.nodes
-    )
-    client = await router(cfg.model_copy(update={"nodes": nodes}), probes=True)
+    client = await router(fast_probes(cfg, failure_threshold=1), probes=True)
     for _ in range(400):
         if (await client.get("/readyz")).status == 503:
             break
@@ -336,11 +326,7 @@ async def test_nodes_the_routers_probes_see_down_are_503_and_back_without_a_conf
     bring it back. A model whose nodes are all down is 503 (OpenAI SDKs retry), never 404,
     and costs nothing; the first passing probe serves it again, the config unchanged."""
     cfg = demo_cluster.config()
-    fast = {"failure_threshold": 1, "interval_seconds": 0.05}
-    nodes = tuple(
-        n.model_copy(update={"health_check": n.health_check.model_copy(update=fast)}) for n in cfg.nodes
-    )
-    client = await router(cfg.model_copy(update={"nodes": nodes}), probes=True)
+    client = await router(fast_probes(cfg, failure_threshold=1), probes=True)
     for n in demo_cluster.nodes:
         n.state.healthy = False
     for _ in range(400):

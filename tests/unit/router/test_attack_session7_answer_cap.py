@@ -18,18 +18,10 @@ import pytest
 from aiohttp import web
 from fdp_router import backends, streaming
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, custom_node, node_report, q
 
 CAP = 4096
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _report(request: web.Request) -> dict[str, str]:
-    return {
-        "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
-        "X-FDP-Privacy-Delta": "0.0",
-        "X-FDP-Privacy-Mechanism": "pure_dp",
-    }
 
 
 def _completion(text: str) -> bytes:
@@ -43,16 +35,7 @@ def _completion(text: str) -> bytes:
 
 
 async def _router_over(router: RouterFactory, cluster: Cluster, aiohttp_server: Any, handler: Handler) -> Any:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = await aiohttp_server(app)
-    node = {
-        "id": "big",
-        "hospital": "h9",
-        "endpoint": str(server.make_url("")).rstrip("/"),
-        "model": PHI_MODEL,
-        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
-    }
+    node = await custom_node(aiohttp_server, handler, "big")
     return await router(cluster.config(nodes=[node], cache={"enabled": False}))
 
 
@@ -73,7 +56,6 @@ def _body(stream: bool) -> dict[str, Any]:
 @pytest.fixture
 def small_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends, "MAX_ANSWER_BYTES", CAP)
-    monkeypatch.setattr(backends, "_MAX_DECODED", CAP)
     monkeypatch.setattr(streaming, "MAX_ANSWER_BYTES", CAP)
 
 
@@ -92,7 +74,7 @@ async def test_a_whole_answer_over_the_cap_is_a_502_that_charges_nothing(
     async def handler(request: web.Request) -> web.StreamResponse:
         body = _completion("a" * (size - overhead))
         assert len(body) == size
-        return web.Response(body=body, content_type="application/json", headers=_report(request))
+        return web.Response(body=body, content_type="application/json", headers=node_report(request))
 
     client = await _router_over(router, demo_cluster, aiohttp_server, handler)
     r = await client.post("/v1/chat/completions", json=_body(stream), headers=auth())
@@ -116,7 +98,7 @@ async def test_a_gzip_bomb_answer_is_a_502_that_charges_nothing(
         return web.Response(
             body=raw,
             content_type="application/json",
-            headers={**_report(request), "Content-Encoding": "gzip"},
+            headers={**node_report(request), "Content-Encoding": "gzip"},
         )
 
     client = await _router_over(router, demo_cluster, aiohttp_server, handler)
@@ -147,7 +129,7 @@ async def test_a_stream_past_the_cap_is_cut_with_stream_broken_and_stays_charged
     sent = {"events": 0}
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        headers = {**_report(request), "Content-Type": "text/event-stream"}
+        headers = {**node_report(request), "Content-Type": "text/event-stream"}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         resp = web.StreamResponse(headers=headers)
@@ -184,7 +166,7 @@ async def test_a_stream_that_stays_under_the_cap_ends_normally(
     """The control's other side: CAP characters exactly is an answer, not an attack."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={**_report(request), "Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={**node_report(request), "Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for _ in range(CAP // 128):
             await resp.write(_event("c" * 128))

@@ -16,37 +16,21 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, custom_node, node_report, q
 
 
 async def test_the_status_line_goes_out_with_the_commit_not_with_the_first_token(
     router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
 ) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
-                "X-FDP-Privacy-Delta": "0.0",
-                "X-FDP-Privacy-Mechanism": "pure_dp",
-            }
-        )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **node_report(request)})
         await resp.prepare(request)  # the node's headers at once ...
         await asyncio.sleep(0.8)  # ... its first token later
         choice = {"index": 0, "delta": {"content": "late"}, "finish_reason": "stop"}
         await resp.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\ndata: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = await aiohttp_server(app)
-    node = {
-        "id": "slow-ttft",
-        "hospital": "h9",
-        "endpoint": str(server.make_url("")).rstrip("/"),
-        "model": PHI_MODEL,
-        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
-    }
+    node = await custom_node(aiohttp_server, handler, "slow-ttft")
     client = await router(demo_cluster.config(nodes=[node]))
     body = {
         "model": PHI_MODEL,

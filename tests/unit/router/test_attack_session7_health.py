@@ -12,7 +12,7 @@ from typing import Any
 
 from fdp_router.runtime import POOL
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q, token
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, fast_probes, q, token
 
 CONSENSUS_PRIVACY = {
     "budgets": {"per_user": 10.0, "per_department": 50.0, "per_hospital": 500.0},
@@ -158,11 +158,7 @@ async def test_down_nodes_taken_out_by_real_probes_keep_models_listed_but_answer
     """With the router's own probes (failure threshold 2): nothing reaches the nodes after
     they are seen down, the model stays listed (it is configured), /readyz is 503."""
     cfg = demo_cluster.config(cache={"enabled": False})
-    fast = {"failure_threshold": 2, "interval_seconds": 0.05}
-    nodes = tuple(
-        n.model_copy(update={"health_check": n.health_check.model_copy(update=fast)}) for n in cfg.nodes
-    )
-    client = await router(cfg.model_copy(update={"nodes": nodes}), probes=True)
+    client = await router(fast_probes(cfg, failure_threshold=2), probes=True)
     for n in demo_cluster.nodes:
         n.state.healthy = False
     pool = client.server.app[POOL]

@@ -14,29 +14,11 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
-
-
-def _report(request: web.Request) -> dict[str, str]:
-    return {
-        "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
-        "X-FDP-Privacy-Delta": "0.0",
-        "X-FDP-Privacy-Mechanism": "pure_dp",
-    }
+from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, custom_node, node_report, q
 
 
 async def _router_over(router: RouterFactory, cluster: Cluster, aiohttp_server: Any, handler: Any) -> Any:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = await aiohttp_server(app)
-    node = {
-        "id": "n",
-        "hospital": "h9",
-        "endpoint": str(server.make_url("")).rstrip("/"),
-        "model": PHI_MODEL,
-        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
-    }
-    return await router(cluster.config(nodes=[node]))
+    return await router(cluster.config(nodes=[await custom_node(aiohttp_server, handler, "n")]))
 
 
 def _body(tag: str) -> dict[str, Any]:
@@ -88,7 +70,7 @@ async def test_a_stream_broken_before_any_event_still_sends_its_headers_then_the
     write; the status line and headers must go out with it, once."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={**_report(request), "Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={**node_report(request), "Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b": just a comment\n\n")
         return resp
@@ -106,7 +88,7 @@ async def test_a_node_that_answers_whole_is_sent_by_write_eof_alone_with_headers
 ) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         doc = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}}]}
-        return web.json_response(doc, headers=_report(request))
+        return web.json_response(doc, headers=node_report(request))
 
     client = await _router_over(router, demo_cluster, aiohttp_server, handler)
     head, body = await _raw_stream(client, _body("whole"))
@@ -126,7 +108,7 @@ async def test_a_stream_whose_events_relay_nothing_until_done_sends_headers_once
     and only write is write_eof."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={**_report(request), "Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={**node_report(request), "Content-Type": "text/event-stream"})
         await resp.prepare(request)
         events = [
             {"choices": []},

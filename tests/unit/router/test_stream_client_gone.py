@@ -12,7 +12,7 @@ import httpx
 from aiohttp import web
 from fdp_router.app import Settings, create_app
 
-from .conftest import PHI_MODEL, SECRET, Cluster, auth, q
+from .conftest import PHI_MODEL, SECRET, Cluster, auth, custom_node, node_report, q
 
 
 async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
@@ -25,14 +25,7 @@ async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         nonlocal sent
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "X-FDP-Privacy-Epsilon": request.headers["X-FDP-Privacy-Epsilon"],
-                "X-FDP-Privacy-Delta": "0.0",
-                "X-FDP-Privacy-Mechanism": "pure_dp",
-            }
-        )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **node_report(request)})
         await resp.prepare(request)
         try:
             first = {"index": 0, "delta": {"content": "one"}}
@@ -46,16 +39,7 @@ async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
             raise
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    server = await aiohttp_server(app)
-    node = {
-        "id": "chatty",
-        "hospital": "h9",
-        "endpoint": str(server.make_url("")).rstrip("/"),
-        "model": PHI_MODEL,
-        "privacy": {"data_class": "phi", "mechanism": "pure_dp"},
-    }
+    node = await custom_node(aiohttp_server, handler, "chatty")
     runner = web.AppRunner(
         create_app(Settings(config=demo_cluster.config(nodes=[node]), hs256_secret=SECRET, probes=False)),
         handler_cancellation=False,

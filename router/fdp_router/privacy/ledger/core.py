@@ -656,11 +656,7 @@ class SqlLedger(Ledger):
         self._pending += 1
         op.future.add_done_callback(lambda fut: self._deferred_done(fut, start))
         op.held_at = time.monotonic()
-        with self._deferred_lock:
-            first_held = not self._deferred_ops
-            self._deferred_ops.append(op)
-        if first_held:
-            self._queue.put(_Op("wake", None))  # the writer starts their clock
+        self._hold([op])
         if self._gathering:
             self._end_gather()
 
@@ -860,7 +856,7 @@ class SqlLedger(Ledger):
             return True
         finally:
             if not ran:
-                self._hold_again(held)
+                self._hold(held, front=True)
             took = time.monotonic() - started
             if took > IDLE_STALL_SECONDS:
                 self._fast_path_off_until = time.monotonic() + IDLE_STALL_OFF_SECONDS
@@ -871,15 +867,19 @@ class SqlLedger(Ledger):
                     IDLE_STALL_OFF_SECONDS,
                 )
 
-    def _hold_again(self, ops: list[_Op]) -> None:
-        """Put deferred records an inline batch took but did not run back in front of the
-        held ones (batch lock held: the writer takes records under it, so its last take at
-        close() sees them), waking the writer's clock if none were held."""
+    def _hold(self, ops: list[_Op], *, front: bool = False) -> None:
+        """Hold deferred commit records for company (`front`: records an inline batch took
+        but did not run, back in front of the others, under the batch lock, so the writer's
+        last take at close() sees them); the first one held wakes the writer, whose clock
+        then runs for it."""
         if not ops:
             return
         with self._deferred_lock:
             first_held = not self._deferred_ops
-            self._deferred_ops.extendleft(reversed(ops))
+            if front:
+                self._deferred_ops.extendleft(reversed(ops))
+            else:
+                self._deferred_ops.extend(ops)
         if first_held:
             self._queue.put(_Op("wake", None))
 
@@ -1474,9 +1474,11 @@ def _resolve(outcomes: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
 
 
 def _settle(items: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
+    """Set each outcome on its future; one already done (cancelled, or settled before a
+    failure later in its batch) is left as it is."""
     for op, value, error in items:
         fut = op.future
-        if fut is None or fut.cancelled():
+        if fut is None or fut.done():
             continue
         if error is not None:
             fut.set_exception(error)
@@ -1486,28 +1488,15 @@ def _settle(items: Sequence[tuple[_Op, Any, BaseException | None]]) -> None:
 
 def _settle_from(loop: asyncio.AbstractEventLoop, items: Sequence[_Outcome]) -> None:
     """(On `loop`'s thread: an inline batch.) Settle the outcomes of `loop`'s futures here
-    and hand the others to their loops (a deferred record committed by another loop); a
-    future already settled is left alone (a failure after part of the outcomes went out)."""
+    and hand the others to their loops (a deferred record committed by another loop)."""
     here: list[_Outcome] = []
-    elsewhere: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    elsewhere: list[_Outcome] = []
     for item in items:
         fut = item[0].future
         assert fut is not None
-        if fut.get_loop() is loop:
-            if not fut.done():
-                here.append(item)
-        else:
-            elsewhere.setdefault(fut.get_loop(), []).append(item)
+        (here if fut.get_loop() is loop else elsewhere).append(item)
     _settle(here)
-    for other, its in elsewhere.items():
-        try:
-            other.call_soon_threadsafe(_settle_unsettled, its)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            log.warning("ledger: %d results for a closed event loop dropped", len(its))
-
-
-def _settle_unsettled(items: Sequence[_Outcome]) -> None:
-    _settle([item for item in items if item[0].future is not None and not item[0].future.done()])
+    _resolve(elsewhere)
 
 
 @dataclass(slots=True)

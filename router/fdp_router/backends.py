@@ -7,8 +7,8 @@ Owned by the app (``app.py`` creates it in a cleanup context); ``service.py`` ca
 - per node: an SSL context with the node's CA and client certificate (mTLS), optional
   server-name override; the node's credentials (``auth``: a bearer API key and/or extra
   headers, read from files when the config is applied, sent only to that node); its
-  OpenAI-compatible base path (``api_base_path``, ``/v1`` by default); connect and read
-  timeouts (the node's own, else ``routing``'s);
+  OpenAI-compatible base path (``api_base_path``, ``/v1`` by default); connect, read and
+  stream timeouts (the node's own, else ``routing``'s);
 - `BackendPool.chat` for a whole answer, `BackendPool.open_stream` for a streamed one (the
   node's status and privacy headers are in before the body is read, so the request path can
   check them before the client sees a byte);
@@ -52,6 +52,7 @@ from fdp_router.node_contract import (
     SentPrivacy,
     parse_report,
 )
+from fdp_router.streaming import StreamTimedOut
 
 log = logging.getLogger("fdp_router.backends")
 EWMA_ALPHA = 0.2
@@ -230,17 +231,18 @@ _SWEEP_SECONDS = 0.05
 
 
 class _ReadDeadlines:
-    """The per-read timeouts of one event loop's node connections: one sweep timer every
-    `_SWEEP_SECONDS` while any read waits (instead of a timer armed and cancelled on every
-    wait), so a read times out between its limit and `_SWEEP_SECONDS` after it."""
+    """The per-read timeouts (and streams' total limits) of one event loop's node connections:
+    one sweep timer every `_SWEEP_SECONDS` while any read waits (instead of a timer armed and
+    cancelled on every wait), so a read times out between its limit and `_SWEEP_SECONDS` after it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.waiting: dict[asyncio.Future[None], float] = {}
         self._armed = False
 
-    def add(self, fut: asyncio.Future[None], seconds: float) -> None:
-        self.waiting[fut] = self.loop.time() + seconds
+    def add(self, fut: asyncio.Future[None], at: float) -> None:
+        """Fail `fut` with TimeoutError once the loop's clock passes `at`."""
+        self.waiting[fut] = at
         if not self._armed:
             self._armed = True
             self.loop.call_later(_SWEEP_SECONDS, self._sweep)
@@ -251,7 +253,7 @@ class _ReadDeadlines:
             if deadline <= now:
                 del self.waiting[fut]
                 if not fut.done():
-                    fut.set_exception(TimeoutError("no data from the node within its read timeout"))
+                    fut.set_exception(TimeoutError("no data from the node within its time limit"))
         if self.waiting:
             self.loop.call_later(_SWEEP_SECONDS, self._sweep)
         else:
@@ -447,24 +449,35 @@ class _Conn(asyncio.Protocol):
         self._pending = 0
         return piece
 
-    async def more(self, read_timeout: float | None) -> None:
+    async def more(self, read_timeout: float | None, until: float | None = None) -> None:
         """Until more bytes arrived or the node closed the connection; TimeoutError after
-        `read_timeout` seconds without either (the per-read limit)."""
+        `read_timeout` seconds without either (the per-read limit), or once the loop's clock
+        passes `until` (a stream's total limit: checked first, so a node whose bytes always
+        arrive before the sweep still ends there)."""
         if self.eof:
             raise aiohttp.ServerDisconnectedError()
+        at = until
+        if until is not None:
+            now = self.loop.time()
+            if now >= until:
+                raise TimeoutError("the stream passed its time limit")
+            if read_timeout:
+                at = min(until, now + read_timeout)
+        elif read_timeout:
+            at = self.loop.time() + read_timeout
         if self._paused and self.transport is not None and not self.dirty:
             self._paused = False
             self.transport.resume_reading()
         fut = self.loop.create_future()
         self._waiter = fut
-        if not read_timeout:
+        if at is None:
             try:
                 await fut
             finally:
                 self._waiter = None
             return
         deadlines = self._deadlines
-        deadlines.add(fut, read_timeout)
+        deadlines.add(fut, at)
         try:
             await fut
         finally:
@@ -553,6 +566,7 @@ class _Target:
     head: bytes  # request line and the headers every call to the node carries
     connect_timeout: float | None
     read_timeout: float | None
+    stream_timeout: float  # a streamed body's whole read, from its first read
 
 
 def _target(
@@ -560,6 +574,7 @@ def _target(
     ctx: ssl.SSLContext | None,
     credentials: dict[str, str],
     timeout: aiohttp.ClientTimeout,
+    stream_timeout: float,
 ) -> _Target:
     url = URL(f"{cfg.endpoint}{cfg.api_base_path}/chat/completions")
     if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
@@ -588,6 +603,7 @@ def _target(
         head=head.encode(),
         connect_timeout=timeout.sock_connect,
         read_timeout=timeout.sock_read,
+        stream_timeout=stream_timeout,
     )
 
 
@@ -687,11 +703,12 @@ class NodeResponse:
                 raise ValueError(f"the node's answer is over {MAX_ANSWER_BYTES // 2**20} MiB")
             pieces.append(piece)
 
-    async def next_piece(self) -> bytes:
+    async def next_piece(self, until: float | None = None) -> bytes:
         """The next decoded piece of the body (what is there, after waiting if nothing is);
-        b"" at its end (and on every call after it)."""
+        b"" at its end (and on every call after it). TimeoutError once the loop's clock passes
+        `until` while waiting (`_Conn.more`)."""
         while True:
-            raw = await self._raw()
+            raw = await self._raw(until)
             decoder = self._decoder
             if decoder is None:
                 return raw
@@ -702,7 +719,7 @@ class NodeResponse:
             if out:
                 return out
 
-    async def _raw(self) -> bytes:
+    async def _raw(self, until: float | None) -> bytes:
         """Every body piece received and not yet read, in one (fewer, larger writes
         downstream); b"" at the end of the body."""
         conn = self._conn
@@ -719,7 +736,7 @@ class NodeResponse:
                     raise aiohttp.ClientPayloadError("Response payload is not completed")
                 self._done = True  # delimited by the end of the connection
                 break
-            await conn.more(self._timeout)
+            await conn.more(self._timeout, until)
         return b""
 
     def release(self) -> None:
@@ -851,7 +868,13 @@ class BackendPool:
         credentials = {node_id: node_headers(cfg) for node_id, cfg in wanted.items()}
         timeouts = {node_id: _call_timeout(routing, cfg) for node_id, cfg in wanted.items()}
         targets = {
-            node_id: _target(cfg, contexts[node_id], credentials[node_id], timeouts[node_id])
+            node_id: _target(
+                cfg,
+                contexts[node_id],
+                credentials[node_id],
+                timeouts[node_id],
+                cfg.stream_timeout_seconds or routing.stream_timeout_seconds,
+            )
             for node_id, cfg in wanted.items()
         }
         self.routing = routing
@@ -1128,10 +1151,15 @@ class NodeStream:
         self._st = st
         self._resp = resp
         self._closed = False
+        assert st.target is not None
+        self._limit = st.target.stream_timeout
+        self._until: float | None = None  # set at the first read of the body
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. BackendFailure (counted against the node) when the node
-        breaks off or stalls longer than its read timeout."""
+        breaks off or stalls longer than its read timeout; StreamTimedOut (not counted: a
+        long answer is not an outage) once the body has been read for longer than the node's
+        stream timeout, however steadily it keeps sending."""
         return self
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -1143,9 +1171,17 @@ class NodeStream:
         # (a self-pipe wake-up and an `aclose` task, for each generator of the chain).
         if self.data is not None:
             raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        until = self._until
+        if until is None:
+            until = self._until = loop.time() + self._limit
+        elif loop.time() >= until:  # a node that keeps sending never waits in `more`
+            raise StreamTimedOut(self._limit)
         try:
-            piece = await self._resp.next_piece()
+            piece = await self._resp.next_piece(until)
         except _NODE_ERRORS as exc:
+            if isinstance(exc, TimeoutError) and loop.time() >= until:
+                raise StreamTimedOut(self._limit) from None
             raise self._pool._node_failure(self._st, exc) from None
         if not piece:
             raise StopAsyncIteration

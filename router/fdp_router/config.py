@@ -138,6 +138,7 @@ class HospitalNodeConfig(_Frozen):
     )
     connect_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
     read_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
+    stream_timeout_seconds: PositiveFloat | None = Field(None, description="unset: routing's")
     privacy: NodePrivacy = Field(
         NodePrivacy(),
         description="data class and DP mechanism of the endpoint; the default (PHI, no mechanism) "
@@ -291,6 +292,11 @@ class RoutingConfig(_Frozen):
     strategy: Strategy = Strategy.QUANTUM_INSPIRED
     connect_timeout_seconds: PositiveFloat = 2.0
     read_timeout_seconds: PositiveFloat = 60.0
+    stream_timeout_seconds: PositiveFloat = Field(
+        600.0,
+        description="a streamed answer's whole body, from its first read: a node that never stops "
+        "sending (empty events, an endless answer) is cut here, not only when it falls silent",
+    )
     max_attempts: int = Field(2, ge=1, le=10, description="failover attempts before an answer is released")
     per_host_connections: int = Field(64, ge=1)
     outlier_consecutive_failures: int = Field(5, ge=1)

@@ -33,8 +33,8 @@ from fdp_router.streaming import (
     Reframer,
     SseDecoder,
     StreamBroken,
+    broken_event,
     comment,
-    error_event,
     estimate_usage,
 )
 
@@ -230,13 +230,7 @@ async def _stream(
                     extra={"node": ",".join(summary.node_ids), "error": str(exc)},
                 )
                 with contextlib.suppress(ConnectionError):
-                    await resp.write(
-                        error_event(
-                            "the hospital node's stream broke off; the part sent stays charged",
-                            "stream_broken",
-                        )
-                        + comment("fdp-privacy", privacy)
-                    )
+                    await resp.write(broken_event(exc) + comment("fdp-privacy", privacy))
                 return resp
             except ConnectionError:
                 return resp  # the client went away after its first byte: the spend stands

@@ -19,7 +19,7 @@ each event one ``data:`` line and a blank line; with ``include_usage`` every chu
 of a non-streamed answer) to the final chunk, and repeats it in an SSE comment
 (``: fdp-privacy {…}``, which SSE clients ignore) just before ``data: [DONE]``. A stream that
 breaks after it started ends with ``data: {"error": {…}}`` (the OpenAI SDK raises
-``APIError`` on it) and no ``[DONE]``.
+``APIError`` on it) and no ``[DONE]``; so does one that outlasts ``stream_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "f
 
 class StreamBroken(Exception):
     """A node's stream cannot be relayed further (malformed, an error event, too large)."""
+
+
+class StreamTimedOut(StreamBroken):
+    """A node's stream outlasted its total limit (``stream_timeout_seconds``, counted from the
+    first read of its body): the per-read timeout alone never ends a node that keeps sending."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the stream passed its time limit (stream_timeout_seconds: {seconds:g} s)")
+        self.seconds = seconds
 
 
 class ReportContradicted(StreamBroken):
@@ -134,6 +143,20 @@ def comment(name: str, payload: dict[str, Any]) -> bytes:
 
 def error_event(message: str, code: str) -> bytes:
     return event({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
+
+
+def broken_event(exc: Exception) -> bytes:
+    """The error event that ends a stream broken after its first byte (``stream_broken``: the
+    client's code does not change with the cause); a time limit is named, so the client and
+    whoever reads its logs know which setting ended the answer."""
+    if isinstance(exc, StreamTimedOut):
+        message = (
+            f"the hospital node's stream hit its time limit (stream_timeout_seconds: {exc.seconds:g} s); "
+            "the part sent stays charged"
+        )
+    else:
+        message = "the hospital node's stream broke off; the part sent stays charged"
+    return error_event(message, "stream_broken")
 
 
 def estimate_usage(messages: Iterable[dict[str, str]], text: str) -> dict[str, int]:

@@ -236,6 +236,12 @@ HOSPITAL_NODE_SPEC = _obj(
                     exclusiveMinimum=True,
                     minimum=0,
                 ),
+                "streamSeconds": _n(
+                    "longest time a streamed answer is read from this node, from its first byte "
+                    "(a node that keeps sending is cut here; the client gets stream_broken)",
+                    exclusiveMinimum=True,
+                    minimum=0,
+                ),
             },
             default={},
         ),
@@ -779,6 +785,12 @@ FEDERATED_ROUTER_SPEC = _obj(
                 "maxAttempts": _i("failover attempts", minimum=1, maximum=10, default=2),
                 "connectTimeoutSeconds": _n("", default=2.0, minimum=0.01),
                 "readTimeoutSeconds": _n("", default=60.0, minimum=0.01),
+                "streamTimeoutSeconds": _n(
+                    "longest time a streamed answer is read from a node, from its first byte; "
+                    "a HospitalNode's timeouts.streamSeconds overrides it",
+                    default=600.0,
+                    minimum=0.01,
+                ),
             },
             default={},
         ),

@@ -255,6 +255,7 @@ class NodeTimeoutsSpec(SpecModel):
 
     connect_seconds: float | None = Field(None, gt=0)
     read_seconds: float | None = Field(None, gt=0)
+    stream_seconds: float | None = Field(None, gt=0)
 
 
 API_BASE_PATH = r"^(/[A-Za-z0-9._~-]+)*$"
@@ -431,6 +432,7 @@ class RoutingSpec(SpecModel):
     max_attempts: int = Field(2, ge=1, le=10)
     connect_timeout_seconds: float = Field(2.0, gt=0)
     read_timeout_seconds: float = Field(60.0, gt=0)
+    stream_timeout_seconds: float = Field(600.0, gt=0)
 
 
 MAX_TOKEN_AGE_SECONDS = 30 * 86400

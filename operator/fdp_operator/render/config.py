@@ -97,6 +97,7 @@ def node_config(node: HospitalNode) -> HospitalNodeConfig:
         api_base_path=s.api_base_path,
         connect_timeout_seconds=s.timeouts.connect_seconds,
         read_timeout_seconds=s.timeouts.read_seconds,
+        stream_timeout_seconds=s.timeouts.stream_seconds,
         privacy=s.privacy.config,
     )
 
@@ -154,6 +155,7 @@ def router_config(
             max_attempts=s.routing.max_attempts,
             connect_timeout_seconds=s.routing.connect_timeout_seconds,
             read_timeout_seconds=s.routing.read_timeout_seconds,
+            stream_timeout_seconds=s.routing.stream_timeout_seconds,
         ),
         auth=auth,
         ledger=ledger,

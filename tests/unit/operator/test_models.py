@@ -55,6 +55,10 @@ def test_a_minimal_router_gets_safe_defaults() -> None:
             "need lockSeconds <= statementSeconds <= operationSeconds",
         ),
         ({"ledger": {"timeouts": {"connectSeconds": 1}}}, "spec.ledger.timeouts.connectSeconds"),
+        (
+            {"routing": {"streamTimeoutSeconds": 0}},
+            "spec.routing.streamTimeoutSeconds: Input should be greater than 0",
+        ),
         ({"ledger": {"sqlite": {"size": "lots"}}}, "spec.ledger.sqlite.size"),
         ({"ledger": {"sqlite": {"whenDeleted": "Orphan"}}}, "spec.ledger.sqlite.whenDeleted"),
         ({"auth": {"maxTokenAgeSeconds": 30}}, "auth.maxTokenAgeSeconds must be 0 (no limit) or at least 60"),
@@ -265,6 +269,8 @@ def test_a_node_reads_its_credentials_base_path_timeouts_and_probe_method() -> N
         ({"apiBasePath": "v1"}, "spec.apiBasePath"),
         ({"apiBasePath": "/v1/"}, "spec.apiBasePath"),
         ({"timeouts": {"readSeconds": 0}}, "spec.timeouts.readSeconds"),
+        ({"timeouts": {"streamSeconds": 0}}, "spec.timeouts.streamSeconds: Input should be greater than 0"),
+        ({"timeouts": {"streamSeconds": -1}}, "spec.timeouts.streamSeconds: Input should be greater than 0"),
         ({"healthCheck": {"method": "POST"}}, "spec.healthCheck.method"),
     ):
         with pytest.raises(SpecError, match=field.replace(".", r"\.")):

@@ -221,6 +221,19 @@ def test_node_credentials_base_path_and_timeouts_reach_the_node_config(
         assert secrets[mount["name"]] == secret and mount["readOnly"] is True
 
 
+def test_the_stream_limits_reach_the_router_config_and_a_node_overrides_the_routers(
+    make_router, make_policy, make_node
+) -> None:
+    """FederatedRouter routing.streamTimeoutSeconds is every node's limit; a HospitalNode's
+    timeouts.streamSeconds is its own (the router takes a node's value over routing's)."""
+    router = make_router(routing={"streamTimeoutSeconds": 900})
+    own, inherits = make_node("a", timeouts={"streamSeconds": 45}), make_node("b")
+    cfg = _config(_render(router, make_policy(), [own, inherits]))
+    assert cfg.routing.stream_timeout_seconds == 900
+    assert {n.id: n.stream_timeout_seconds for n in cfg.nodes} == {"a": 45, "b": None}
+    assert _config(_render(make_router(), make_policy(), [inherits])).routing.stream_timeout_seconds == 600
+
+
 def test_the_ledger_timeouts_reach_the_router_config(make_router, make_policy, make_node) -> None:
     router = make_router(
         ledger={"timeouts": {"lockSeconds": 1, "statementSeconds": 2, "operationSeconds": 4}}

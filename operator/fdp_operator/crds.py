@@ -232,7 +232,8 @@ HOSPITAL_NODE_SPEC = _obj(
             {
                 "connectSeconds": _n("TCP+TLS connect timeout in seconds", exclusiveMinimum=True, minimum=0),
                 "readSeconds": _n(
-                    "time to the whole answer in seconds (a slow model needs more)",
+                    "longest wait for the node's next bytes in seconds: a whole answer's time to "
+                    "answer (a slow model needs more), a stream's gap between chunks",
                     exclusiveMinimum=True,
                     minimum=0,
                 ),

@@ -2,12 +2,24 @@
 
 Everything is a real HTTP server on 127.0.0.1 (aiohttp's test servers); the ledger is the
 privacy core's real SQLite ledger in a temporary directory.
+
+How the router is served (`serving`): aiohttp's test server cancels a handler whose client
+disconnected (``TestServer`` passes ``handler_cancellation=True`` to its runner), while
+``fdp-router serve`` (``web.run_app`` in ``service_cli.py``) and ``standalone-demo`` leave it
+running (aiohttp's default, ``handler_cancellation=False``): the handler finds the client gone
+only where it looks (a write that fails, ``connected()``), or never. A test of what a client
+disconnect costs runs in the production mode (`production_serving`), or in both
+(`both_servings`) where the claim must hold also for a handler that is cancelled (as it is
+at shutdown). Every other test keeps aiohttp's test server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +31,7 @@ from fdp_router.app import Settings, create_app
 from fdp_router.auth import mint_token
 from fdp_router.config import RouterConfig
 from fdp_router.demo_node import DemoState, create_demo_app
+from fdp_router.runtime import METRICS
 
 SECRET = b"test-secret-" + b"x" * 40
 PHI_MODEL = "patient-stats"
@@ -141,6 +154,24 @@ async def demo_cluster(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp
     return Cluster(nodes=nodes, tmp=tmp_path)
 
 
+def reservation_states(cluster: Cluster) -> dict[str, str]:
+    """Every reservation of the cluster's ledger: its id -> reserved, committed or released."""
+    with sqlite3.connect(cluster.tmp / "ledger.sqlite") as conn:
+        return {r[0]: r[1] for r in conn.execute("SELECT id, state FROM fdp_reservations")}
+
+
+async def settled_reservations(cluster: Cluster, timeout: float = 3.0) -> list[str]:
+    """The states of the cluster's reservations once none is left `reserved` (or `timeout`
+    seconds on, as they are): a commit record is queued (``commit_mode: deferred``) and rides
+    with a later batch, so right after a handler returned its reservation may still read
+    `reserved` although it is settled."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while "reserved" in (states := list(reservation_states(cluster).values())) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return states
+
+
 RouterFactory = Callable[..., Awaitable[TestClient]]
 NodeHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -179,14 +210,75 @@ async def custom_node(
     }
 
 
+CANCELLING = "cancelling"  # aiohttp's test server: a handler whose client left is cancelled
+PRODUCTION = "production"  # as `fdp-router serve` runs: the handler runs on (ProductionServer)
+both_servings = pytest.mark.parametrize("serving", [CANCELLING, PRODUCTION], indirect=True)
+production_serving = pytest.mark.parametrize("serving", [PRODUCTION], indirect=True)
+
+
+class ProductionServer(TestServer):
+    """A test server that serves the app as ``web.run_app`` does in ``fdp-router serve``
+    (``service_cli.py``): ``handler_cancellation=False`` and ``access_log=None``; its other
+    runner settings (keep-alive 75 s, shutdown 60 s) are aiohttp's defaults there as here.
+    ``TestServer.start_server`` always passes ``handler_cancellation=True`` to `_make_runner`
+    (a second one through its kwargs is a TypeError), so the runner is made here."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs.update(handler_cancellation=False, access_log=None)
+        return web.AppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
-def router(aiohttp_client: Callable[..., Awaitable[TestClient]], demo_cluster: Cluster) -> RouterFactory:
-    """`await router(cfg=None, **settings)` -> a test client of a live router app."""
+def serving(request: pytest.FixtureRequest) -> str:
+    """How `router` serves its apps: `CANCELLING` unless a test parametrizes it (indirect)."""
+    mode: str = getattr(request, "param", CANCELLING)
+    assert mode in (CANCELLING, PRODUCTION), mode
+    return mode
+
+
+def in_flight(client: TestClient) -> int:
+    """The router's requests still being handled (its ``fdp_in_flight_requests`` gauge: the
+    middleware counts a request until its handler has returned or raised, refund included)."""
+    text = client.server.app[METRICS].render().decode()
+    found = re.search(r"^fdp_in_flight_requests (\S+)$", text, re.MULTILINE)
+    assert found, "no fdp_in_flight_requests in the metrics"
+    return int(float(found.group(1)))
+
+
+async def settled(client: TestClient, timeout: float = 10.0) -> None:
+    """Wait until the router handles no request: a handler whose client left has finished
+    (refunded, committed, stopped reading its node). In production mode nothing cancels it,
+    so this is the moment its outcome can be read."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (n := in_flight(client)) > 0:
+        assert loop.time() < deadline, (
+            f"{n} request(s) still handled {timeout} s on: a handler runs for no one"
+        )
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def router(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], demo_cluster: Cluster, serving: str
+) -> AsyncIterator[RouterFactory]:
+    """`await router(cfg=None, **settings)` -> a test client of a live router app, served as
+    `serving` says. In production mode every router must have settled when the test ends:
+    nothing cancels a handler whose client left, and one still running at the app's cleanup
+    would use a closed ledger."""
+    clients: list[TestClient] = []
 
     async def make(cfg: RouterConfig | None = None, **settings: Any) -> TestClient:
         settings.setdefault("hs256_secret", SECRET)
         settings.setdefault("probes", False)
         settings.setdefault("access_log", False)
-        return await aiohttp_client(create_app(Settings(config=cfg or demo_cluster.config(), **settings)))
+        app = create_app(Settings(config=cfg or demo_cluster.config(), **settings))
+        client = await aiohttp_client(ProductionServer(app) if serving == PRODUCTION else TestServer(app))
+        clients.append(client)
+        return client
 
-    return make
+    yield make
+    if serving == PRODUCTION:
+        for client in clients:
+            if not client.server.closed:
+                await settled(client)

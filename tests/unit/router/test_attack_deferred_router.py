@@ -10,12 +10,17 @@ from typing import Any
 import httpx
 from fdp_router.runtime import HOLDER, apply_config
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q
-
-
-def _states(cluster: Cluster) -> dict[str, str]:
-    with sqlite3.connect(cluster.tmp / "ledger.sqlite") as conn:
-        return {r[0]: r[1] for r in conn.execute("SELECT id, state FROM fdp_reservations")}
+from .conftest import (
+    PHI_MODEL,
+    Cluster,
+    RouterFactory,
+    auth,
+    both_servings,
+    q,
+    reservation_states,
+    settled,
+    settled_reservations,
+)
 
 
 def _kinds(cluster: Cluster) -> list[str]:
@@ -30,6 +35,7 @@ def _more_budget(cluster: Cluster, per_user: float) -> Any:
     return cluster.config(privacy=privacy)
 
 
+@both_servings
 async def test_a_stream_abandoned_after_its_first_chunk_stays_committed(
     router: RouterFactory, demo_cluster: Cluster
 ) -> None:
@@ -45,8 +51,8 @@ async def test_a_stream_abandoned_after_its_first_chunk_stays_committed(
             async for chunk in resp.aiter_bytes():
                 assert chunk
                 break
-    await asyncio.sleep(0.3)
-    assert list(_states(demo_cluster).values()) == ["committed"]
+    await settled(client)  # production: the handler ran on until a write found the client gone
+    assert await settled_reservations(demo_cluster) == ["committed"]
     assert "release" not in _kinds(demo_cluster)
 
 
@@ -75,5 +81,5 @@ async def test_a_reload_that_replaces_the_ledger_mid_request_loses_no_commit(
             break
         await asyncio.sleep(0.05)
     assert old.ledger._closed
-    assert list(_states(demo_cluster).values()) == ["committed"]
+    assert list(reservation_states(demo_cluster).values()) == ["committed"]
     assert _kinds(demo_cluster) == ["reserve", "commit"]

@@ -16,9 +16,20 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, custom_node, node_report, q
+from .conftest import (
+    PHI_MODEL,
+    Cluster,
+    RouterFactory,
+    auth,
+    both_servings,
+    custom_node,
+    node_report,
+    q,
+    settled,
+)
 
 
+@both_servings
 async def test_the_status_line_goes_out_with_the_commit_not_with_the_first_token(
     router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
 ) -> None:
@@ -46,6 +57,6 @@ async def test_the_status_line_goes_out_with_the_commit_not_with_the_first_token
         except httpx.ReadTimeout:
             pass  # nothing within 0.3 s: the client would give up having received no byte
     assert got_headers, "the first byte waited for the node's first token"
-    await asyncio.sleep(1.2)
+    await settled(client)  # production: the handler wrote the node's token to no one and ended
     doc = await (await client.get("/v1/privacy/budget/alice", headers=auth())).json()
     assert doc["consumed_budget"] > 0  # the status line reached the client: the spend stands

@@ -16,7 +16,17 @@ from fdp_router.privacy.api import Scope
 from fdp_router.runtime import HOLDER
 from fdp_router.streaming import Reframer, SseDecoder
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, auth, q, token
+from .conftest import (
+    PHI_MODEL,
+    Cluster,
+    RouterFactory,
+    auth,
+    both_servings,
+    q,
+    settled,
+    settled_reservations,
+    token,
+)
 
 
 def sse_events(raw: bytes) -> tuple[list[str], list[str]]:
@@ -201,9 +211,13 @@ async def test_a_stream_that_breaks_after_its_first_byte_stays_charged(
     assert doc["details"]["queries"] == 1 and doc["consumed_budget"] > 0
 
 
+@both_servings
 async def test_a_client_gone_before_the_first_byte_is_refunded(
     router: RouterFactory, demo_cluster: Cluster
 ) -> None:
+    """Production: the handler runs on, gets the node's headers after 0.6 s, finds the client
+    gone (`connected()`) before the commit and refunds. Cancelled (as at shutdown): the
+    reservation is refunded while the node is still answering."""
     for n in demo_cluster.nodes:
         n.state.delay = 0.6
     client = await router()
@@ -220,7 +234,8 @@ async def test_a_client_gone_before_the_first_byte_is_refunded(
         raise AssertionError("the router answered before the client gave up")
 
     await give_up()
-    await asyncio.sleep(0.9)  # the node answers after 0.6 s; the router then sees the client gone
+    await settled(client)  # the handler has returned (or was cancelled): its refund is done
+    assert await settled_reservations(demo_cluster) == ["released"]  # reserved, then refunded
     doc = await budget(client)
     assert doc["consumed_budget"] == 0, doc
     assert sum(n.state.completions for n in demo_cluster.nodes) == 1

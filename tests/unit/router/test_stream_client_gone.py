@@ -10,16 +10,27 @@ from typing import Any
 
 import httpx
 from aiohttp import web
-from fdp_router.app import Settings, create_app
 
-from .conftest import PHI_MODEL, SECRET, Cluster, auth, custom_node, node_report, q
+from .conftest import (
+    PHI_MODEL,
+    Cluster,
+    RouterFactory,
+    auth,
+    custom_node,
+    node_report,
+    production_serving,
+    q,
+    settled,
+    settled_reservations,
+)
 
 
+@production_serving
 async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
-    demo_cluster: Cluster, aiohttp_server: Any, unused_tcp_port: int
+    router: RouterFactory, demo_cluster: Cluster, aiohttp_server: Any
 ) -> None:
-    """The router runs as `fdp-router serve` runs it: aiohttp's test server cancels a handler
-    whose client left (handler_cancellation=True), which would hide this; web.run_app does not."""
+    """Production mode only: aiohttp's test server cancels a handler whose client left
+    (handler_cancellation=True), which would hide this; `fdp-router serve` does not."""
     released = asyncio.Event()
     sent = 0
 
@@ -40,21 +51,15 @@ async def test_the_router_stops_reading_a_node_once_the_client_has_gone(
         return resp
 
     node = await custom_node(aiohttp_server, handler, "chatty")
-    runner = web.AppRunner(
-        create_app(Settings(config=demo_cluster.config(nodes=[node]), hs256_secret=SECRET, probes=False)),
-        handler_cancellation=False,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    client = await router(demo_cluster.config(nodes=[node]))
     body = {"model": PHI_MODEL, "stream": True, "messages": [{"role": "user", "content": q("gone")}]}
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{unused_tcp_port}", timeout=5) as http:
-            async with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
-                assert resp.status_code == 200
-                async for chunk in resp.aiter_bytes():
-                    assert b"one" in chunk
-                    break  # the clinician's app closes the stream after its first event
-        await asyncio.wait_for(released.wait(), timeout=10)
-        assert sent < 400, f"the router read {sent} events for a client that had gone"
-    finally:
-        await runner.cleanup()
+    async with httpx.AsyncClient(base_url=str(client.make_url("")), timeout=5) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body, headers=auth()) as resp:
+            assert resp.status_code == 200
+            async for chunk in resp.aiter_bytes():
+                assert b"one" in chunk
+                break  # the clinician's app closes the stream after its first event
+    await asyncio.wait_for(released.wait(), timeout=10)
+    assert sent < 400, f"the router read {sent} events for a client that had gone"
+    await settled(client)
+    assert await settled_reservations(demo_cluster) == ["committed"]  # a byte went out: it stands

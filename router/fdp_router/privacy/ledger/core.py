@@ -40,6 +40,12 @@ for that fsync itself, so a disk that stalls stalls the loop (the writer thread 
 the caller its deadline); one inline transaction slower than IDLE_STALL_SECONDS turns the path
 off for a while.
 
+**Writer scheduling** (``writer_scheduling``, Linux): after a batch that carried several
+callers' operations the writer thread runs under SCHED_BATCH, after a lone caller's under the
+default policy. Under load the loop wakes the writer while it is running itself; a writer woken
+under the default policy preempted the loop, then waited for the GIL the loop still held. The
+same CPU share either way; the convoy is gone.
+
 Unit rows hold, per (scope, key, window), the running RDP sums at ``filter.ORDERS`` and the
 sum of reported per-query epsilons. A release subtracts exactly what its reservation added.
 User and department keys are stored as keyed pseudonyms and every trusted row carries a
@@ -69,6 +75,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import queue
 import secrets
 import threading
@@ -426,6 +433,9 @@ class SqlLedger(Ledger):
         # when the list was empty (it then holds them for company), not once per record.
         self._deferred_ops: deque[_Op] = deque()
         self._deferred_lock = threading.Lock()
+        # The writer will look at the held records within DEFERRED_MAX_DELAY_SECONDS without
+        # being woken (it waits with that timeout, or is busy and looks again before it waits).
+        self._writer_looks = False
         self._stopped: Future[None] = Future()
         # Held while a batch runs (the writer thread, or a caller on the idle fast path).
         self._batch_lock = threading.Lock()
@@ -870,8 +880,10 @@ class SqlLedger(Ledger):
     def _hold(self, ops: list[_Op], *, front: bool = False) -> None:
         """Hold deferred commit records for company (`front`: records an inline batch took
         but did not run, back in front of the others, under the batch lock, so the writer's
-        last take at close() sees them); the first one held wakes the writer, whose clock
-        then runs for it."""
+        last take at close() sees them). The writer's clock then runs for the first one held:
+        it wakes the writer, unless the writer will look within the records' delay anyway
+        (waiting with that timeout while reservations are open, or busy): at concurrency 1 that
+        wake-up came while the loop was sending the answer, and cost it the GIL."""
         if not ops:
             return
         with self._deferred_lock:
@@ -880,7 +892,7 @@ class SqlLedger(Ledger):
                 self._deferred_ops.extendleft(reversed(ops))
             else:
                 self._deferred_ops.extend(ops)
-        if first_held:
+        if first_held and not self._writer_looks:
             self._queue.put(_Op("wake", None))
 
     def _observe(self, op: str, start: float, error: LedgerUnavailable | None) -> None:
@@ -971,17 +983,28 @@ class SqlLedger(Ledger):
 
     def _writer_loop(self) -> None:
         stop: _Op | None = None
+        busy = False  # the writer's scheduling policy (writer_scheduling): SCHED_BATCH if True
         held_since: float | None = None  # deferred records wait (for company) since then
+        reserved = False  # the last batch recorded reservations: their commits will be held
         while stop is None:
-            timeout = (
-                None
-                if held_since is None
-                else max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic())
-            )
+            # Not looking by itself while it decides (_hold wakes it), whatever it decided last.
+            self._writer_looks = False
+            if held_since is None:  # held while this thread was busy: their clock runs now
+                held_since = self._oldest_held()
+            if held_since is not None:
+                timeout: float | None = max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic())
+            elif reserved or self._in_flight():
+                # Open reservations' commit records will be held: look again within the
+                # records' delay, so that holding one needs no wake-up of this thread.
+                timeout = DEFERRED_MAX_DELAY_SECONDS
+            else:
+                timeout = None
+            self._writer_looks = timeout is not None
             try:
                 first: _Op | None = self._queue.get(timeout=timeout)
             except queue.Empty:  # nobody else came: write the held records on their own
                 first = None
+                reserved = False
             batch = [first] if first is not None else []
             while len(batch) < MAX_BATCH:
                 try:
@@ -1025,9 +1048,15 @@ class SqlLedger(Ledger):
                     ]
                     if work:
                         self._run_batch(work)
+                    reserved = any(op.kind == "reserve" for op in work)
             except BaseException as exc:  # never let the writer die: it serves every request
                 log.exception("ledger writer: unexpected failure; %d operations not recorded", len(work))
                 _resolve([(op, None, PrivacyError(f"ledger write failed: {exc}")) for op in work])
+            # Several callers' operations came in one batch: the loop is busy (see
+            # writer_scheduling); one caller's, or held records only: it is idle.
+            if (sum(1 for op in batch if op.future is not None) > 1) is not busy:
+                busy = not busy
+                writer_scheduling(busy)
         try:
             with self._batch_lock:
                 _close_quietly(self._writer_conn)
@@ -1393,6 +1422,29 @@ _Outcome = tuple[_Op, Any, BaseException | None]
 # A charge's units (scope, its value, clear key, stored key, budget epsilon) and their
 # stored JSON list.
 _Plan = tuple[tuple[tuple[Scope, str, str, str, float], ...], str]
+
+
+def writer_scheduling(busy: bool) -> bool:
+    """Run the calling thread (the writer) under Linux's SCHED_BATCH policy while `busy`, the
+    default policy otherwise. Same CPU share either way; what changes is a wake-up. Under
+    load the event loop wakes the writer while it is itself running: a writer woken under
+    the default policy took the loop's CPU at once and then waited for the GIL the preempted
+    loop still held, two context switches and an idle GIL per wake-up; under SCHED_BATCH it
+    waits for a free CPU or the loop's next pause. A lone request's loop goes to sleep right
+    after queueing, so there the default policy's immediate wake-up is what cuts latency
+    (docs/benchmarks/router.md, "Round 8"). Lowering and restoring one's own policy needs no
+    privilege; where it is unavailable (not Linux, a seccomp profile that refuses it)
+    nothing changes. Returns whether the policy is now the one asked for."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None:
+        return False
+    policy = os.SCHED_BATCH if busy else os.SCHED_OTHER
+    try:
+        setter(0, policy, os.sched_param(0))  # 0: the calling thread (Linux)
+    except OSError as exc:
+        log.debug("ledger writer: scheduling policy %d refused (%s)", policy, exc)
+        return False
+    return True
 
 
 def _expire(op: _Op) -> None:

@@ -1,0 +1,97 @@
+"""The writer thread's scheduling policy (ledger/core.py, ``writer_scheduling``): SCHED_BATCH
+while a batch carries several callers' operations (the event loop is busy: a wake-up must not
+preempt it), the default policy after a lone caller's batch (an idle loop: the wake-up should
+take a free CPU at once). Linux only; elsewhere the function changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import pytest
+from fdp_router.privacy.api import Charge
+from fdp_router.privacy.events import event_for_request
+from fdp_router.privacy.ledger import core
+
+from .conftest import LedgerEnv, policy_admitting
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling policies")
+
+
+def _policy_in_thread(busy: bool) -> tuple[bool, int]:
+    """What writer_scheduling(busy) returns and leaves, in a fresh thread (never this one)."""
+    out: list[tuple[bool, int]] = []
+
+    def run() -> None:
+        ok = core.writer_scheduling(busy)
+        out.append((ok, os.sched_getscheduler(0)))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_busy_is_sched_batch_and_idle_the_default() -> None:
+    assert _policy_in_thread(True) == (True, os.SCHED_BATCH)
+    assert _policy_in_thread(False) == (True, os.SCHED_OTHER)
+
+
+def test_a_refused_policy_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    assert _policy_in_thread(True) == (False, os.SCHED_OTHER)
+
+
+async def _policy_becomes(tid: int, policy: int, seconds: float = 2.0) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if os.sched_getscheduler(tid) == policy:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def _charge(policy: Any, user: str) -> Charge:
+    return Charge(user, "d", ("h",), event_for_request(policy, None), query_hash="0" * 64)
+
+
+async def test_the_writer_follows_its_batches(ledger_env_sqlite: LedgerEnv) -> None:
+    policy = policy_admitting(100)
+    ledger = await ledger_env_sqlite.open(policy)
+    writer = ledger._thread.native_id
+    assert writer is not None
+    try:
+        assert os.sched_getscheduler(writer) == os.SCHED_OTHER  # nothing ran yet
+
+        # Eight callers queue in one pass of the loop (no await in between): the writer, woken
+        # by the first, gets the GIL only when the loop sleeps, and takes all eight at once.
+        for attempt in range(20):
+            batches: list[int] = []
+            orig = ledger._run_batch
+
+            def run_batch(batch: Any, *args: Any, **kwargs: Any) -> bool:
+                batches.append(sum(1 for op in batch if op.kind == "reserve"))
+                return orig(batch, *args, **kwargs)
+
+            ledger._run_batch = run_batch  # type: ignore[method-assign]
+            rs = await asyncio.gather(*(ledger.reserve(_charge(policy, f"u{attempt}-{i}")) for i in range(8)))
+            ledger._run_batch = orig  # type: ignore[method-assign]
+            if batches[-1] > 1:
+                # The writer sets its policy right after it hands out the batch's results.
+                assert await _policy_becomes(writer, os.SCHED_BATCH)
+                await asyncio.gather(*(ledger.release(r.id) for r in rs))
+                break
+            await asyncio.gather(*(ledger.release(r.id) for r in rs))
+        assert batches[-1] > 1, batches
+
+        # One caller at a time: the writer is back under the default policy.
+        for i in range(3):
+            r = await ledger.reserve(_charge(policy, f"alone-{i}"))
+            await ledger.commit(r.id, ("n",))
+        assert await _policy_becomes(writer, os.SCHED_OTHER)
+    finally:
+        await ledger.close()

@@ -1,7 +1,9 @@
-"""The writer thread's scheduling policy (ledger/core.py, ``writer_scheduling``): SCHED_BATCH
-while a batch carries several callers' operations (the event loop is busy: a wake-up must not
-preempt it), the default policy after a lone caller's batch (an idle loop: the wake-up should
-take a free CPU at once). Linux only; elsewhere the function changes nothing."""
+"""How the event loop wakes the ledger's writer thread (ledger/core.py, "Writer scheduling"
+and ``_hold``). Its scheduling policy: SCHED_BATCH while a batch carries several callers'
+operations (the event loop is busy: a wake-up must not preempt it), the default policy after a
+lone caller's batch (an idle loop: the wake-up should take a free CPU at once); Linux only,
+elsewhere nothing changes. And a deferred commit record held while the writer waits with the
+records' delay as its timeout costs no wake-up, and is still written on time."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import Any
 import pytest
 from fdp_router.privacy.api import Charge
 from fdp_router.privacy.events import event_for_request
-from fdp_router.privacy.ledger import core
+from fdp_router.privacy.ledger import core, open_ledger
 
 from .conftest import LedgerEnv, policy_admitting
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling policies")
+linux_policies = pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling policies")
 
 
 def _policy_in_thread(busy: bool) -> tuple[bool, int]:
@@ -34,11 +36,13 @@ def _policy_in_thread(busy: bool) -> tuple[bool, int]:
     return out[0]
 
 
+@linux_policies
 def test_busy_is_sched_batch_and_idle_the_default() -> None:
     assert _policy_in_thread(True) == (True, os.SCHED_BATCH)
     assert _policy_in_thread(False) == (True, os.SCHED_OTHER)
 
 
+@linux_policies
 def test_a_refused_policy_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_: Any) -> None:
         raise PermissionError(1, "Operation not permitted")
@@ -59,6 +63,7 @@ def _charge(policy: Any, user: str) -> Charge:
     return Charge(user, "d", ("h",), event_for_request(policy, None), query_hash="0" * 64)
 
 
+@linux_policies
 async def test_the_writer_follows_its_batches(ledger_env_sqlite: LedgerEnv) -> None:
     policy = policy_admitting(100)
     ledger = await ledger_env_sqlite.open(policy)
@@ -93,5 +98,39 @@ async def test_the_writer_follows_its_batches(ledger_env_sqlite: LedgerEnv) -> N
             r = await ledger.reserve(_charge(policy, f"alone-{i}"))
             await ledger.commit(r.id, ("n",))
         assert await _policy_becomes(writer, os.SCHED_OTHER)
+    finally:
+        await ledger.close()
+
+
+async def test_holding_a_commit_record_wakes_no_writer_that_will_look(
+    ledger_env_sqlite: LedgerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reservation the writer waits with the records' delay as its timeout: the
+    commit record held next needs no wake-up (at concurrency 1 it came while the loop sent
+    the answer), and the writer still writes it within the delay, with no other traffic."""
+    wakes: list[str] = []
+
+    class Op(core._Op):
+        def __init__(self, kind: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(kind, *args, **kwargs)
+            if kind == "wake":
+                wakes.append(kind)
+
+    monkeypatch.setattr(core, "_Op", Op)
+    policy = policy_admitting(100)
+    cfg = ledger_env_sqlite.ledger_cfg.model_copy(update={"commit_mode": "deferred"})
+    ledger = await open_ledger(cfg, policy)
+    try:
+        for i in range(5):
+            r = await ledger.reserve(_charge(policy, f"c1-{i}"))
+            await asyncio.sleep(0.01)  # the writer is back waiting, with its timeout
+            await ledger.commit(r.id, ("n",))
+            assert ledger._deferred_ops, "the commit record is held for company"
+            for _ in range(100):  # written on the writer's own clock: <= 50 ms (+ slack)
+                if not ledger._deferred_ops:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ledger._deferred_ops, "a held record was left waiting"
+        assert wakes == []
     finally:
         await ledger.close()

@@ -54,6 +54,14 @@ async def _json_body(request: web.Request) -> Any:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError:  # also invalid UTF-8, NaN/Infinity literals, > 64-bit ints
         raise InvalidRequest("body", "is not valid JSON") from None
+    except ConnectionError:  # the client hung up while sending it: its doing, not an error here
+        raise ClientGone from None
+
+
+def _client_gone() -> web.Response:
+    """The answer to a client that left before its answer went out (`ClientGone`); nginx's
+    499, which nobody reads: for the metrics and the access log."""
+    return web.Response(status=499, text="client closed the request before its answer; nothing was charged")
 
 
 def _privacy_doc(c: Completion, rt: Runtime) -> dict[str, Any]:
@@ -101,6 +109,13 @@ def _routing_fields(body: InferenceRequest | OpenAIChatRequest) -> dict[str, Any
 
 
 async def inference(request: web.Request) -> web.Response:
+    try:
+        return await _inference(request)
+    except ClientGone:
+        return _client_gone()
+
+
+async def _inference(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     with holder.use() as rt:
         who = await _authenticate(request, rt)
@@ -111,7 +126,7 @@ async def inference(request: web.Request) -> web.Response:
             temperature=body.temperature,
             **_routing_fields(body),
         )
-        c = await request.app[PATH].complete(rt, who, creq)
+        c = await request.app[PATH].complete(rt, who, creq, _connected(request))
         doc = {
             "success": True,
             "response": c.text,
@@ -130,6 +145,13 @@ async def inference(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI's chat completion; with ``stream: true`` server-sent events (``_stream``)."""
+    try:
+        return await _chat_completions(request)
+    except ClientGone:
+        return _client_gone()
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     with holder.use() as rt:
         who = await _authenticate(request, rt)
@@ -144,7 +166,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         if body.stream:
             return await _stream(request, rt, who, creq)
-        c = await request.app[PATH].complete(rt, who, creq)
+        c = await request.app[PATH].complete(rt, who, creq, _connected(request))
         doc = {
             "id": f"chatcmpl-{creq.request_id}",
             "object": "chat.completion",
@@ -181,70 +203,67 @@ async def _stream(
     committed); from the first byte on, failures end the stream with an error event."""
     path = request.app[PATH]
     connected = _connected(request)
-    try:
-        async with path.stream(rt, who, creq, connected) as s:
-            summary = s.completion
-            framer = Reframer(
-                id=f"chatcmpl-{creq.request_id}",
-                model=creq.model or ROUTER_MODEL,
-                fingerprint=f"fdp-router-g{rt.generation}",
-                include_usage=creq.include_usage,
-                pass_usage=s.public,
-                pass_logprobs=s.public and creq.logprobs,
-                check_privacy=s.check_privacy,
-            )
-            resp = web.StreamResponse(
-                headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}
-            )
-            privacy = _privacy_doc(summary, rt)
-            try:
-                await resp.prepare(request)
-                last = b""  # what is left to send goes out with the end of the response
-                if s.upstream is None or s.upstream.data is not None:
-                    # A cached answer, or a node that answered whole: the same events.
-                    last = framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
+    async with path.stream(rt, who, creq, connected) as s:
+        summary = s.completion
+        framer = Reframer(
+            id=f"chatcmpl-{creq.request_id}",
+            model=creq.model or ROUTER_MODEL,
+            fingerprint=f"fdp-router-g{rt.generation}",
+            include_usage=creq.include_usage,
+            pass_usage=s.public,
+            pass_logprobs=s.public and creq.logprobs,
+            check_privacy=s.check_privacy,
+        )
+        resp = web.StreamResponse(
+            headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}
+        )
+        privacy = _privacy_doc(summary, rt)
+        try:
+            await resp.prepare(request)
+            last = b""  # what is left to send goes out with the end of the response
+            if s.upstream is None or s.upstream.data is not None:
+                # A cached answer, or a node that answered whole: the same events.
+                last = framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
+            else:
+                decoder = SseDecoder()
+                async for piece in s.upstream.chunks():
+                    out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
+                    if framer.node_done:
+                        last = out
+                        break
+                    if out:
+                        await resp.write(out)
+                    elif not connected():
+                        # Events with nothing to relay write nothing, so no write would
+                        # find the client gone: stop reading the node for no one.
+                        raise ConnectionResetError("the client went away")
                 else:
-                    decoder = SseDecoder()
-                    async for piece in s.upstream.chunks():
-                        out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
-                        if framer.node_done:
-                            last = out
-                            break
-                        if out:
-                            await resp.write(out)
-                        elif not connected():
-                            # Events with nothing to relay write nothing, so no write would
-                            # find the client gone: stop reading the node for no one.
-                            raise ConnectionResetError("the client went away")
-                    else:
-                        last = b"".join([framer.node_event(data) for data in decoder.close()])
-                        if framer.finish is None:
-                            if last:
-                                await resp.write(last)
-                            raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
-                last += framer.close(privacy, estimate_usage(creq.messages, framer.text))
-            except (BackendFailure, StreamBroken) as exc:
-                # The spend is committed: the stream ends with an error event, no [DONE].
-                log.warning(
-                    "stream broke after it started",
-                    extra={"node": ",".join(summary.node_ids), "error": str(exc)},
-                )
-                with contextlib.suppress(ConnectionError):
-                    await resp.write(broken_event(exc) + comment("fdp-privacy", privacy))
-                return resp
-            except ConnectionError:
-                return resp  # the client went away after its first byte: the spend stands
-            if s.cached is None and not creq.logprobs:  # a stream's logprobs are not kept
-                path.remember(
-                    rt,
-                    s.cache_key,
-                    summary.relayed(framer.text, framer.finish or "stop", framer.usage if s.public else None),
-                )
+                    last = b"".join([framer.node_event(data) for data in decoder.close()])
+                    if framer.finish is None:
+                        if last:
+                            await resp.write(last)
+                        raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
+            last += framer.close(privacy, estimate_usage(creq.messages, framer.text))
+        except (BackendFailure, StreamBroken) as exc:
+            # The spend is committed: the stream ends with an error event, no [DONE].
+            log.warning(
+                "stream broke after it started",
+                extra={"node": ",".join(summary.node_ids), "error": str(exc)},
+            )
             with contextlib.suppress(ConnectionError):
-                await resp.write_eof(last)
+                await resp.write(broken_event(exc) + comment("fdp-privacy", privacy))
             return resp
-    except ClientGone:
-        return web.Response(status=499, text="client closed the request before the first byte; refunded")
+        except ConnectionError:
+            return resp  # the client went away after its first byte: the spend stands
+        if s.cached is None and not creq.logprobs:  # a stream's logprobs are not kept
+            path.remember(
+                rt,
+                s.cache_key,
+                summary.relayed(framer.text, framer.finish or "stop", framer.usage if s.public else None),
+            )
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof(last)
+        return resp
 
 
 async def models(request: web.Request) -> web.Response:

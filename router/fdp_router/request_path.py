@@ -19,6 +19,11 @@ Order: validate -> cache (a hit re-releases a released answer, costs nothing) ->
 limiter (bounded concurrency, 429) -> pick node(s) (pure) -> reserve (403 here, before any
 node call) -> node call(s), failing over before anything is released -> check/aggregate ->
 commit (durable) -> response. A reservation is released only if nothing reached the client.
+A client found gone before a reservation (a slot granted late, a failover) is charged nothing
+and no node is asked for it (`ClientGone`). A whole answer whose client left while its node
+computed is still committed, and cached (a retry gets it for nothing): refunding it would make
+the refund depend on the node's latency, which may depend on patient data, and give a client
+free probes of it (docs/privacy.md, "Refunds").
 
 **Streams** (`RequestPath.stream`, single-node answers only): the same order, but the node
 call returns at the node's status and headers, so its privacy report (``X-FDP-Privacy-*``
@@ -87,8 +92,9 @@ ROUTER_MODEL = "fdp-router"
 
 
 class ClientGone(Exception):
-    """The client disconnected before the first byte of a stream: its reservation was
-    refunded and nothing was released."""
+    """The client disconnected before its answer was on its way: before a reservation or a
+    node call (nothing reserved, no node asked for no one), or, for a stream, before its first
+    byte (refunded). Nothing was released or cached."""
 
 
 @dataclass
@@ -355,7 +361,17 @@ class RequestPath:
                 reason="role_not_allowed",
             )
 
-    async def complete(self, rt: Runtime, who: Principal, req: CompletionRequest) -> Completion:
+    async def complete(
+        self,
+        rt: Runtime,
+        who: Principal,
+        req: CompletionRequest,
+        connected: Callable[[], bool] | None = None,
+    ) -> Completion:
+        """A whole answer. With `connected`, a client found gone before a reservation ends the
+        request there (`ClientGone`: nothing charged, no node asked for no one). Once a node
+        was asked, the answer is committed and cached whether or not its client is still there
+        (module docstring: a refund must not depend on how long the node took)."""
         self._may_query(who)
         start = time.monotonic()
         department = self._department(who, req)
@@ -377,9 +393,9 @@ class RequestPath:
         async with rt.overload.slot(req.priority):
             self.metrics.child(self.metrics.queue_depth).set(rt.overload.queue_depth)
             if options is not None:
-                out = await self._consensus(rt, who_pays, req.model, options, payload)
+                out = await self._consensus(rt, who_pays, req.model, options, payload, connected)
             else:
-                out = await self._single(rt, who_pays, req.model, epsilon, payload)
+                out = await self._single(rt, who_pays, req.model, epsilon, payload, connected)
         self.metrics.child(self.metrics.epsilon_spent, department).inc(out.epsilon)
         done = Completion(
             text=out.text,
@@ -638,8 +654,9 @@ class RequestPath:
         model: str | None,
         epsilon: float,
         payload: dict[str, Any],
+        connected: Callable[[], bool] | None = None,
     ) -> Released:
-        ok = await self._clear(rt, who, model, epsilon, payload)
+        ok = await self._clear(rt, who, model, epsilon, payload, connected)
         return self._released(ok, logprobs=payload.get("logprobs") is True)
 
     async def _clear(
@@ -652,9 +669,11 @@ class RequestPath:
         connected: Callable[[], bool] | None = None,
     ) -> Cleared:
         """Pick a node, reserve, call it, check its report, commit; fail over before anything is
-        released. With `connected` (a stream: ``payload`` has ``stream: true``) the node call
-        returns at its headers, and the commit happens only if `connected()` is still true
-        (else `ClientGone`, refunded). The caller closes a returned stream."""
+        released. For a stream (``payload`` has ``stream: true``) the node call returns at its
+        headers. With `connected`, every attempt (a reservation and a node call) happens only
+        while `connected()` is true, and a stream's commit too (else `ClientGone`, refunded):
+        a client that left is charged nothing new and no node is asked again for it. The caller
+        closes a returned stream."""
         serving = self._serving(rt, model, who.department)
         # A PHI node without a mechanism is never used for a release.
         usable = [(v, c) for v, c in serving if c.privacy.releasable]
@@ -672,8 +691,11 @@ class RequestPath:
         last_failure: BackendFailure | None = None
         reservation: Reservation | None = None
         attempts = 0
+        streaming = payload.get("stream") is True
         try:
             while attempts < rt.config.routing.max_attempts:
+                if connected is not None and not connected():
+                    raise ClientGone  # a failover, or a slot granted, after the client left
                 ctx = self._ctx(
                     rt,
                     who,
@@ -704,10 +726,10 @@ class RequestPath:
                 attempts += 1
                 try:
                     reply: NodeReply | NodeStream
-                    if connected is None:
-                        reply = await self.pool.chat(node.id, payload, sent)
-                    else:
+                    if streaming:
                         reply = await self.pool.open_stream(node.id, payload, sent)
+                    else:
+                        reply = await self.pool.chat(node.id, payload, sent)
                 except BackendFailure as exc:
                     if exc.client_error:
                         raise self._refused(exc) from None
@@ -719,7 +741,7 @@ class RequestPath:
                     continue
                 try:
                     violation = check_report(cfg.privacy, sent, reply.report)
-                    if violation is None and connected is not None and not connected():
+                    if violation is None and streaming and connected is not None and not connected():
                         raise ClientGone
                     if violation is None and reservation is None:
                         # A Public node: nothing reserved, nothing to commit.
@@ -812,6 +834,7 @@ class RequestPath:
         model: str | None,
         options: tuple[str, ...],
         payload: dict[str, Any],
+        connected: Callable[[], bool] | None = None,
     ) -> Released:
         ccfg = rt.config.privacy.consensus
         serving = self._serving(rt, model, who.department)
@@ -832,6 +855,8 @@ class RequestPath:
             "messages": [{"role": "system", "content": vote_instruction(options)}, *payload["messages"]],
             "fdp_options": list(options),
         }
+        if connected is not None and not connected():
+            raise ClientGone  # the slot was granted after the client left
         try:
             reservation = await rt.ledger.reserve(
                 who.charge(hospitals, events.gnmax_event(ccfg.sigma)), tuple(sorted(n.id for n in nodes))

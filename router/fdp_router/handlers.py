@@ -34,6 +34,7 @@ from fdp_router.streaming import (
     SseDecoder,
     StreamBroken,
     broken_event,
+    broken_reason,
     comment,
     estimate_usage,
 )
@@ -250,6 +251,8 @@ async def _stream(
                 "stream broke after it started",
                 extra={"node": ",".join(summary.node_ids), "error": str(exc)},
             )
+            metrics = request.app[METRICS]
+            metrics.child(metrics.streams_broken, broken_reason(exc)).inc()
             with contextlib.suppress(ConnectionError):
                 await resp.write(broken_event(exc) + comment("fdp-privacy", privacy))
             return resp

@@ -194,6 +194,13 @@ class Metrics:
             ["node", "reason"],
             registry=r,
         )
+        self.streams_broken = Counter(
+            "fdp_streams_broken",
+            "streams ended with an error event after their first byte (charged): time_limit, "
+            "node_failure, contract_violation, or invalid (malformed, an error event, too large)",
+            ["reason"],
+            registry=r,
+        )
         self.cache = Counter("fdp_cache_lookups", "answer cache lookups", ["result"], registry=r)
         self.cache_hit_ratio = Gauge(
             "fdp_cache_hit_ratio",

@@ -145,6 +145,17 @@ def error_event(message: str, code: str) -> bytes:
     return event({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
 
 
+def broken_reason(exc: Exception) -> str:
+    """The ``reason`` label of ``fdp_streams_broken_total`` for what ended a stream."""
+    if isinstance(exc, StreamTimedOut):
+        return "time_limit"
+    if isinstance(exc, ReportContradicted):
+        return "contract_violation"
+    if isinstance(exc, StreamBroken):
+        return "invalid"
+    return "node_failure"
+
+
 def broken_event(exc: Exception) -> bytes:
     """The error event that ends a stream broken after its first byte (``stream_broken``: the
     client's code does not change with the cause); a time limit is named, so the client and

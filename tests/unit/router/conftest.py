@@ -194,6 +194,16 @@ def node_report(request: web.Request) -> dict[str, str]:
     }
 
 
+async def metric(client: TestClient, name: str) -> float:
+    """The value of one sample of the router's /metrics (`name` with its labels, as exposed);
+    0 when the series does not exist yet."""
+    text = await (await client.get("/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 async def custom_node(
     aiohttp_server: Callable[..., Awaitable[TestServer]], handler: NodeHandler, node_id: str = "custom"
 ) -> dict[str, Any]:

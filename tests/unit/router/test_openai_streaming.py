@@ -22,6 +22,7 @@ from .conftest import (
     RouterFactory,
     auth,
     both_servings,
+    metric,
     q,
     settled,
     settled_reservations,
@@ -209,6 +210,7 @@ async def test_a_stream_that_breaks_after_its_first_byte_stays_charged(
     assert comments and comments[0].startswith(": fdp-privacy ")
     doc = await budget(client)  # a byte reached the client: committed
     assert doc["details"]["queries"] == 1 and doc["consumed_budget"] > 0
+    assert await metric(client, 'fdp_streams_broken_total{reason="node_failure"}') == 1
 
 
 @both_servings

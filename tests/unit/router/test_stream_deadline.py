@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from fdp_router.backends import BackendFailure
 from fdp_router.config import RouterConfig
-from fdp_router.streaming import StreamBroken, StreamTimedOut, broken_event
+from fdp_router.streaming import ReportContradicted, StreamBroken, StreamTimedOut, broken_event, broken_reason
 from pydantic import ValidationError
 
-from .conftest import PHI_MODEL, Cluster, RouterFactory, custom_node, node_report, q
+from .conftest import PHI_MODEL, Cluster, RouterFactory, custom_node, metric, node_report, q
 from .test_openai_streaming import budget, post_stream, sse_events
 
 LIMIT = 0.5
@@ -83,6 +84,7 @@ async def _assert_cut_at_the_limit(elapsed: float, raw: bytes, client: Any, node
     doc = await budget(client)
     assert doc["details"]["queries"] == 1 and doc["consumed_budget"] > 0, doc  # bytes went out
     await asyncio.wait_for(node.closed.wait(), timeout=5)  # closed, not left open in the pool
+    assert await metric(client, 'fdp_streams_broken_total{reason="time_limit"}') == 1
 
 
 async def test_a_node_sending_empty_events_forever_is_cut_at_the_stream_limit(
@@ -193,3 +195,10 @@ def test_the_time_limit_event_names_the_setting_and_any_other_break_does_not() -
     assert timed_out["code"] == broke["code"] == "stream_broken"
     assert "stream_timeout_seconds: 2.5 s" in timed_out["message"]
     assert "time limit" not in broke["message"]
+
+
+def test_each_cause_of_a_broken_stream_has_its_metric_reason() -> None:
+    assert broken_reason(StreamTimedOut(3.0)) == "time_limit"
+    assert broken_reason(ReportContradicted("epsilon_over")) == "contract_violation"
+    assert broken_reason(StreamBroken("an event that is not JSON")) == "invalid"
+    assert broken_reason(BackendFailure("n1", "the node broke off")) == "node_failure"

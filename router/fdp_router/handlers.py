@@ -244,7 +244,7 @@ async def _stream(
                         if last:
                             await resp.write(last)
                         raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
-            last += framer.close(privacy, estimate_usage(creq.messages, framer.text))
+            last += framer.close(privacy, lambda: estimate_usage(creq.messages, framer.text))
         except (BackendFailure, StreamBroken) as exc:
             # The spend is committed: the stream ends with an error event, no [DONE].
             log.warning(

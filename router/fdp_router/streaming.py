@@ -340,13 +340,14 @@ class Reframer:
         self._held = self._chunk([self._choice({}, self.finish, None)])
         return out
 
-    def close(self, privacy: dict[str, Any], estimated_usage: dict[str, Any]) -> bytes:
+    def close(self, privacy: dict[str, Any], estimated: Callable[[], dict[str, Any]]) -> bytes:
         """The final chunk(s) with the privacy summary, the trailing comment, ``[DONE]``.
-        A node that ended without a finish reason is taken to have stopped."""
+        A node that ended without a finish reason is taken to have stopped. `estimated` (the
+        usage in words) is called only when usage is asked for and the node's is not passed on."""
         held = self._held or self._chunk([self._choice({}, self.finish or "stop", None)])
         self.finish = self.finish or "stop"
-        usage = self.usage if self.pass_usage and self.usage is not None else estimated_usage
         if self.include_usage:
+            usage = self.usage if self.pass_usage and self.usage is not None else estimated()
             final = self._chunk([], usage)
             final["privacy"] = privacy
             out = event(held) + event(final)

@@ -351,7 +351,7 @@ def test_reframer_holds_the_finish_chunk_for_the_privacy_summary() -> None:
     fr = Reframer(id="chatcmpl-1", model="m", fingerprint="f")
     out = fr.node_event(b'{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]}')
     assert out == b"" and fr.finish == "stop" and fr.text == "a"
-    tail = fr.close({"epsilon": 1.0}, {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    tail = fr.close({"epsilon": 1.0}, lambda: {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
     events = tail.split(b"\n\n")
     final = json.loads(events[0][len(b"data: ") :])
     assert final["choices"][0]["delta"] == {"role": "assistant", "content": "a"}

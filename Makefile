@@ -47,6 +47,8 @@ lint: $(STAMP)
 test: deps lint
 	hack/cluster/build.sh >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	# the router's request path again on the loop `fdp-router serve` uses by default
+	$(BIN)/python -m pytest tests/unit/router -m "not integration" --event-loop uvloop $(PYTEST_ARGS)
 
 # The fast tier: no cluster, no slow integration tests (about a minute).
 test-unit: $(STAMP)

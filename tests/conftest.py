@@ -23,6 +23,24 @@ REPO = Path(__file__).resolve().parent.parent
 HACK = REPO / "hack" / "cluster"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop async tests run on (`fdp-router serve` serves on uvloop by default)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--event-loop") == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     e2e_dir = REPO / "tests" / "e2e"
     realpods_dir = e2e_dir / "realpods"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,20 @@ from pathlib import Path
 from fdp_router.config import AuthConfig, config_schema, load_config
 
 DEMO_SECRET_ENV = "FDP_JWT_SECRET"  # noqa: S105 (an env var name)
+log = logging.getLogger("fdp_router.serve")
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+LOOPS = ("uvloop", "asyncio")
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The serving event loop. uvloop (libuv) runs the same request path with less CPU per
+    request than the standard library's selector loop; ``asyncio`` is the fallback if a
+    platform has no uvloop wheel or a deployment needs the standard loop."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1,
         help="router processes on the same host:port (SO_REUSEPORT; Prometheus multiprocess "
         "metrics); 1 (default) serves in this process",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="uvloop",
+        help="event loop: uvloop (default; libuv, less CPU per request: docs/benchmarks/router.md, "
+        "round 8) or asyncio (the standard library's)",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the --workers parent
     p.set_defaults(func=_serve)
@@ -114,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         from fdp_router.workers import setup_worker
 
         setup_worker(app, args.worker_index)
+    log.info("serving", extra={"loop": args.loop, "worker": args.worker_index})
     web.run_app(
         app,
         host=args.host or srv.host,
@@ -122,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=None,
         print=None,
         reuse_port=True if args.worker_index is not None else None,
+        loop=new_loop(args.loop),
     )
     return 0
 
@@ -133,6 +156,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     load_config(args.config)  # a bad config fails here, once, not in every worker
     serve_args = ["--config", str(Path(args.config).resolve()), "--log-level", args.log_level]
+    serve_args += ["--loop", args.loop]
     if args.host:
         serve_args += ["--host", args.host]
     if args.port is not None:

@@ -10,7 +10,15 @@ import orjson
 import pytest
 from fdp_router.backends import BackendFailure
 
-from .test_node_client import ANSWER, PAYLOAD, REPORT, SENT, serve, whole  # noqa: F401  (serve: fixture)
+from .test_node_client import (  # noqa: F401  (serve: fixture)
+    ANSWER,
+    PAYLOAD,
+    REPORT,
+    SENT,
+    byte_by_byte,
+    serve,
+    whole,
+)
 
 OTHER = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "INJECTED"}}]})
 
@@ -50,12 +58,7 @@ async def test_a_late_second_answer_is_not_taken_for_the_next_call(serve) -> Non
 async def test_an_answer_delivered_byte_by_byte(serve) -> None:  # noqa: F811
     answer = b"HTTP/1.1 100 Continue\r\n\r\n" + whole()
 
-    def drip(t: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        for i in range(len(answer)):
-            loop.call_later(0.0005 * i, t.write, answer[i : i + 1])
-
-    pool, srv = await serve([drip, whole()])
+    pool, srv = await serve([byte_by_byte(answer, 0.0005), whole()])
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert srv.connections == 1

@@ -101,7 +101,9 @@ def test_demo_node_rejects_inconsistent_options(capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.integration
-def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", [None, "asyncio"])
+def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path, loop: str | None) -> None:
+    """`fdp-router serve` answers on uvloop by default, on the standard loop with --loop asyncio."""
     node_port, router_port = _free_port(), _free_port()
     secret = secrets.token_hex(32)
     (tmp_path / "audit.key").write_text(secrets.token_hex(32))
@@ -126,7 +128,7 @@ def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
         text=True,
     )
     router = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(tmp_path / "router.yaml")],
+        [str(BIN), "serve", "--config", str(tmp_path / "router.yaml"), *(["--loop", loop] if loop else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -164,6 +166,8 @@ def test_serve_runs_the_router_against_a_demo_node(tmp_path: Path) -> None:
     ]
     assert access and access[0]["request_id"] == rid and access[0]["status"] == 200
     assert "fever" not in err.lower()  # prompts are never logged
+    serving = [ln for ln in lines if ln.get("msg") == "serving"]
+    assert serving and serving[0]["loop"] == (loop or "uvloop"), serving
 
 
 @pytest.mark.integration

@@ -33,6 +33,29 @@ def whole(body: bytes = ANSWER, extra: bytes = b"", status: bytes = b"200 OK") -
     )
 
 
+_WRITERS: set[asyncio.Task[None]] = set()
+
+
+def byte_by_byte(data: bytes, gap: float) -> Callable[[asyncio.Transport], None]:
+    """A node step that writes `data` one byte every `gap` seconds, in order on any event loop
+    (one timer per byte would not be: uvloop's timers have a 1 ms clock, and timers due in
+    the same millisecond, or one due now, may run in another order)."""
+
+    def step(t: asyncio.Transport) -> None:
+        async def write() -> None:
+            for i in range(len(data)):
+                if t.is_closing():
+                    return
+                t.write(data[i : i + 1])
+                await asyncio.sleep(gap)
+
+        task = asyncio.get_running_loop().create_task(write())
+        _WRITERS.add(task)
+        task.add_done_callback(_WRITERS.discard)
+
+    return step
+
+
 def chunked(pieces: list[bytes], extra: bytes = b"") -> bytes:
     out = (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
@@ -136,12 +159,7 @@ async def test_whole_answers_reuse_one_connection(serve) -> None:
 async def test_chunked_answers_are_decoded_across_reads(serve) -> None:
     raw = chunked([ANSWER[:10], ANSWER[10:]])
 
-    def dribble(t: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        for i in range(len(raw)):
-            loop.call_later(0.001 * i, t.write, raw[i : i + 1])
-
-    pool, srv = await serve([dribble, raw])
+    pool, srv = await serve([byte_by_byte(raw, 0.001), raw])
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert (await pool.chat("n1", PAYLOAD, SENT)).text == "hello"
     assert srv.connections == 1  # the trailer was read: the connection was reusable

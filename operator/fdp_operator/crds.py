@@ -238,8 +238,9 @@ HOSPITAL_NODE_SPEC = _obj(
                     minimum=0,
                 ),
                 "streamSeconds": _n(
-                    "longest time a streamed answer is read from this node, from its first byte "
-                    "(a node that keeps sending is cut here; the client gets stream_broken)",
+                    "longest time a streamed answer is relayed from this node, counted from the "
+                    "router's first read of its body (right after the spend is committed); a node that "
+                    "keeps sending, or a client that stops reading, is cut here (stream_broken)",
                     exclusiveMinimum=True,
                     minimum=0,
                 ),
@@ -787,8 +788,8 @@ FEDERATED_ROUTER_SPEC = _obj(
                 "connectTimeoutSeconds": _n("", default=2.0, minimum=0.01),
                 "readTimeoutSeconds": _n("", default=60.0, minimum=0.01),
                 "streamTimeoutSeconds": _n(
-                    "longest time a streamed answer is read from a node, from its first byte; "
-                    "a HospitalNode's timeouts.streamSeconds overrides it",
+                    "longest time a streamed answer is relayed from a node, counted from the router's "
+                    "first read of its body; a HospitalNode's timeouts.streamSeconds overrides it",
                     default=600.0,
                     minimum=0.01,
                 ),

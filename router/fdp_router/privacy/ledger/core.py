@@ -1436,12 +1436,12 @@ def writer_scheduling(busy: bool) -> bool:
     privilege; where it is unavailable (not Linux, a seccomp profile that refuses it)
     nothing changes. Returns whether the policy is now the one asked for."""
     setter = getattr(os, "sched_setscheduler", None)
-    if setter is None:
+    policy = getattr(os, "SCHED_BATCH" if busy else "SCHED_OTHER", None)
+    if setter is None or policy is None:  # not Linux (SCHED_BATCH is Linux's own)
         return False
-    policy = os.SCHED_BATCH if busy else os.SCHED_OTHER
     try:
         setter(0, policy, os.sched_param(0))  # 0: the calling thread (Linux)
-    except OSError as exc:
+    except Exception as exc:  # refused (seccomp, a platform's own rules): the writer must live on
         log.debug("ledger writer: scheduling policy %d refused (%s)", policy, exc)
         return False
     return True

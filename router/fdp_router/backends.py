@@ -1152,8 +1152,15 @@ class NodeStream:
         self._resp = resp
         self._closed = False
         assert st.target is not None
-        self._limit = st.target.stream_timeout
-        self._until: float | None = None  # set at the first read of the body
+        self.limit = st.target.stream_timeout
+        self._until: float | None = None  # set at the first read of the body (or `deadline()`)
+
+    def deadline(self) -> float:
+        """When the stream's total limit passes (the loop's clock); its clock starts now if
+        the body has not been read yet. The relay bounds its writes to the client by it too."""
+        if self._until is None:
+            self._until = asyncio.get_running_loop().time() + self.limit
+        return self._until
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. BackendFailure (counted against the node) when the node
@@ -1174,14 +1181,14 @@ class NodeStream:
         loop = asyncio.get_running_loop()
         until = self._until
         if until is None:
-            until = self._until = loop.time() + self._limit
+            until = self._until = loop.time() + self.limit
         elif loop.time() >= until:  # a node that keeps sending never waits in `more`
-            raise StreamTimedOut(self._limit)
+            raise StreamTimedOut(self.limit)
         try:
             piece = await self._resp.next_piece(until)
         except _NODE_ERRORS as exc:
             if isinstance(exc, TimeoutError) and loop.time() >= until:
-                raise StreamTimedOut(self._limit) from None
+                raise StreamTimedOut(self.limit) from None
             raise self._pool._node_failure(self._st, exc) from None
         if not piece:
             raise StopAsyncIteration

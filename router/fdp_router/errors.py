@@ -13,6 +13,12 @@ from typing import Any
 from fdp_router.privacy.api import LedgerUnavailable
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was on its way: before a reservation or a
+    node call (nothing reserved, no node asked for no one), or, for a stream, before its first
+    byte (refunded). Nothing was released or cached."""
+
+
 class ApiError(Exception):
     status: int = 500
     type: str = "internal_error"

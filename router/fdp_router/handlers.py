@@ -7,7 +7,7 @@ model (``models.py``), hands a `CompletionRequest` to the request path
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,20 +19,21 @@ from aiohttp import web
 from fdp_router import access, openapi
 from fdp_router.auth import Principal
 from fdp_router.backends import BackendFailure
-from fdp_router.errors import Forbidden, InvalidRequest, ModelNotFound
+from fdp_router.errors import ClientGone, Forbidden, InvalidRequest, ModelNotFound
 from fdp_router.jsonlog import request_id_var
 from fdp_router.ledger_health import LEDGER_HEALTH
 from fdp_router.middleware import json_response
 from fdp_router.models import InferenceRequest, parse
 from fdp_router.openai_api import OpenAIChatRequest
 from fdp_router.privacy.api import Scope
-from fdp_router.request_path import ROUTER_MODEL, ClientGone, Completion, CompletionRequest, Runtime
+from fdp_router.request_path import ROUTER_MODEL, Completion, CompletionRequest, Runtime
 from fdp_router.runtime import HOLDER, METRICS, PATH, POOL, STARTED
 from fdp_router.streaming import (
     SSE_HEADERS,
     Reframer,
     SseDecoder,
     StreamBroken,
+    StreamTimedOut,
     broken_event,
     broken_reason,
     comment,
@@ -40,6 +41,7 @@ from fdp_router.streaming import (
 )
 
 log = logging.getLogger("fdp_router.handlers")
+FINAL_WRITE_SECONDS = 10.0  # a stream's last bytes to a client that stopped reading: then closed
 
 
 def _authenticate(request: web.Request, rt: Runtime) -> Awaitable[Principal]:
@@ -57,12 +59,6 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequest("body", "is not valid JSON") from None
     except ConnectionError:  # the client hung up while sending it: its doing, not an error here
         raise ClientGone from None
-
-
-def _client_gone() -> web.Response:
-    """The answer to a client that left before its answer went out (`ClientGone`); nginx's
-    499, which nobody reads: for the metrics and the access log."""
-    return web.Response(status=499, text="client closed the request before its answer; nothing was charged")
 
 
 def _privacy_doc(c: Completion, rt: Runtime) -> dict[str, Any]:
@@ -110,13 +106,6 @@ def _routing_fields(body: InferenceRequest | OpenAIChatRequest) -> dict[str, Any
 
 
 async def inference(request: web.Request) -> web.Response:
-    try:
-        return await _inference(request)
-    except ClientGone:
-        return _client_gone()
-
-
-async def _inference(request: web.Request) -> web.Response:
     holder = request.app[HOLDER]
     with holder.use() as rt:
         who = await _authenticate(request, rt)
@@ -146,13 +135,6 @@ async def _inference(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """OpenAI's chat completion; with ``stream: true`` server-sent events (``_stream``)."""
-    try:
-        return await _chat_completions(request)
-    except ClientGone:
-        return _client_gone()
-
-
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     with holder.use() as rt:
         who = await _authenticate(request, rt)
@@ -219,33 +201,42 @@ async def _stream(
             headers={**SSE_HEADERS, **_privacy_headers(summary), "X-Request-Id": creq.request_id}
         )
         privacy = _privacy_doc(summary, rt)
+        # The stream's total limit bounds the writes to the client too: a client that stays
+        # connected but stops reading would otherwise hold the node and the slot for ever.
+        limit = s.upstream.limit if s.upstream is not None else rt.config.routing.stream_timeout_seconds
         try:
             await resp.prepare(request)
+            deadline = (
+                s.upstream.deadline() if s.upstream is not None else asyncio.get_running_loop().time() + limit
+            )
             last = b""  # what is left to send goes out with the end of the response
-            if s.upstream is None or s.upstream.data is not None:
-                # A cached answer, or a node that answered whole: the same events.
-                last = framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
-            else:
-                decoder = SseDecoder()
-                async for piece in s.upstream.chunks():
-                    out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
-                    if framer.node_done:
-                        last = out
-                        break
-                    if out:
-                        await resp.write(out)
-                    elif not connected():
-                        # Events with nothing to relay write nothing, so no write would
-                        # find the client gone: stop reading the node for no one.
-                        raise ConnectionResetError("the client went away")
+            async with asyncio.timeout_at(deadline):
+                if s.upstream is None or s.upstream.data is not None:
+                    # A cached answer, or a node that answered whole: the same events.
+                    last = framer.whole(summary.text, summary.finish_reason, summary.logprobs, summary.usage)
                 else:
-                    last = b"".join([framer.node_event(data) for data in decoder.close()])
-                    if framer.finish is None:
-                        if last:
-                            await resp.write(last)
-                        raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
+                    decoder = SseDecoder()
+                    async for piece in s.upstream.chunks():
+                        out = b"".join([framer.node_event(data) for data in decoder.feed(piece)])
+                        if framer.node_done:
+                            last = out
+                            break
+                        if out:
+                            await resp.write(out)
+                        elif not connected():
+                            # Events with nothing to relay write nothing, so no write would
+                            # find the client gone: stop reading the node for no one.
+                            raise ConnectionResetError("the client went away")
+                    else:
+                        last = b"".join([framer.node_event(data) for data in decoder.close()])
+                        if framer.finish is None:
+                            if last:
+                                await resp.write(last)
+                            raise StreamBroken("the node's stream ended without a finish reason or [DONE]")
             last += framer.close(privacy, lambda: estimate_usage(creq.messages, framer.text))
-        except (BackendFailure, StreamBroken) as exc:
+        except (BackendFailure, StreamBroken, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):  # the limit passed while the relay waited
+                exc = StreamTimedOut(limit)
             # The spend is committed: the stream ends with an error event, no [DONE].
             log.warning(
                 "stream broke after it started",
@@ -253,8 +244,7 @@ async def _stream(
             )
             metrics = request.app[METRICS]
             metrics.child(metrics.streams_broken, broken_reason(exc)).inc()
-            with contextlib.suppress(ConnectionError):
-                await resp.write(broken_event(exc) + comment("fdp-privacy", privacy))
+            await _bounded_write(request, resp, broken_event(exc) + comment("fdp-privacy", privacy))
             return resp
         except ConnectionError:
             return resp  # the client went away after its first byte: the spend stands
@@ -264,9 +254,23 @@ async def _stream(
                 s.cache_key,
                 summary.relayed(framer.text, framer.finish or "stop", framer.usage if s.public else None),
             )
-        with contextlib.suppress(ConnectionError):
-            await resp.write_eof(last)
+        await _bounded_write(request, resp, last, eof=True)
         return resp
+
+
+async def _bounded_write(
+    request: web.Request, resp: web.StreamResponse, data: bytes, *, eof: bool = False
+) -> None:
+    """The last bytes of a stream, to a client that may have stopped reading: given up after
+    FINAL_WRITE_SECONDS, and the connection closed (nothing waits on that client any more)."""
+    try:
+        async with asyncio.timeout(FINAL_WRITE_SECONDS):
+            await (resp.write_eof(data) if eof else resp.write(data))
+    except ConnectionError:
+        pass
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()
 
 
 async def models(request: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web, web_protocol
 
-from fdp_router.errors import ApiError, openai_error
+from fdp_router.errors import ApiError, ClientGone, openai_error
 from fdp_router.jsonlog import request_id_var
 from fdp_router.runtime import METRICS, SETTINGS
 
@@ -102,6 +102,10 @@ async def observe(
     try:
         try:
             resp = await handler(request)
+        except ClientGone:
+            # The client left before its answer went out (nothing charged): nginx's 499, which
+            # nobody reads, for the metrics and the access log; not an error of the router's.
+            resp = web.Response(status=499, text="client closed the request before its answer")
         except ApiError as exc:
             metrics.child(metrics.errors, exc.type).inc()
             body = exc.openai_body() if request.path.startswith(OPENAI_PATHS) else exc.body()

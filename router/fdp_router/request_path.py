@@ -61,6 +61,7 @@ from fdp_router.config import (
 from fdp_router.consensus import aggregate, vote_instruction
 from fdp_router.errors import (
     BadGateway,
+    ClientGone,
     ConsensusFailed,
     Forbidden,
     GatewayTimeout,
@@ -89,12 +90,6 @@ log = logging.getLogger("fdp_router.request_path")
 # Model names that mean "any node the department may use" (OpenAI SDKs require some model).
 ANY_MODEL = frozenset({"", "default", "fdp-router"})
 ROUTER_MODEL = "fdp-router"
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was on its way: before a reservation or a
-    node call (nothing reserved, no node asked for no one), or, for a stream, before its first
-    byte (refunded). Nothing was released or cached."""
 
 
 @dataclass
@@ -741,7 +736,13 @@ class RequestPath:
                     continue
                 try:
                     violation = check_report(cfg.privacy, sent, reply.report)
-                    if violation is None and streaming and connected is not None and not connected():
+                    if (
+                        violation is None
+                        and streaming
+                        and reply.data is None  # a node that answered whole: a whole answer's rule
+                        and connected is not None
+                        and not connected()
+                    ):
                         raise ClientGone
                     if violation is None and reservation is None:
                         # A Public node: nothing reserved, nothing to commit.

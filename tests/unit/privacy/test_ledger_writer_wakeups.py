@@ -134,3 +134,43 @@ async def test_holding_a_commit_record_wakes_no_writer_that_will_look(
         assert wakes == []
     finally:
         await ledger.close()
+
+
+async def test_a_slow_nodes_answer_costs_the_writer_no_polling(ledger_env_sqlite: LedgerEnv) -> None:
+    """After a reservation the writer waits once with the records' delay as its timeout, not
+    every 50 ms while the reservation is open: a node that computes for half a second costs
+    one timed-out wait (and the commit's wake-up), not ten (found by the attack review)."""
+    import queue
+
+    class CountingQueue:
+        def __init__(self, inner: queue.SimpleQueue[Any]) -> None:
+            self.inner = inner
+            self.timeouts = 0
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            try:
+                return self.inner.get(block, timeout)
+            except queue.Empty:
+                self.timeouts += 1
+                raise
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    policy = policy_admitting(100)
+    cfg = ledger_env_sqlite.ledger_cfg.model_copy(update={"commit_mode": "deferred"})
+    ledger = await open_ledger(cfg, policy)
+    counting = CountingQueue(ledger._queue)
+    ledger._queue = counting  # type: ignore[assignment]
+    try:
+        r = await ledger.reserve(_charge(policy, "slow"))
+        await asyncio.sleep(0.5)  # the node computes
+        await ledger.commit(r.id, ("n",))
+        for _ in range(100):
+            if not ledger._deferred_ops:
+                break
+            await asyncio.sleep(0.01)
+        assert not ledger._deferred_ops, "the commit record was left waiting"
+        assert counting.timeouts <= 3, counting.timeouts
+    finally:
+        await ledger.close()

@@ -882,7 +882,7 @@ class SqlLedger(Ledger):
         but did not run, back in front of the others, under the batch lock, so the writer's
         last take at close() sees them). The writer's clock then runs for the first one held:
         it wakes the writer, unless the writer will look within the records' delay anyway
-        (waiting with that timeout while reservations are open, or busy): at concurrency 1 that
+        (waiting with that timeout after a batch that reserved, or busy): at concurrency 1 that
         wake-up came while the loop was sending the answer, and cost it the GIL."""
         if not ops:
             return
@@ -985,7 +985,7 @@ class SqlLedger(Ledger):
         stop: _Op | None = None
         busy = False  # the writer's scheduling policy (writer_scheduling): SCHED_BATCH if True
         held_since: float | None = None  # deferred records wait (for company) since then
-        reserved = False  # the last batch recorded reservations: their commits will be held
+        reserved = False  # the last batch recorded reservations and no wait has timed out since
         while stop is None:
             # Not looking by itself while it decides (_hold wakes it), whatever it decided last.
             self._writer_looks = False
@@ -993,9 +993,11 @@ class SqlLedger(Ledger):
                 held_since = self._oldest_held()
             if held_since is not None:
                 timeout: float | None = max(0.0, held_since + DEFERRED_MAX_DELAY_SECONDS - time.monotonic())
-            elif reserved or self._in_flight():
-                # Open reservations' commit records will be held: look again within the
-                # records' delay, so that holding one needs no wake-up of this thread.
+            elif reserved:
+                # The reservations just recorded will be committed, soon if their nodes are
+                # fast: look again within the records' delay, so that holding a commit record
+                # needs no wake-up of this thread. Once only: a slow node's commit wakes it
+                # (one wake-up), where polling while it computes would cost twenty a second.
                 timeout = DEFERRED_MAX_DELAY_SECONDS
             else:
                 timeout = None

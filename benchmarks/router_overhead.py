@@ -265,6 +265,21 @@ async def wait_http(url: str, timeout: float = 180.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def bench_token(secret: str) -> str:
+    """A clinician's token for `bench_config`'s router (issuer and audience "bench")."""
+    from fdp_router.auth import mint_token
+
+    return mint_token(
+        secret.encode(),
+        user="bench",
+        department="cardiology",
+        roles=["clinician"],
+        issuer="bench",
+        audience="bench",
+        ttl_seconds=3600,
+    )
+
+
 def bench_config(tmp: Path, node_url: str, port: int) -> dict[str, Any]:
     """The router config every router benchmark measures: one demo PHI node, a durable SQLite
     ledger with an audit key, budgets that never run out, rate limits off (one user at full
@@ -435,17 +450,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         for n, (w_port, _) in workers.items():
             await wait_http(f"http://127.0.0.1:{w_port}/healthz")
             await wait_workers(f"http://127.0.0.1:{w_port}/healthz", {}, n)
-        from fdp_router.auth import mint_token
-
-        tok = mint_token(
-            secret.encode(),
-            user="bench",
-            department="cardiology",
-            roles=["clinician"],
-            issuer="bench",
-            audience="bench",
-            ttl_seconds=3600,
-        )
+        tok = bench_token(secret)
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "direct": (f"{node_url}/v1/chat/completions", {}),
             "bare proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", {}),

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from router_overhead import BIN, bench_config, cpu_seconds, free_port, serve, wait_http
+from router_overhead import BIN, bench_config, bench_token, cpu_seconds, free_port, serve, wait_http
 from router_streaming import load
 
 # (category, test on the sample's thread and frames): the first that matches counts the sample.
@@ -118,17 +118,7 @@ async def main_async(args: argparse.Namespace, spy: str) -> None:
     try:
         await wait_http(f"{node_url}/health")
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
-        from fdp_router.auth import mint_token
-
-        tok = mint_token(
-            secret.encode(),
-            user="bench",
-            department="cardiology",
-            roles=["clinician"],
-            issuer="bench",
-            audience="bench",
-            ttl_seconds=3600,
-        )
+        tok = bench_token(secret)
         url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {tok}"}
         await load(url, headers, args.concurrency, 1.0, args.stream)  # warm-up

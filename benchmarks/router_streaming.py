@@ -44,6 +44,7 @@ from router_overhead import (
     NODE_PRIVACY,
     QUESTION,
     bench_config,
+    bench_token,
     cpu_seconds,
     free_port,
     fsync_ms,
@@ -173,17 +174,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         await wait_http(f"http://127.0.0.1:{router_port}/healthz")
         if args.baseline:
             await wait_http(f"http://127.0.0.1:{base_port}/healthz")
-        from fdp_router.auth import mint_token
-
-        tok = mint_token(
-            secret.encode(),
-            user="bench",
-            department="cardiology",
-            roles=["clinician"],
-            issuer="bench",
-            audience="bench",
-            ttl_seconds=3600,
-        )
+        tok = bench_token(secret)
         auth = {"Authorization": f"Bearer {tok}"}
         urls = {
             "direct": (f"{node_url}/v1/chat/completions", {}, procs[0].pid),

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from router_overhead import BIN, bench_config, cpu_seconds, free_port, serve, wait_http
+from router_overhead import BIN, bench_config, bench_token, cpu_seconds, free_port, serve, wait_http
 from router_streaming import load
 
 
@@ -66,18 +66,7 @@ async def run(trees: list[str], concurrency: int, seconds: float, rounds: int) -
             env = {**os.environ, "FDP_JWT_SECRET": secret, "PYTHONPATH": str(Path(tree).resolve())}
             routers.append((tree, port, serve(home / "router.json", env)))
         await wait_http(f"{node_url}/health")
-        from fdp_router.auth import mint_token
-
-        tok = mint_token(
-            secret.encode(),
-            user="bench",
-            department="cardiology",
-            roles=["clinician"],
-            issuer="bench",
-            audience="bench",
-            ttl_seconds=3600,
-        )
-        headers = {"Authorization": f"Bearer {tok}"}
+        headers = {"Authorization": f"Bearer {bench_token(secret)}"}
         for _, port, _ in routers:
             await wait_http(f"http://127.0.0.1:{port}/healthz")
             await load(f"http://127.0.0.1:{port}/v1/chat/completions", headers, concurrency, 1.0, False)

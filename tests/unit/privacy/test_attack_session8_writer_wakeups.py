@@ -17,6 +17,7 @@ from fdp_router.privacy.events import event_for_request
 from fdp_router.privacy.ledger import core, open_ledger
 
 from .conftest import LedgerEnv, policy_admitting
+from .test_ledger_writer_wakeups import count_wakes
 
 
 def _charge(policy: Any, user: str) -> Charge:
@@ -52,15 +53,7 @@ async def test_a_record_held_while_the_writer_runs_a_batch_without_reservations_
     so no wake-up is queued; after the batch nothing is open, the batch reserved nothing and
     no other traffic comes: only the writer's own look at the held records before it waits
     (`held_since = self._oldest_held()` at the top of its loop) gives it a timeout."""
-    wakes: list[str] = []
-
-    class Op(core._Op):
-        def __init__(self, kind: str, *args: Any, **kwargs: Any) -> None:
-            super().__init__(kind, *args, **kwargs)
-            if kind == "wake":
-                wakes.append(kind)
-
-    monkeypatch.setattr(core, "_Op", Op)
+    wakes = count_wakes(monkeypatch)
     policy = policy_admitting(100)
     cfg = ledger_env_sqlite.ledger_cfg.model_copy(update={"commit_mode": "deferred"})
     ledger = await open_ledger(cfg, policy)

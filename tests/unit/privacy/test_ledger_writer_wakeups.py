@@ -51,6 +51,20 @@ def test_a_refused_policy_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     assert _policy_in_thread(True) == (False, os.SCHED_OTHER)
 
 
+def count_wakes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, one entry per wake-up operation queued for the writer (``_hold``)."""
+    wakes: list[str] = []
+
+    class Op(core._Op):
+        def __init__(self, kind: str, *args: Any, **kwargs: Any) -> None:
+            super().__init__(kind, *args, **kwargs)
+            if kind == "wake":
+                wakes.append(kind)
+
+    monkeypatch.setattr(core, "_Op", Op)
+    return wakes
+
+
 async def _policy_becomes(tid: int, policy: int, seconds: float = 2.0) -> bool:
     for _ in range(int(seconds / 0.01)):
         if os.sched_getscheduler(tid) == policy:
@@ -108,15 +122,7 @@ async def test_holding_a_commit_record_wakes_no_writer_that_will_look(
     """After a reservation the writer waits with the records' delay as its timeout: the
     commit record held next needs no wake-up (at concurrency 1 it came while the loop sent
     the answer), and the writer still writes it within the delay, with no other traffic."""
-    wakes: list[str] = []
-
-    class Op(core._Op):
-        def __init__(self, kind: str, *args: Any, **kwargs: Any) -> None:
-            super().__init__(kind, *args, **kwargs)
-            if kind == "wake":
-                wakes.append(kind)
-
-    monkeypatch.setattr(core, "_Op", Op)
+    wakes = count_wakes(monkeypatch)
     policy = policy_admitting(100)
     cfg = ledger_env_sqlite.ledger_cfg.model_copy(update={"commit_mode": "deferred"})
     ledger = await open_ledger(cfg, policy)

@@ -16,6 +16,7 @@ at shutdown). Every other test keeps aiohttp's test server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import sqlite3
@@ -192,6 +193,12 @@ def node_report(request: web.Request) -> dict[str, str]:
         "X-FDP-Privacy-Delta": "0.0",
         "X-FDP-Privacy-Mechanism": "pure_dp",
     }
+
+
+async def assert_no_internal_error(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing counted as the router's own error, nothing logged at ERROR (a client's doing)."""
+    assert await metric(client, 'fdp_errors_total{type="internal_error"}') == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def metric(client: TestClient, name: str) -> float:

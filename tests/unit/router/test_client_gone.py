@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import re
 from typing import Any
 
 import httpx
@@ -18,6 +16,7 @@ from .conftest import (
     PHI_MODEL,
     Cluster,
     RouterFactory,
+    assert_no_internal_error,
     auth,
     custom_node,
     node_report,
@@ -145,10 +144,7 @@ async def test_a_client_gone_mid_body_is_not_an_internal_error(
     await asyncio.sleep(0.2)  # the handler is reading the body
     writer.close()
     await settled(client)
-    metrics = await (await client.get("/metrics")).text()
-    internal = re.search(r'^fdp_errors_total\{type="internal_error"\} (\S+)$', metrics, re.MULTILINE)
-    assert internal is None or float(internal.group(1)) == 0, internal.group(0)
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    await assert_no_internal_error(client, caplog)
 
 
 @production_serving

@@ -231,7 +231,7 @@ _SWEEP_SECONDS = 0.05
 
 
 class _ReadDeadlines:
-    """The per-read timeouts (and streams' total limits) of one event loop's node connections:
+    """The per-read timeouts of one event loop's node connections:
     one sweep timer every `_SWEEP_SECONDS` while any read waits (instead of a timer armed and
     cancelled on every wait), so a read times out between its limit and `_SWEEP_SECONDS` after it."""
 
@@ -449,22 +449,13 @@ class _Conn(asyncio.Protocol):
         self._pending = 0
         return piece
 
-    async def more(self, read_timeout: float | None, until: float | None = None) -> None:
+    async def more(self, read_timeout: float | None) -> None:
         """Until more bytes arrived or the node closed the connection; TimeoutError after
-        `read_timeout` seconds without either (the per-read limit), or once the loop's clock
-        passes `until` (a stream's total limit: checked first, so a node whose bytes always
-        arrive before the sweep still ends there)."""
+        `read_timeout` seconds without either (the per-read limit). A stream's total limit is
+        the relay's (handlers.py): it cancels this wait."""
         if self.eof:
             raise aiohttp.ServerDisconnectedError()
-        at = until
-        if until is not None:
-            now = self.loop.time()
-            if now >= until:
-                raise TimeoutError("the stream passed its time limit")
-            if read_timeout:
-                at = min(until, now + read_timeout)
-        elif read_timeout:
-            at = self.loop.time() + read_timeout
+        at = self.loop.time() + read_timeout if read_timeout else None
         if self._paused and self.transport is not None and not self.dirty:
             self._paused = False
             self.transport.resume_reading()
@@ -703,12 +694,11 @@ class NodeResponse:
                 raise ValueError(f"the node's answer is over {MAX_ANSWER_BYTES // 2**20} MiB")
             pieces.append(piece)
 
-    async def next_piece(self, until: float | None = None) -> bytes:
+    async def next_piece(self) -> bytes:
         """The next decoded piece of the body (what is there, after waiting if nothing is);
-        b"" at its end (and on every call after it). TimeoutError once the loop's clock passes
-        `until` while waiting (`_Conn.more`)."""
+        b"" at its end (and on every call after it)."""
         while True:
-            raw = await self._raw(until)
+            raw = await self._raw()
             decoder = self._decoder
             if decoder is None:
                 return raw
@@ -719,7 +709,7 @@ class NodeResponse:
             if out:
                 return out
 
-    async def _raw(self, until: float | None) -> bytes:
+    async def _raw(self) -> bytes:
         """Every body piece received and not yet read, in one (fewer, larger writes
         downstream); b"" at the end of the body."""
         conn = self._conn
@@ -736,7 +726,7 @@ class NodeResponse:
                     raise aiohttp.ClientPayloadError("Response payload is not completed")
                 self._done = True  # delimited by the end of the connection
                 break
-            await conn.more(self._timeout, until)
+            await conn.more(self._timeout)
         return b""
 
     def release(self) -> None:
@@ -1165,8 +1155,9 @@ class NodeStream:
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. BackendFailure (counted against the node) when the node
         breaks off or stalls longer than its read timeout; StreamTimedOut (not counted: a
-        long answer is not an outage) once the body has been read for longer than the node's
-        stream timeout, however steadily it keeps sending."""
+        long answer is not an outage) when a piece is asked for after the node's stream
+        timeout passed, however steadily it keeps sending. A wait that outlasts the limit is
+        cancelled by the relay, which bounds its writes to the client by the same deadline."""
         return self
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -1179,13 +1170,11 @@ class NodeStream:
         if self.data is not None:
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
-        until = self._until
-        if until is None:
-            until = self._until = loop.time() + self.limit
-        elif loop.time() >= until:  # a node that keeps sending never waits in `more`
+        until = self.deadline()
+        if loop.time() >= until:
             raise StreamTimedOut(self.limit)
         try:
-            piece = await self._resp.next_piece(until)
+            piece = await self._resp.next_piece()
         except _NODE_ERRORS as exc:
             if isinstance(exc, TimeoutError) and loop.time() >= until:
                 raise StreamTimedOut(self.limit) from None
